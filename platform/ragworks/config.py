@@ -1,0 +1,242 @@
+"""The job spec: one pydantic section per stage.
+
+Every field has a default that runs on one laptop, so a spec names only what
+differs. Unknown keys are errors (a typo must not silently fall back to a
+default), and every error names the field it is about.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class SpecError(ValueError):
+    """A job spec that cannot run; the message names the file and the field."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RayConfig(Section):
+    address: str | None = Field(None, description="null: start an embedded local Ray; 'auto' or ray://host:10001 on a cluster")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded Ray (default: all of this machine's)")
+    dashboard_host: str = Field("127.0.0.1", description="where the embedded Ray's dashboard listens")
+
+
+# ----------------------------------------------------------------- corpus
+class SourceConfig(Section):
+    format: Literal["beir", "jsonl", "parquet", "files"] = "beir"
+    path: str = Field(..., description="BEIR folder, .jsonl/.parquet file or folder, or a folder of .txt/.md/.html files")
+    id_field: str = "_id"
+    title_field: str | None = "title"
+    text_field: str = "text"
+    extensions: list[str] = Field(default_factory=lambda: [".txt", ".md", ".html", ".htm"])
+    limit: int | None = Field(None, ge=1, description="read only the first N records (a sample)")
+
+
+class NormalizeConfig(Section):
+    unicode: Literal["NFC", "NFKC", "none"] = "NFKC"
+    html: Literal["auto", "always", "never"] = Field("auto", description="auto: strip HTML from .html/.htm files")
+    whitespace: bool = True
+
+
+class NearDedupConfig(Section):
+    enabled: bool = False
+    threshold: float = Field(0.9, gt=0.0, le=1.0, description="estimated Jaccard similarity of word shingles")
+    num_perm: int = Field(128, ge=16)
+    shingle_words: int = Field(5, ge=1)
+
+
+class DedupConfig(Section):
+    exact: bool = True
+    near: NearDedupConfig = Field(default_factory=NearDedupConfig)
+
+
+class ChunkingConfig(Section):
+    max_tokens: int | None = Field(256, ge=16, description="null: one chunk per document")
+    overlap: int = Field(32, ge=0)
+    tokenizer: str = Field("embedder", description="'embedder' (the index stage's model) or a model id/path")
+    title: bool = Field(True, description="prepend the title to every chunk so each chunk stands alone")
+
+    @model_validator(mode="after")
+    def _overlap_fits(self) -> "ChunkingConfig":
+        if self.max_tokens is not None and self.overlap >= self.max_tokens:
+            raise ValueError(f"overlap ({self.overlap}) must be smaller than max_tokens ({self.max_tokens})")
+        return self
+
+
+class CorpusConfig(Section):
+    source: SourceConfig
+    normalize: NormalizeConfig = Field(default_factory=NormalizeConfig)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    chunking: ChunkingConfig = Field(default_factory=ChunkingConfig)
+    concurrency: tuple[int, int] = Field((1, 2), description="chunker actor pool: (min, max)")
+
+
+# ------------------------------------------------------------------ index
+class AnnConfig(Section):
+    min_rows: int = Field(50_000, ge=0, description="build an ANN index once the table has this many rows; below it, search is exact")
+    index_type: Literal["IVF_PQ", "IVF_FLAT", "IVF_SQ", "IVF_HNSW_SQ", "IVF_HNSW_PQ"] = "IVF_HNSW_SQ"
+    num_partitions: int | None = None
+    nprobes: int = Field(32, ge=1)
+    refine_factor: int | None = Field(None, ge=1)
+
+
+class FulltextConfig(Section):
+    enabled: bool = True
+    language: str = "English"
+    stem: bool = True
+    remove_stop_words: bool = True
+
+
+class IndexConfig(Section):
+    embedder: str = Field("base", description="'base' (bundled all-MiniLM-L6-v2), 'bundled:NAME', a Hugging Face id or a local path")
+    table: str = "chunks"
+    batch_size: int = Field(64, ge=1)
+    concurrency: tuple[int, int] = Field((1, 2), description="embedder actor pool: (min, max)")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per embedder actor; torch gets as many threads")
+    num_gpus: float = Field(0.0, ge=0)
+    metric: Literal["cosine", "dot", "l2"] = "cosine"
+    ann: AnnConfig = Field(default_factory=AnnConfig)
+    fulltext: FulltextConfig = Field(default_factory=FulltextConfig)
+
+    @field_validator("fulltext", mode="before")
+    @classmethod
+    def _fulltext_bool(cls, v: Any) -> Any:
+        return {"enabled": v} if isinstance(v, bool) else v
+
+
+# --------------------------------------------------------------- evaluate
+Mode = Literal["dense", "fulltext", "hybrid"]
+
+
+class EvaluateConfig(Section):
+    dataset: str | None = Field(None, description="BEIR folder with queries.jsonl and qrels/SPLIT.tsv (default: the corpus source)")
+    split: str = "test"
+    modes: list[Mode] = Field(default_factory=lambda: ["fulltext", "dense", "hybrid"])
+    candidates: int = Field(200, ge=10, description="chunks fetched per query before they are grouped into documents")
+    rrf_k: int = Field(60, ge=1)
+    batch_size: int = Field(64, ge=1)
+
+
+# -------------------------------------------------------------------- job
+class JobSpec(Section):
+    name: str = "job"
+    workdir: str | None = Field(None, description="default: runs/NAME")
+    ray: RayConfig = Field(default_factory=RayConfig)
+    corpus: CorpusConfig | None = None
+    index: IndexConfig | None = None
+    evaluate: EvaluateConfig | None = None
+
+    def resolved_workdir(self) -> Path:
+        return Path(self.workdir or f"runs/{self.name}")
+
+
+# ---------------------------------------------------------------- loading
+def _loc(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
+def _suggest(model: type[BaseModel], loc: tuple) -> str:
+    """For an unknown key, the closest known key of the section it sits in."""
+    cls: Any = model
+    for part in loc[:-1]:
+        field = getattr(cls, "model_fields", {}).get(part)
+        if field is None:
+            return ""
+        ann = field.annotation
+        for cand in getattr(ann, "__args__", (ann,)):
+            if isinstance(cand, type) and issubclass(cand, BaseModel):
+                cls = cand
+                break
+        else:
+            return ""
+    known = list(getattr(cls, "model_fields", {}))
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(known)})"
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid job spec"]
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not str(p).startswith("function-"))
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key" + _suggest(JobSpec, loc)
+        elif "input" in e and e["type"] not in ("missing",):
+            msg += f" (got {e['input']!r})"
+        lines.append(f"  {_loc(loc)}: {msg}")
+    return "\n".join(lines)
+
+
+def _resolve_path(value: str, spec_dir: Path) -> Path | None:
+    """Relative paths are read from the current directory, then from the spec's folder."""
+    p = Path(value).expanduser()
+    if p.is_absolute():
+        return p if p.exists() else None
+    for base in (Path.cwd(), spec_dir):
+        if (base / p).exists():
+            return (base / p).resolve()
+    return None
+
+
+def check_paths(spec: JobSpec, spec_dir: Path, source: str) -> JobSpec:
+    """Every input file must exist before any work starts; paths become absolute."""
+    problems = []
+    if spec.corpus is not None:
+        found = _resolve_path(spec.corpus.source.path, spec_dir)
+        if found is None:
+            problems.append(f"  corpus.source.path: no such file or folder: {spec.corpus.source.path}")
+        else:
+            spec.corpus.source.path = str(found)
+            if spec.corpus.source.format == "beir" and found.is_dir() and not (found / "corpus.jsonl").exists():
+                problems.append(f"  corpus.source.path: BEIR folder has no corpus.jsonl: {found}")
+    if spec.evaluate is not None:
+        if spec.evaluate.dataset is None:
+            if spec.corpus is not None and spec.corpus.source.format == "beir":
+                spec.evaluate.dataset = spec.corpus.source.path
+            else:
+                problems.append("  evaluate.dataset: required unless corpus.source is a BEIR folder")
+        if spec.evaluate.dataset is not None:
+            found = _resolve_path(spec.evaluate.dataset, spec_dir)
+            if found is None:
+                problems.append(f"  evaluate.dataset: no such folder: {spec.evaluate.dataset}")
+            else:
+                spec.evaluate.dataset = str(found)
+                for need in ("queries.jsonl", f"qrels/{spec.evaluate.split}.tsv"):
+                    if not (found / need).exists():
+                        problems.append(f"  evaluate.dataset: {found} has no {need} (evaluate.split={spec.evaluate.split!r})")
+    if spec.evaluate is not None and spec.index is None:
+        problems.append("  evaluate: needs an index section (evaluate searches the index)")
+    if spec.index is not None and spec.corpus is None:
+        problems.append("  index: needs a corpus section (index embeds the corpus stage's chunks)")
+    if problems:
+        raise SpecError("\n".join([f"{source}: invalid job spec", *problems]))
+    return spec
+
+
+def parse_spec(data: dict[str, Any], source: str = "<spec>", spec_dir: Path | None = None) -> JobSpec:
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: a job spec is a mapping of sections, got {type(data).__name__}")
+    try:
+        spec = JobSpec.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(format_validation_error(err, source)) from None
+    return check_paths(spec, spec_dir or Path.cwd(), source)
+
+
+def load_spec(path: str | Path) -> JobSpec:
+    path = Path(path)
+    if not path.exists():
+        raise SpecError(f"{path}: no such job spec")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise SpecError(f"{path}: not valid YAML: {err}") from None
+    return parse_spec(data, str(path), path.parent)

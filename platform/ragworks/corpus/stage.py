@@ -1,0 +1,93 @@
+"""Stage `corpus`: read -> normalise -> dedup -> chunk -> write, in one streaming pass.
+
+Every input record ends as exactly one of: the chunks of a kept document, a
+duplicate, or a reject; so input = documents + duplicates + rejects, always.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import ray
+from rich.table import Table
+
+from ..config import CorpusConfig, JobSpec
+from ..manifest import files_fingerprint
+from ..models import DEFAULT_EMBEDDER
+from .chunking import Chunk
+from .dedup import Deduplicate
+from .normalize import normalize_batch
+from .readers import read_source, source_files
+
+OUTPUTS = {"chunk": "chunks", "duplicate": "duplicates", "reject": "rejects"}
+
+
+def tokenizer_name(spec: JobSpec) -> str:
+    name = spec.corpus.chunking.tokenizer
+    if name != "embedder":
+        return name
+    embedder = spec.index.embedder if spec.index else "base"
+    return DEFAULT_EMBEDDER if embedder == "base" else embedder
+
+
+def external_inputs(spec: JobSpec) -> dict:
+    return {"source": [files_fingerprint(p) for p in source_files(spec.corpus.source)],
+            "tokenizer": tokenizer_name(spec)}
+
+
+def run(cfg: CorpusConfig, ctx) -> dict:
+    # Keep input order, so "the first copy wins" and chunk order are reproducible.
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    ctx.console.print(f"reading {cfg.source.format} records from {cfg.source.path}")
+
+    ds = read_source(cfg.source)
+    ds = ds.map_batches(normalize_batch, fn_kwargs={"cfg": cfg.normalize}, batch_format="pyarrow")
+    ds = ds.map_batches(Deduplicate, fn_constructor_args=(cfg.dedup,), concurrency=1, num_cpus=0.25,
+                        batch_format="pyarrow")
+    ds = ds.map_batches(Chunk, fn_constructor_args=(cfg.chunking, tokenizer_name(ctx.spec)),
+                        concurrency=tuple(cfg.concurrency), num_cpus=0.5, batch_format="pyarrow")
+
+    parts = ctx.stage_dir / "_parts"
+    ds.write_parquet(str(parts), partition_cols=["kind"])
+    outputs = {}
+    for kind, name in OUTPUTS.items():
+        target = ctx.stage_dir / name
+        if (parts / f"kind={kind}").exists():
+            (parts / f"kind={kind}").rename(target)
+        else:
+            target.mkdir()
+        outputs[name] = str(target)
+    shutil.rmtree(parts)
+
+    counts = count_outputs(outputs)
+    print_counts(ctx.console, counts, outputs["rejects"])
+    return {"outputs": outputs, "counts": counts}
+
+
+def _read(path: str) -> ray.data.Dataset | None:
+    return ray.data.read_parquet(path) if any(Path(path).rglob("*.parquet")) else None
+
+
+def count_outputs(outputs: dict[str, str]) -> dict[str, int]:
+    chunks, dups, rejects = (_read(outputs[k]) for k in ("chunks", "duplicates", "rejects"))
+    n_chunks = chunks.count() if chunks else 0
+    n_docs = chunks.filter(expr="chunk_index == 0").count() if chunks else 0
+    n_dups = dups.count() if dups else 0
+    n_rejects = rejects.count() if rejects else 0
+    return {"input_records": n_docs + n_dups + n_rejects, "documents": n_docs, "chunks": n_chunks,
+            "duplicates": n_dups, "rejects": n_rejects}
+
+
+def print_counts(console, counts: dict[str, int], rejects_dir: str) -> None:
+    table = Table(title="corpus")
+    for k in counts:
+        table.add_column(k.replace("_", " "), justify="right")
+    table.add_row(*(f"{v:,}" for v in counts.values()))
+    console.print(table)
+    if counts["rejects"]:
+        sample = _read(rejects_dir).select_columns(["source", "line", "reason"]).take(5)
+        console.print(f"[yellow]{counts['rejects']} rejected records kept in {rejects_dir}; first ones:")
+        for r in sample:
+            where = f"{r['source']}:{r['line']}" if r["line"] is not None else r["source"]
+            console.print(f"  {where}: {r['reason']}")

@@ -1,0 +1,65 @@
+"""The evaluation report: JSON for machines, Markdown and a PNG chart for people."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.table import Table
+
+
+def metrics_table(metrics: dict[str, dict[str, float]], title: str = "retrieval") -> Table:
+    names = list(next(iter(metrics.values())))
+    table = Table(title=title)
+    table.add_column("mode")
+    for n in names:
+        table.add_column(n, justify="right")
+    for mode, values in metrics.items():
+        table.add_row(mode, *(f"{values[n]:.4f}" for n in names))
+    return table
+
+
+def markdown(report: dict) -> str:
+    metrics = report["metrics"]
+    names = list(next(iter(metrics.values())))
+    lines = [f"# Evaluation: {report['dataset_name']} ({report['split']})", "",
+             f"{report['queries']} judged queries; corpus: {report['chunks']:,} chunks; "
+             f"embedder: `{report['embedder']}`.", "",
+             "| mode | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    lines += [f"| {mode} | " + " | ".join(f"{v[n]:.4f}" for n in names) + " |" for mode, v in metrics.items()]
+    lines += ["", "![metrics](report.png)", ""]
+    if report.get("timings"):
+        lines += ["| stage | seconds |", "|---|---:|"]
+        lines += [f"| {k} | {v:.1f} |" for k, v in report["timings"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def chart(metrics: dict[str, dict[str, float]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    modes, names = list(metrics), list(next(iter(metrics.values())))
+    x = np.arange(len(names))
+    width = 0.8 / len(modes)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, mode in enumerate(modes):
+        bars = ax.bar(x + i * width - 0.4 + width / 2, [metrics[mode][n] for n in names], width, label=mode)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7)
+    ax.set_xticks(x, names)
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(report: dict, folder: Path) -> dict[str, str]:
+    paths = {"json": folder / "report.json", "markdown": folder / "report.md", "chart": folder / "report.png"}
+    paths["json"].write_text(json.dumps(report, indent=2))
+    paths["markdown"].write_text(markdown(report))
+    chart(report["metrics"], paths["chart"], f"{report['dataset_name']} ({report['split']})")
+    return {k: str(v) for k, v in paths.items()}

@@ -1,0 +1,88 @@
+"""Dense, full-text and hybrid search over a ragworks LanceDB table.
+
+Hybrid is LanceDB's own hybrid query with reciprocal rank fusion, so serving
+and evaluation rank exactly the way the library does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import lancedb
+import numpy as np
+
+from ..manifest import read_manifest
+
+Mode = Literal["dense", "fulltext", "hybrid"]
+COLUMNS = ["id", "doc_id", "chunk_index", "title", "text", "source", "metadata"]
+
+
+class Searcher:
+    def __init__(self, uri: str | Path, table: str = "chunks", embedder: str = "base", metric: str = "cosine",
+                 nprobes: int = 32, refine_factor: int | None = None, rrf_k: int = 60, model=None):
+        self.db = lancedb.connect(str(uri))
+        self.table = self.db.open_table(table)
+        self.embedder_name = embedder
+        self.metric = metric
+        self.nprobes = nprobes
+        self.refine_factor = refine_factor
+        self.rrf_k = rrf_k
+        self._model = model
+
+    @property
+    def model(self):
+        if self._model is None:
+            from .embed import load_embedder
+
+            self._model = load_embedder(self.embedder_name)
+        return self._model
+
+    def embed(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        return self.model.encode(texts, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
+
+    def dense(self, vector: np.ndarray, k: int = 10) -> list[dict]:
+        q = self.table.search(vector, query_type="vector").distance_type(self.metric).nprobes(self.nprobes)
+        if self.refine_factor:
+            q = q.refine_factor(self.refine_factor)
+        rows = q.select(COLUMNS).limit(k).to_list()
+        for r in rows:
+            r["score"] = -r.pop("_distance")
+        return rows
+
+    def fulltext(self, text: str, k: int = 10) -> list[dict]:
+        rows = self.table.search(text, query_type="fts").select(COLUMNS).limit(k).to_list()
+        for r in rows:
+            r["score"] = r.pop("_score")
+        return rows
+
+    def hybrid(self, text: str, vector: np.ndarray, k: int = 10) -> list[dict]:
+        from lancedb.rerankers import RRFReranker
+
+        q = (self.table.search(query_type="hybrid").vector(vector).text(text)
+             .distance_type(self.metric).nprobes(self.nprobes).rerank(RRFReranker(K=self.rrf_k)))
+        rows = q.select(COLUMNS).limit(k).to_list()
+        for r in rows:
+            r["score"] = r.pop("_relevance_score")
+            r.pop("_distance", None), r.pop("_score", None)
+        return rows
+
+    def search(self, query: str, mode: Mode = "hybrid", k: int = 10, vector: np.ndarray | None = None) -> list[dict]:
+        if mode == "fulltext":
+            return self.fulltext(query, k)
+        if vector is None:
+            vector = self.embed([query])[0]
+        return self.dense(vector, k) if mode == "dense" else self.hybrid(query, vector, k)
+
+
+def open_index(index_dir: str | Path, **overrides) -> Searcher:
+    """The searcher for an index stage's output, configured from its manifest."""
+    index_dir = Path(index_dir)
+    manifest = read_manifest(index_dir)
+    if manifest is None:
+        raise FileNotFoundError(f"{index_dir}: no finished index (no manifest.json); run the index stage first")
+    cfg = manifest["config"]
+    kwargs = dict(table=cfg["table"], embedder=manifest["embedder"], metric=cfg["metric"],
+                  nprobes=cfg["ann"]["nprobes"], refine_factor=cfg["ann"]["refine_factor"])
+    kwargs.update(overrides)
+    return Searcher(manifest["outputs"]["lancedb"], **kwargs)

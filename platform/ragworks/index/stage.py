@@ -1,0 +1,60 @@
+"""Stage `index`: chunks -> embeddings (actor pool) -> LanceDB table -> ANN and full-text indexes."""
+
+from __future__ import annotations
+
+import itertools
+
+import lancedb
+import pyarrow as pa
+import ray
+
+from ..config import IndexConfig, JobSpec
+from .embed import Embed
+
+TABLE_COLUMNS = ["id", "doc_id", "chunk_index", "n_tokens", "title", "text", "source", "line", "metadata"]
+
+
+def external_inputs(spec: JobSpec) -> dict:
+    return {}
+
+
+def write_table(db, name: str, ds: ray.data.Dataset):
+    """Stream the embedded blocks into one LanceDB table in a single commit.
+
+    The driver only ever holds one block; Ray's own `write_lance` would write in
+    parallel, but it pins a `pylance` API that LanceDB's releases do not keep.
+    """
+    batches = (b for t in ds.iter_batches(batch_format="pyarrow", batch_size=None) for b in t.to_batches())
+    first = next(batches, None)
+    if first is None:
+        raise ValueError("the corpus stage produced no chunks to index")
+    reader = pa.RecordBatchReader.from_batches(first.schema, itertools.chain([first], batches))
+    return db.create_table(name, data=reader, mode="overwrite")
+
+
+def run(cfg: IndexConfig, ctx) -> dict:
+    chunks_dir = ctx.inputs["corpus"]["outputs"]["chunks"]
+    db_dir = ctx.stage_dir / "lancedb"
+    uri = db_dir / f"{cfg.table}.lance"
+    ctx.console.print(f"embedding {chunks_dir} with {cfg.embedder}, actors {tuple(cfg.concurrency)}")
+
+    ds = ray.data.read_parquet(chunks_dir, columns=TABLE_COLUMNS)
+    ds = ds.map_batches(Embed, fn_constructor_args=(cfg.embedder, cfg.batch_size, cfg.num_gpus),
+                        batch_size=cfg.batch_size * 4, concurrency=tuple(cfg.concurrency),
+                        num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus or None, batch_format="pyarrow")
+    table = write_table(lancedb.connect(str(db_dir)), cfg.table, ds)
+    rows = table.count_rows()
+    indexes = []
+    if rows >= max(cfg.ann.min_rows, 1):
+        ctx.console.print(f"building {cfg.ann.index_type} vector index over {rows:,} rows")
+        table.create_index(metric=cfg.metric, index_type=cfg.ann.index_type, num_partitions=cfg.ann.num_partitions)
+        indexes.append(cfg.ann.index_type)
+    else:
+        ctx.console.print(f"{rows:,} rows < ann.min_rows={cfg.ann.min_rows:,}: exact vector search, no ANN index")
+    if cfg.fulltext.enabled:
+        table.create_fts_index("text", language=cfg.fulltext.language, stem=cfg.fulltext.stem,
+                               remove_stop_words=cfg.fulltext.remove_stop_words, replace=True)
+        indexes.append("FTS")
+    ctx.console.print(f"LanceDB table '{cfg.table}' at {uri}: {rows:,} rows, indexes: {', '.join(indexes) or 'none'}")
+    return {"outputs": {"lancedb": str(db_dir), "table": cfg.table}, "embedder": cfg.embedder,
+            "counts": {"rows": rows}, "indexes": indexes, "version": table.version}

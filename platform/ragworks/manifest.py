@@ -1,0 +1,47 @@
+"""Stage manifests: what a stage was run with and what it produced.
+
+A stage's key hashes its own config and the keys of the stages it read, so a
+change anywhere upstream invalidates everything downstream and nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+
+
+def stable_hash(obj: Any) -> str:
+    blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def files_fingerprint(path: str | Path) -> str:
+    """Names, sizes and mtimes of every file under `path`: cheap, and changes when the data does."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return stable_hash([(str(p.relative_to(path.parent)), p.stat().st_size, p.stat().st_mtime_ns) for p in files])
+
+
+def read_manifest(stage_dir: Path) -> dict | None:
+    try:
+        return json.loads((Path(stage_dir) / MANIFEST).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def write_manifest(stage_dir: Path, manifest: dict) -> None:
+    """Written last and atomically: a manifest on disk means the stage finished."""
+    stage_dir = Path(stage_dir)
+    tmp = stage_dir / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, default=str))
+    os.replace(tmp, stage_dir / MANIFEST)
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -1,0 +1,126 @@
+"""Runs a job: the spec's enabled stages in order, each skipped when its manifest still matches."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from rich.console import Console
+
+from . import __version__
+from .config import JobSpec, SpecError
+from .manifest import now, read_manifest, stable_hash, write_manifest
+from .runtime import init_ray
+
+
+@dataclass
+class StageContext:
+    """What a stage sees besides its own config: where to write, what upstream produced."""
+
+    spec: JobSpec
+    workdir: Path
+    stage_dir: Path
+    inputs: dict[str, dict]
+    console: Console = field(default_factory=Console)
+
+    def input_dir(self, stage: str) -> Path:
+        return self.workdir / stage
+
+
+@dataclass(frozen=True)
+class StageDef:
+    name: str
+    needs: tuple[str, ...]
+    run: Callable[[Any, StageContext], dict]
+    external: Callable[[JobSpec], dict] = lambda spec: {}
+
+
+def _stages() -> dict[str, StageDef]:
+    # Imported here so `ragworks --help` does not pay for torch and Ray Data.
+    from . import corpus, evaluate, index
+
+    return {
+        "corpus": StageDef("corpus", (), corpus.run, corpus.external_inputs),
+        "index": StageDef("index", ("corpus",), index.run, index.external_inputs),
+        "evaluate": StageDef("evaluate", ("index",), evaluate.run, evaluate.external_inputs),
+    }
+
+
+STAGE_ORDER = ("corpus", "index", "evaluate")
+
+
+def _upstream_fingerprint(manifest: dict) -> dict:
+    # `finished` too: a forced re-run upstream must re-run what reads it.
+    return {"key": manifest["key"], "finished": manifest["finished"]}
+
+
+def run_job(
+    spec: JobSpec,
+    *,
+    workdir: str | Path | None = None,
+    force: tuple[str, ...] | list[str] = (),
+    address: str | None = None,
+    console: Console | None = None,
+) -> dict[str, dict]:
+    """Run every stage the spec enables; return each stage's manifest."""
+    console = console or Console()
+    workdir = Path(workdir or spec.resolved_workdir()).resolve()
+    enabled = [s for s in STAGE_ORDER if getattr(spec, s) is not None]
+    if not enabled:
+        raise SpecError("the job spec enables no stage (add a corpus, index or evaluate section)")
+    unknown = set(force) - set(STAGE_ORDER) - {"all"}
+    if unknown:
+        raise SpecError(f"--force: unknown stage(s) {sorted(unknown)}; stages: {', '.join(STAGE_ORDER)}, all")
+    forced = set(STAGE_ORDER) if "all" in force else set(force)
+
+    stages = _stages()
+    workdir.mkdir(parents=True, exist_ok=True)
+    init_ray(spec.ray, address)
+    manifests: dict[str, dict] = {}
+    for name in enabled:
+        stage = stages[name]
+        cfg = getattr(spec, name)
+        for need in stage.needs:
+            if need not in manifests:
+                found = read_manifest(workdir / need)
+                if found is None:
+                    raise SpecError(f"stage '{name}' needs '{need}', which is neither in the spec nor finished in {workdir}")
+                manifests[need] = found
+        inputs = {n: _upstream_fingerprint(manifests[n]) for n in stage.needs}
+        external = stage.external(spec)
+        key = stable_hash({"config": cfg.model_dump(mode="json"), "inputs": inputs, "external": external})
+        stage_dir = workdir / name
+        old = read_manifest(stage_dir)
+        if old is not None and old.get("key") == key and name not in forced:
+            console.print(f"[bold]{name}[/]: up to date, skipped (manifest {stage_dir / 'manifest.json'})")
+            manifests[name] = old
+            continue
+        if stage_dir.exists():  # stale or half-done output: start the stage clean
+            shutil.rmtree(stage_dir)
+        stage_dir.mkdir(parents=True)
+        console.rule(f"[bold]{name}")
+        started, t0 = now(), time.perf_counter()
+        ctx = StageContext(spec=spec, workdir=workdir, stage_dir=stage_dir, inputs=manifests, console=console)
+        result = stage.run(cfg, ctx)
+        seconds = round(time.perf_counter() - t0, 3)
+        manifest = {
+            "stage": name,
+            "key": key,
+            "ragworks": __version__,
+            "config": cfg.model_dump(mode="json"),
+            "inputs": inputs,
+            "external": external,
+            "started": started,
+            "finished": now(),
+            "seconds": seconds,
+            **result,
+        }
+        write_manifest(stage_dir, manifest)
+        manifests[name] = manifest
+        console.print(f"[bold]{name}[/]: done in {seconds:.1f}s")
+    return manifests
+
+

@@ -1,0 +1,51 @@
+"""Ray start-up and per-worker settings shared by every stage."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+from .config import RayConfig
+
+
+def init_ray(cfg: RayConfig, address: str | None = None) -> None:
+    """Connect to a cluster, or start an embedded one that stays on 127.0.0.1."""
+    if ray.is_initialized():
+        return
+    address = address or cfg.address
+    kwargs: dict = {"logging_level": logging.WARNING, "log_to_driver": True}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=cfg.num_cpus, dashboard_host=cfg.dashboard_host, include_dashboard=False, **kwargs)
+
+
+def assigned_cpus(default: int = 1) -> int:
+    """CPUs Ray gave this worker (at least one); the driver gets the machine's count."""
+    try:
+        ctx = ray.get_runtime_context()
+        if ctx.worker.mode == ray.WORKER_MODE:
+            cpus = ctx.get_assigned_resources().get("CPU", default)
+            return max(1, int(round(cpus)))
+    except Exception:  # noqa: BLE001 - outside Ray
+        pass
+    return os.cpu_count() or default
+
+
+def limit_torch_threads() -> int:
+    """Give torch exactly the CPUs Ray assigned: oversubscribed threads run 5-10x slower."""
+    import torch
+
+    n = assigned_cpus()
+    torch.set_num_threads(n)
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return n
+
+
+def torch_device(num_gpus: float = 0.0) -> str:
+    import torch
+
+    return "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
