@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -53,8 +54,8 @@ STAGE_ORDER = ("corpus", "index", "evaluate")
 
 
 def _upstream_fingerprint(manifest: dict) -> dict:
-    # `finished` too: a forced re-run upstream must re-run what reads it.
-    return {"key": manifest["key"], "finished": manifest["finished"]}
+    # `run_id` too: a forced re-run upstream must re-run what reads it.
+    return {"key": manifest["key"], "run_id": manifest.get("run_id", manifest.get("finished"))}
 
 
 def run_job(
@@ -109,6 +110,7 @@ def run_job(
         manifest = {
             "stage": name,
             "key": key,
+            "run_id": uuid.uuid4().hex,
             "ragworks": __version__,
             "config": cfg.model_dump(mode="json"),
             "inputs": inputs,

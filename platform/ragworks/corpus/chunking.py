@@ -43,6 +43,7 @@ class Chunk:
 
         self.cfg = cfg
         self.tok = AutoTokenizer.from_pretrained(resolve_model(tokenizer))
+        self.tok.model_max_length = 1 << 30  # we count tokens of whole documents, never feed them to a model
 
     def n_tokens(self, text: str) -> int:
         return len(self.tok(text, add_special_tokens=False)["input_ids"])

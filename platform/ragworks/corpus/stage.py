@@ -10,6 +10,8 @@ import shutil
 from pathlib import Path
 
 import ray
+from ray.data import ActorPoolStrategy
+from ray.data.expressions import col
 from rich.table import Table
 
 from ..config import CorpusConfig, JobSpec
@@ -43,10 +45,10 @@ def run(cfg: CorpusConfig, ctx) -> dict:
 
     ds = read_source(cfg.source)
     ds = ds.map_batches(normalize_batch, fn_kwargs={"cfg": cfg.normalize}, batch_format="pyarrow")
-    ds = ds.map_batches(Deduplicate, fn_constructor_args=(cfg.dedup,), concurrency=1, num_cpus=0.25,
+    ds = ds.map_batches(Deduplicate, fn_constructor_args=(cfg.dedup,), compute=ActorPoolStrategy(size=1), num_cpus=0.25,
                         batch_format="pyarrow")
     ds = ds.map_batches(Chunk, fn_constructor_args=(cfg.chunking, tokenizer_name(ctx.spec)),
-                        concurrency=tuple(cfg.concurrency), num_cpus=0.5, batch_format="pyarrow")
+                        compute=ActorPoolStrategy(min_size=cfg.concurrency[0], max_size=cfg.concurrency[1]), num_cpus=0.5, batch_format="pyarrow")
 
     parts = ctx.stage_dir / "_parts"
     ds.write_parquet(str(parts), partition_cols=["kind"])
@@ -72,7 +74,7 @@ def _read(path: str) -> ray.data.Dataset | None:
 def count_outputs(outputs: dict[str, str]) -> dict[str, int]:
     chunks, dups, rejects = (_read(outputs[k]) for k in ("chunks", "duplicates", "rejects"))
     n_chunks = chunks.count() if chunks else 0
-    n_docs = chunks.filter(expr="chunk_index == 0").count() if chunks else 0
+    n_docs = chunks.filter(expr=col("chunk_index") == 0).count() if chunks else 0
     n_dups = dups.count() if dups else 0
     n_rejects = rejects.count() if rejects else 0
     return {"input_records": n_docs + n_dups + n_rejects, "documents": n_docs, "chunks": n_chunks,

@@ -6,13 +6,18 @@ and evaluation rank exactly the way the library does.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
-import lancedb
-import numpy as np
+# LanceDB's hybrid query selects columns internally and logs a deprecation
+# warning per query; the warning is about LanceDB's own call, not ours.
+os.environ.setdefault("LANCEDB_LOG", "error")
 
-from ..manifest import read_manifest
+import lancedb  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ..manifest import read_manifest  # noqa: E402
 
 Mode = Literal["dense", "fulltext", "hybrid"]
 COLUMNS = ["id", "doc_id", "chunk_index", "title", "text", "source", "metadata"]
@@ -45,13 +50,13 @@ class Searcher:
         q = self.table.search(vector, query_type="vector").distance_type(self.metric).nprobes(self.nprobes)
         if self.refine_factor:
             q = q.refine_factor(self.refine_factor)
-        rows = q.select(COLUMNS).limit(k).to_list()
+        rows = q.select(COLUMNS + ["_distance"]).limit(k).to_list()
         for r in rows:
             r["score"] = -r.pop("_distance")
         return rows
 
     def fulltext(self, text: str, k: int = 10) -> list[dict]:
-        rows = self.table.search(text, query_type="fts").select(COLUMNS).limit(k).to_list()
+        rows = self.table.search(text, query_type="fts").select(COLUMNS + ["_score"]).limit(k).to_list()
         for r in rows:
             r["score"] = r.pop("_score")
         return rows

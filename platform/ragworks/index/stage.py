@@ -7,6 +7,7 @@ import itertools
 import lancedb
 import pyarrow as pa
 import ray
+from ray.data import ActorPoolStrategy
 
 from ..config import IndexConfig, JobSpec
 from .embed import Embed
@@ -38,9 +39,10 @@ def run(cfg: IndexConfig, ctx) -> dict:
     uri = db_dir / f"{cfg.table}.lance"
     ctx.console.print(f"embedding {chunks_dir} with {cfg.embedder}, actors {tuple(cfg.concurrency)}")
 
-    ds = ray.data.read_parquet(chunks_dir, columns=TABLE_COLUMNS)
+    # Small blocks so every actor in the pool gets work (a file is otherwise one block).
+    ds = ray.data.read_parquet(chunks_dir, columns=TABLE_COLUMNS).repartition(target_num_rows_per_block=cfg.batch_size * 4)
     ds = ds.map_batches(Embed, fn_constructor_args=(cfg.embedder, cfg.batch_size, cfg.num_gpus),
-                        batch_size=cfg.batch_size * 4, concurrency=tuple(cfg.concurrency),
+                        batch_size=cfg.batch_size, compute=ActorPoolStrategy(min_size=cfg.concurrency[0], max_size=cfg.concurrency[1]),
                         num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus or None, batch_format="pyarrow")
     table = write_table(lancedb.connect(str(db_dir)), cfg.table, ds)
     rows = table.count_rows()

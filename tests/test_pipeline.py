@@ -1,0 +1,109 @@
+"""corpus -> index -> evaluate on real Ray and a real LanceDB folder; resume and search."""
+
+import json
+
+import pytest
+from rich.console import Console
+
+from ragworks.config import parse_spec
+from ragworks.index import open_index
+from ragworks.runner import run_job
+
+QUIET = Console(quiet=True)
+
+
+def job(beir_dir, **index):
+    return parse_spec({
+        "name": "tiny",
+        "corpus": {"source": {"format": "beir", "path": str(beir_dir)}, "chunking": {"max_tokens": 64, "overlap": 8}},
+        "index": {"concurrency": [1, 1], "batch_size": 8, **index},
+        "evaluate": {},
+    })
+
+
+@pytest.fixture(scope="module")
+def finished(ray_local, tmp_path_factory):
+    """One finished job shared by the tests that only read it."""
+    from conftest import DOCS, QUERIES, write_jsonl
+
+    root = tmp_path_factory.mktemp("tiny")
+    beir = root / "beir"
+    write_jsonl(beir / "corpus.jsonl", [{"_id": i, "title": t, "text": x} for i, t, x in DOCS])
+    write_jsonl(beir / "queries.jsonl", [{"_id": q, "text": t} for q, t, _ in QUERIES])
+    (beir / "qrels").mkdir()
+    (beir / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t1\n" for q, _, rel in QUERIES for d in rel))
+    workdir = root / "wd"
+    manifests = run_job(job(beir), workdir=workdir, console=QUIET)
+    return beir, workdir, manifests
+
+
+def test_job_writes_artifacts_manifests_and_report(finished):
+    _, workdir, m = finished
+    assert set(m) == {"corpus", "index", "evaluate"}
+    for stage in m:
+        manifest = json.loads((workdir / stage / "manifest.json").read_text())
+        assert manifest["key"] and manifest["seconds"] > 0 and manifest["config"]
+    assert m["index"]["counts"]["rows"] == 6 and m["index"]["indexes"] == ["FTS"]
+    report = json.loads((workdir / "evaluate" / "report.json").read_text())
+    for mode in ("dense", "fulltext", "hybrid"):
+        assert report["metrics"][mode]["ndcg@10"] > 0.8, (mode, report["metrics"][mode])
+    assert (workdir / "evaluate" / "report.png").stat().st_size > 5000
+    assert "| hybrid |" in (workdir / "evaluate" / "report.md").read_text()
+
+
+def test_search_modes_find_the_right_document(finished):
+    _, workdir, _ = finished
+    searcher = open_index(workdir / "index")
+    for mode in ("dense", "fulltext", "hybrid"):
+        hits = searcher.search("volcano erupting lava", mode=mode, k=3)
+        assert hits[0]["doc_id"] == "d2", (mode, hits)
+        assert {"id", "doc_id", "text", "score"} <= set(hits[0])
+        assert hits[0]["score"] >= hits[-1]["score"]
+
+
+def test_rerun_skips_finished_stages_and_reruns_what_changed(finished):
+    beir, workdir, first = finished
+    again = run_job(job(beir), workdir=workdir, console=QUIET)
+    assert all(again[s]["run_id"] == first[s]["run_id"] for s in first)  # nothing re-ran
+
+    changed = parse_spec({**job(beir).model_dump(mode="json"), "evaluate": {"modes": ["fulltext"], "dataset": str(beir)}})
+    third = run_job(changed, workdir=workdir, console=QUIET)
+    assert third["corpus"]["run_id"] == first["corpus"]["run_id"]
+    assert third["index"]["run_id"] == first["index"]["run_id"]
+    assert third["evaluate"]["run_id"] != first["evaluate"]["run_id"]
+    assert list(third["evaluate"]["metrics"]) == ["fulltext"]
+
+
+def test_force_and_half_done_stage_rerun_downstream(ray_local, tmp_path, beir_dir):
+    spec = job(beir_dir)
+    first = run_job(spec, workdir=tmp_path, console=QUIET)
+    forced = run_job(spec, workdir=tmp_path, force=["index"], console=QUIET)
+    assert forced["corpus"]["run_id"] == first["corpus"]["run_id"]
+    assert forced["index"]["run_id"] != first["index"]["run_id"]
+    assert forced["evaluate"]["run_id"] != first["evaluate"]["run_id"]  # downstream of a re-run
+    # a stage killed half-way leaves no manifest: the next run redoes it from a clean folder
+    (tmp_path / "evaluate" / "manifest.json").unlink()
+    (tmp_path / "evaluate" / "partial.tmp").write_text("left over")
+    redone = run_job(spec, workdir=tmp_path, console=QUIET)
+    assert redone["index"]["run_id"] == forced["index"]["run_id"]
+    assert not (tmp_path / "evaluate" / "partial.tmp").exists()
+    assert (tmp_path / "evaluate" / "manifest.json").exists()
+
+
+def test_ann_index_is_built_once_the_table_is_large_enough(ray_local, tmp_path):
+    from conftest import write_jsonl
+
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+    docs = [{"_id": f"x{i}", "text": f"{words[i % 12]} {words[(i * 7) % 12]} record {i} about {words[(i * 5) % 12]}"}
+            for i in range(300)]
+    beir = tmp_path / "big"
+    write_jsonl(beir / "corpus.jsonl", docs)
+    spec = parse_spec({"corpus": {"source": {"path": str(beir)}},
+                       "index": {"ann": {"min_rows": 256, "index_type": "IVF_FLAT", "num_partitions": 2},
+                                 "concurrency": [1, 2], "batch_size": 32}})
+    m = run_job(spec, workdir=tmp_path / "wd", console=QUIET)["index"]
+    assert m["indexes"] == ["IVF_FLAT", "FTS"] and m["counts"]["rows"] == 300
+    searcher = open_index(tmp_path / "wd" / "index")
+    assert [i.index_type for i in searcher.table.list_indices() if i.columns == ["vector"]] == ["IvfFlat"]
+    assert searcher.search("record 123", mode="hybrid", k=5)[0]["doc_id"] == "x123"
