@@ -50,3 +50,65 @@ def resolve_model(name: str) -> str:
 def resolve_embedder(name: str) -> str:
     """'base' is the bundled embedder; later stages add 'trained'."""
     return resolve_model(DEFAULT_EMBEDDER if name == "base" else name)
+
+
+def cache_dir() -> Path:
+    import os
+
+    return Path(os.environ.get("RAGWORKS_CACHE", "~/.cache/ragworks")).expanduser()
+
+
+def _gguf_file(path: Path) -> Path | None:
+    if path.is_file() and path.suffix == ".gguf":
+        return path
+    if path.is_dir() and not (path / "config.json").exists():
+        found = sorted(path.glob("*.gguf"))
+        return found[0] if found else None
+    return None
+
+
+def load_causal_lm(name: str, device: str = "cpu"):
+    """(model, tokenizer) for a causal LM; left padding, for batched generation.
+
+    A GGUF (the bundled SmolLM2 ships as one) takes ~15 s to dequantise, so the
+    first load saves a plain safetensors copy in the cache and later loads
+    (every actor, every run) read that in a fraction of a second.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = resolve_model(name)
+    gguf = _gguf_file(Path(source))
+    if gguf is not None:
+        stat = gguf.stat()
+        converted = cache_dir() / "converted" / f"{gguf.stem}-{stat.st_size}"
+        if not (converted / "config.json").exists():
+            _convert_gguf(gguf, converted)
+        source = str(converted)
+    tok = AutoTokenizer.from_pretrained(source, padding_side="left")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(source).to(device).eval()
+    return model, tok
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    import os
+    import shutil
+    import tempfile
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # The weights are dequantised already; without this the copy claims to be quantised.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=target.name + ".tmp"))
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    try:
+        os.rename(tmp, target)  # atomic: several actors may convert at once; one wins
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)

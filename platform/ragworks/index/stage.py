@@ -19,6 +19,14 @@ def external_inputs(spec: JobSpec) -> dict:
     return {}
 
 
+def ann_config(cfg: IndexConfig):
+    from lancedb import index
+
+    kinds = {"IVF_PQ": index.IvfPq, "IVF_FLAT": index.IvfFlat, "IVF_SQ": index.IvfSq,
+             "IVF_HNSW_SQ": index.IvfHnswSq, "IVF_HNSW_PQ": index.IvfHnswPq}
+    return kinds[cfg.ann.index_type](distance_type=cfg.metric, num_partitions=cfg.ann.num_partitions)
+
+
 def write_table(db, name: str, ds: ray.data.Dataset):
     """Stream the embedded blocks into one LanceDB table in a single commit.
 
@@ -49,7 +57,7 @@ def run(cfg: IndexConfig, ctx) -> dict:
     indexes = []
     if rows >= max(cfg.ann.min_rows, 1):
         ctx.console.print(f"building {cfg.ann.index_type} vector index over {rows:,} rows")
-        table.create_index(metric=cfg.metric, index_type=cfg.ann.index_type, num_partitions=cfg.ann.num_partitions)
+        table.create_index("vector", config=ann_config(cfg))
         indexes.append(cfg.ann.index_type)
     else:
         ctx.console.print(f"{rows:,} rows < ann.min_rows={cfg.ann.min_rows:,}: exact vector search, no ANN index")
