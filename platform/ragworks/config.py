@@ -112,9 +112,97 @@ class IndexConfig(Section):
         return {"enabled": v} if isinstance(v, bool) else v
 
 
-# --------------------------------------------------------------- evaluate
 Mode = Literal["dense", "fulltext", "hybrid"]
 
+# ------------------------------------------------------------- synthesize
+class SamplingConfig(Section):
+    temperature: float = Field(0.0, ge=0.0, description="0: greedy")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int | None = Field(None, ge=1, description="default: 32 for queries, 128 for rag_examples")
+    stop: list[str] | None = Field(None, description="default: a newline for queries, a blank line for rag_examples")
+    seed: int = 0
+
+
+class EngineConfig(Section):
+    kind: Literal["transformers", "vllm", "openai"] = Field(
+        "transformers", description="transformers: CPU/GPU actor pool; vllm: ray.data.llm on GPUs; openai: any OpenAI-compatible endpoint")
+    model: str = Field("bundled:smollm2-135m-instruct", description="'bundled:NAME', a Hugging Face id or a local path")
+    batch_size: int = Field(16, ge=1)
+    concurrency: tuple[int, int] = Field((1, 2), description="engine actor pool: (min, max); the pool grows under load")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per engine actor; torch gets as many threads")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per engine actor (vllm: per engine replica, default 1)")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    base_url: str | None = Field(None, description="openai: e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str = Field("OPENAI_API_KEY", description="openai: environment variable holding the API key")
+    qps: int | None = Field(None, ge=1, description="openai: requests per second per actor")
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="vllm: passed to the vLLM engine")
+
+    @model_validator(mode="after")
+    def _openai_needs_url(self) -> "EngineConfig":
+        if self.kind == "openai" and not self.base_url:
+            raise ValueError("engine.kind 'openai' needs engine.base_url (e.g. http://127.0.0.1:8000/v1)")
+        return self
+
+
+class PromptConfig(Section):
+    examples: str | None = Field(None, description="YAML file with 'examples: [{document, query}]' (at most 8 are used)")
+    instruction: str | None = Field(None, description="first line of the prompt (default: the examples file's, else generic)")
+    max_examples: int = Field(8, ge=0, le=8)
+    max_doc_words: int = Field(160, ge=8, description="documents are cut to this many words in the prompt")
+
+
+class RagExamplesConfig(Section):
+    distractors: int = Field(3, ge=0, description="distractor chunks taken from the index per example")
+    no_oracle_fraction: float = Field(0.2, ge=0.0, le=1.0, description="share of examples without the oracle chunk")
+    mode: Mode = "hybrid"
+
+
+class SynthesizeConfig(Section):
+    task: Literal["queries", "rag_examples"] = "queries"
+    per_chunk: int = Field(1, ge=1, description="generations per chunk (use temperature > 0 for more than one)")
+    limit: int | None = Field(None, ge=1, description="only the first N chunks")
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    prompt: PromptConfig = Field(default_factory=PromptConfig)
+    rag: RagExamplesConfig = Field(default_factory=RagExamplesConfig)
+
+
+class LengthFilter(Section):
+    min_words: int = Field(3, ge=0)
+    max_words: int = Field(40, ge=1)
+
+
+class ConsistencyFilter(Section):
+    enabled: bool = True
+    top_k: int = Field(20, ge=1, description="the query must find its own chunk within this many hits")
+    mode: Mode = "dense"
+
+
+class FiltersConfig(Section):
+    cleanup: bool = Field(True, description="strip 'Query:' prefixes, quotes, numbering and stray lines")
+    length: LengthFilter = Field(default_factory=LengthFilter)
+    dedup: bool = Field(True, description="drop repeats of an identical (case-folded) query")
+    consistency: ConsistencyFilter = Field(default_factory=ConsistencyFilter)
+    min_score: float | None = Field(None, description="drop queries whose cosine similarity to their own chunk is lower")
+    batch_size: int = Field(64, ge=1)
+    concurrency: tuple[int, int] = Field((1, 2), description="retrieval actor pool: (min, max)")
+
+    @field_validator("consistency", mode="before")
+    @classmethod
+    def _consistency_shorthand(cls, v: Any) -> Any:
+        return {"enabled": v} if isinstance(v, bool) else v
+
+
+class NegativesConfig(Section):
+    per_query: int = Field(4, ge=1)
+    skip_top: int = Field(3, ge=0, description="ignore this many top-ranked candidates (likely unlabelled positives)")
+    max_score_ratio: float = Field(0.95, gt=0.0, le=1.0, description="drop candidates scoring above this fraction of the positive's score")
+    candidates: int = Field(30, ge=1, description="hits fetched per query")
+    mode: Mode = "hybrid"
+    batch_size: int = Field(64, ge=1)
+    concurrency: tuple[int, int] = Field((1, 2))
+
+
+# --------------------------------------------------------------- evaluate
 
 class EvaluateConfig(Section):
     dataset: str | None = Field(None, description="BEIR folder with queries.jsonl and qrels/SPLIT.tsv (default: the corpus source)")
@@ -132,6 +220,9 @@ class JobSpec(Section):
     ray: RayConfig = Field(default_factory=RayConfig)
     corpus: CorpusConfig | None = None
     index: IndexConfig | None = None
+    synthesize: SynthesizeConfig | None = None
+    filters: FiltersConfig | None = None
+    negatives: NegativesConfig | None = None
     evaluate: EvaluateConfig | None = None
 
     def resolved_workdir(self) -> Path:
@@ -214,6 +305,15 @@ def check_paths(spec: JobSpec, spec_dir: Path, source: str) -> JobSpec:
                         problems.append(f"  evaluate.dataset: {found} has no {need} (evaluate.split={spec.evaluate.split!r})")
     if spec.evaluate is not None and spec.index is None:
         problems.append("  evaluate: needs an index section (evaluate searches the index)")
+    if spec.synthesize is not None and spec.synthesize.prompt.examples is not None:
+        found = _resolve_path(spec.synthesize.prompt.examples, spec_dir)
+        if found is None:
+            problems.append(f"  synthesize.prompt.examples: no such file: {spec.synthesize.prompt.examples}")
+        else:
+            spec.synthesize.prompt.examples = str(found)
+    for stage, needs in (("synthesize", "index"), ("filters", "synthesize"), ("negatives", "filters")):
+        if getattr(spec, stage) is not None and getattr(spec, needs) is None:
+            problems.append(f"  {stage}: needs a {needs} section")
     if spec.index is not None and spec.corpus is None:
         problems.append("  index: needs a corpus section (index embeds the corpus stage's chunks)")
     if problems:

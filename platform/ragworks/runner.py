@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 import uuid
@@ -26,6 +27,7 @@ class StageContext:
     stage_dir: Path
     inputs: dict[str, dict]
     console: Console = field(default_factory=Console)
+    started: float = field(default_factory=time.perf_counter)
 
     def input_dir(self, stage: str) -> Path:
         return self.workdir / stage
@@ -37,20 +39,26 @@ class StageDef:
     needs: tuple[str, ...]
     run: Callable[[Any, StageContext], dict]
     external: Callable[[JobSpec], dict] = lambda spec: {}
+    resumable: bool = False  # keeps a half-done output folder with the same key and carries on
 
 
 def _stages() -> dict[str, StageDef]:
     # Imported here so `ragworks --help` does not pay for torch and Ray Data.
-    from . import corpus, evaluate, index
+    from . import corpus, evaluate, index, synth
 
     return {
         "corpus": StageDef("corpus", (), corpus.run, corpus.external_inputs),
         "index": StageDef("index", ("corpus",), index.run, index.external_inputs),
+        "synthesize": StageDef("synthesize", ("corpus", "index"), synth.run_synthesize, synth.external_inputs,
+                               resumable=True),
+        "filters": StageDef("filters", ("synthesize", "index"), synth.run_filters),
+        "negatives": StageDef("negatives", ("filters", "index"), synth.run_negatives),
         "evaluate": StageDef("evaluate", ("index",), evaluate.run, evaluate.external_inputs),
     }
 
 
-STAGE_ORDER = ("corpus", "index", "evaluate")
+STAGE_ORDER = ("corpus", "index", "synthesize", "filters", "negatives", "evaluate")
+PROGRESS = "_in_progress.json"
 
 
 def _upstream_fingerprint(manifest: dict) -> dict:
@@ -99,10 +107,14 @@ def run_job(
             console.print(f"[bold]{name}[/]: up to date, skipped (manifest {stage_dir / 'manifest.json'})")
             manifests[name] = old
             continue
-        if stage_dir.exists():  # stale or half-done output: start the stage clean
+        marker = stage_dir / PROGRESS
+        resume = stage.resumable and name not in forced and marker.exists() and json.loads(marker.read_text()).get("key") == key
+        if stage_dir.exists() and not resume:  # stale or half-done output: start the stage clean
             shutil.rmtree(stage_dir)
-        stage_dir.mkdir(parents=True)
-        console.rule(f"[bold]{name}")
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        (stage_dir / "manifest.json").unlink(missing_ok=True)
+        marker.write_text(json.dumps({"key": key, "started": now()}))
+        console.rule(f"[bold]{name}" + (" (resuming)" if resume else ""))
         started, t0 = now(), time.perf_counter()
         ctx = StageContext(spec=spec, workdir=workdir, stage_dir=stage_dir, inputs=manifests, console=console)
         result = stage.run(cfg, ctx)
@@ -121,6 +133,7 @@ def run_job(
             **result,
         }
         write_manifest(stage_dir, manifest)
+        marker.unlink(missing_ok=True)
         manifests[name] = manifest
         console.print(f"[bold]{name}[/]: done in {seconds:.1f}s")
     return manifests

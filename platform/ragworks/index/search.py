@@ -46,38 +46,40 @@ class Searcher:
     def embed(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         return self.model.encode(texts, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
 
-    def dense(self, vector: np.ndarray, k: int = 10) -> list[dict]:
+    def dense(self, vector: np.ndarray, k: int = 10, columns: list[str] = COLUMNS) -> list[dict]:
         q = self.table.search(vector, query_type="vector").distance_type(self.metric).nprobes(self.nprobes)
         if self.refine_factor:
             q = q.refine_factor(self.refine_factor)
-        rows = q.select(COLUMNS + ["_distance"]).limit(k).to_list()
+        rows = q.select(columns + ["_distance"]).limit(k).to_list()
         for r in rows:
             r["score"] = -r.pop("_distance")
         return rows
 
-    def fulltext(self, text: str, k: int = 10) -> list[dict]:
-        rows = self.table.search(text, query_type="fts").select(COLUMNS + ["_score"]).limit(k).to_list()
+    def fulltext(self, text: str, k: int = 10, columns: list[str] = COLUMNS) -> list[dict]:
+        rows = self.table.search(text, query_type="fts").select(columns + ["_score"]).limit(k).to_list()
         for r in rows:
             r["score"] = r.pop("_score")
         return rows
 
-    def hybrid(self, text: str, vector: np.ndarray, k: int = 10) -> list[dict]:
+    def hybrid(self, text: str, vector: np.ndarray, k: int = 10, columns: list[str] = COLUMNS) -> list[dict]:
         from lancedb.rerankers import RRFReranker
 
         q = (self.table.search(query_type="hybrid").vector(vector).text(text)
              .distance_type(self.metric).nprobes(self.nprobes).rerank(RRFReranker(K=self.rrf_k)))
-        rows = q.select(COLUMNS).limit(k).to_list()
+        rows = q.select(columns).limit(k).to_list()
         for r in rows:
             r["score"] = r.pop("_relevance_score")
             r.pop("_distance", None), r.pop("_score", None)
         return rows
 
-    def search(self, query: str, mode: Mode = "hybrid", k: int = 10, vector: np.ndarray | None = None) -> list[dict]:
+    def search(self, query: str, mode: Mode = "hybrid", k: int = 10, vector: np.ndarray | None = None,
+               with_vectors: bool = False) -> list[dict]:
+        columns = COLUMNS + ["vector"] if with_vectors else COLUMNS
         if mode == "fulltext":
-            return self.fulltext(query, k)
+            return self.fulltext(query, k, columns)
         if vector is None:
             vector = self.embed([query])[0]
-        return self.dense(vector, k) if mode == "dense" else self.hybrid(query, vector, k)
+        return self.dense(vector, k, columns) if mode == "dense" else self.hybrid(query, vector, k, columns)
 
 
 def open_index(index_dir: str | Path, **overrides) -> Searcher:

@@ -1,0 +1,47 @@
+"""Output written as it is produced, so an interrupted stage resumes where it stopped.
+
+Ray Data writes one Parquet file per block as the stream runs. After a kill the
+folder holds whole files and at most a few truncated ones; truncated files are
+removed, and the keys in the whole ones are not generated again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+
+def parquet_files(folder: str | Path) -> list[Path]:
+    folder = Path(folder)
+    return sorted(folder.rglob("*.parquet")) if folder.exists() else []
+
+
+def drop_partial_files(folder: str | Path) -> list[Path]:
+    """Delete files a kill left half-written (their footer is missing)."""
+    dropped = []
+    for f in parquet_files(folder):
+        try:
+            pq.read_metadata(f)
+        except Exception:  # noqa: BLE001 - any unreadable file is a partial one
+            f.unlink()
+            dropped.append(f)
+    return dropped
+
+
+def done_keys(folder: str | Path, column: str = "key") -> set[str]:
+    """Keys already written; only the key column is read."""
+    keys: set[str] = set()
+    for f in parquet_files(folder):
+        keys.update(pq.read_table(f, columns=[column]).column(column).to_pylist())
+    return keys
+
+
+def skip_done(batch, done: set[str], column: str = "key"):
+    """Ray Data batch function (pyarrow): rows whose key is not written yet."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not done:
+        return batch
+    return batch.filter(pc.invert(pc.is_in(batch[column], value_set=pa.array(sorted(done)))))

@@ -1,0 +1,157 @@
+"""One generation interface, three engines: prompt column in, generated_text out.
+
+Every engine isolates failures per row: a prompt that errors yields a row with
+`gen_error` set instead of failing its batch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import numpy as np
+import ray
+from ray.data import ActorPoolStrategy
+
+from ..config import EngineConfig
+from ..runtime import limit_torch_threads, torch_device
+
+OUTPUT_COLUMNS = ("generated_text", "gen_error", "gen_tokens")
+
+
+class EngineUnavailable(RuntimeError):
+    """The engine cannot run here; the message says what to install or change."""
+
+
+# ------------------------------------------------------------ transformers
+class HFGenerate:
+    """Ray Data callable class: a causal LM loaded once per actor, batched with left padding."""
+
+    def __init__(self, cfg: EngineConfig):
+        from ..models import load_causal_lm
+
+        limit_torch_threads()
+        self.cfg = cfg
+        self.model, self.tok = load_causal_lm(cfg.model, torch_device(cfg.num_gpus))
+
+    def _generate(self, prompts: list[str]) -> tuple[list[str], list[int]]:
+        import torch
+
+        s = self.cfg.sampling
+        enc = self.tok(prompts, return_tensors="pt", padding=True).to(self.model.device)
+        kwargs = dict(max_new_tokens=s.max_tokens, pad_token_id=self.tok.pad_token_id, do_sample=s.temperature > 0)
+        if s.temperature > 0:
+            torch.manual_seed(s.seed)
+            kwargs.update(temperature=s.temperature, top_p=s.top_p)
+        if s.stop:
+            kwargs.update(stop_strings=s.stop, tokenizer=self.tok)
+        with torch.inference_mode():
+            out = self.model.generate(**enc, **kwargs)
+        new = out[:, enc["input_ids"].shape[1]:]
+        texts = self.tok.batch_decode(new, skip_special_tokens=True)
+        counts = (new != self.tok.pad_token_id).sum(dim=1).tolist()
+        return texts, counts
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        prompts = [str(p) for p in batch["prompt"]]
+        errors = [""] * len(prompts)
+        try:
+            texts, counts = self._generate(prompts)
+        except Exception:  # noqa: BLE001 - isolate the row that broke the batch
+            texts, counts = [""] * len(prompts), [0] * len(prompts)
+            for i, p in enumerate(prompts):
+                try:
+                    (texts[i],), (counts[i],) = self._generate([p])
+                except Exception as err:  # noqa: BLE001
+                    errors[i] = f"{type(err).__name__}: {err}"[:500]
+        return {**batch, "generated_text": np.array(texts, dtype=object),
+                "gen_error": np.array(errors, dtype=object), "gen_tokens": np.array(counts, dtype=np.int64)}
+
+
+def _transformers(ds: ray.data.Dataset, cfg: EngineConfig) -> ray.data.Dataset:
+    lo, hi = cfg.concurrency
+    return ds.map_batches(HFGenerate, fn_constructor_args=(cfg,), batch_size=cfg.batch_size,
+                          compute=ActorPoolStrategy(min_size=lo, max_size=hi),
+                          num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus or None)
+
+
+# -------------------------------------------------------------------- vllm
+def check_vllm(cfg: EngineConfig) -> None:
+    """Fail at once: Ray's vLLM processor otherwise waits forever for a GPU node."""
+    if importlib.util.find_spec("vllm") is None:
+        raise EngineUnavailable("synthesize.engine.kind 'vllm' needs vLLM, which is not installed: "
+                                "pip install 'ragworks[vllm]' (GPU machines only); on CPU use kind: transformers")
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if gpus < max(cfg.num_gpus, 1):
+        raise EngineUnavailable(f"synthesize.engine.kind 'vllm' needs a GPU, and this Ray cluster has {gpus:g} "
+                                "(add a GPU worker group, or use kind: transformers on CPU)")
+
+
+def _vllm(ds: ray.data.Dataset, cfg: EngineConfig) -> ray.data.Dataset:  # pragma: no cover - GPU only
+    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+
+    from ..models import resolve_model
+
+    check_vllm(cfg)
+    s = cfg.sampling
+    processor = build_processor(
+        vLLMEngineProcessorConfig(model_source=resolve_model(cfg.model), engine_kwargs=cfg.engine_kwargs,
+                                  batch_size=cfg.batch_size, concurrency=cfg.concurrency[1],
+                                  should_continue_on_error=True),
+        preprocess=lambda row: {"prompt": row["prompt"], "sampling_params": {
+            "temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens, "stop": s.stop or None,
+            "seed": s.seed}},
+        postprocess=lambda row: {**{k: v for k, v in row.items() if not k.startswith("__")},
+                                 "generated_text": row.get("generated_text") or "",
+                                 "gen_error": row.get("__inference_error__") or "",
+                                 "gen_tokens": row.get("num_generated_tokens") or 0},
+    )
+    return processor(ds)
+
+
+# ------------------------------------------------------------------ openai
+def _openai(ds: ray.data.Dataset, cfg: EngineConfig) -> ray.data.Dataset:
+    from ray.data.llm import HttpRequestProcessorConfig, build_processor
+
+    s = cfg.sampling
+    key = os.environ.get(cfg.api_key_env, "")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    model = cfg.model
+
+    def preprocess(row: dict) -> dict:
+        return {**row, "payload": {"model": model, "prompt": row["prompt"], "max_tokens": s.max_tokens,
+                                   "temperature": s.temperature, "top_p": s.top_p, "stop": s.stop or None,
+                                   "seed": s.seed}}
+
+    def postprocess(row: dict) -> dict:
+        out = {k: v for k, v in row.items() if k not in ("payload", "http_response") and not k.startswith("__")}
+        error, text, tokens = row.get("__inference_error__") or "", "", 0
+        try:
+            if not error:
+                resp = row["http_response"]
+                text = resp["choices"][0]["text"]
+                tokens = int((resp.get("usage") or {}).get("completion_tokens") or len(text.split()))
+        except (KeyError, IndexError, TypeError) as err:
+            error = f"unexpected response: {err}"
+        return {**out, "generated_text": text, "gen_error": str(error)[:500], "gen_tokens": tokens}
+
+    processor = build_processor(
+        HttpRequestProcessorConfig(url=cfg.base_url.rstrip("/") + "/completions", headers=headers, qps=cfg.qps,
+                                   batch_size=cfg.batch_size, concurrency=cfg.concurrency[1],
+                                   should_continue_on_error=True),
+        preprocess=preprocess, postprocess=postprocess)
+    return processor(ds)
+
+
+ENGINES = {"transformers": _transformers, "vllm": _vllm, "openai": _openai}
+
+
+def check_engine(cfg: EngineConfig) -> None:
+    if cfg.kind == "vllm":
+        check_vllm(cfg)
+
+
+def generate(ds: ray.data.Dataset, cfg: EngineConfig) -> ray.data.Dataset:
+    """Adds generated_text, gen_error and gen_tokens to every row of `ds` (column `prompt`)."""
+    check_engine(cfg)
+    return ENGINES[cfg.kind](ds, cfg)

@@ -1,0 +1,144 @@
+"""Stage `filters`: keep the synthetic queries worth training on, and count why others went.
+
+Filters run in order; a row is dropped by the first one it fails, named in
+`dropped_by`, and kept aside in `dropped/` rather than deleted.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+from ray.data import ActorPoolStrategy
+from rich.table import Table
+
+from ..config import FiltersConfig
+from ..incremental import parquet_files
+from .parse import clean_query
+
+ORDER = ("cleanup", "length", "dedup", "consistency", "min_score")
+
+
+def rule_filters(batch: pa.Table, cfg: FiltersConfig) -> pa.Table:
+    """Clean-up and length bounds: per row, no state."""
+    queries, dropped = [], []
+    for q in batch["query"].to_pylist():
+        reason = None
+        if cfg.cleanup:
+            q = clean_query(q or "")
+            if not q:
+                reason = "cleanup"
+        n = len((q or "").split())
+        if reason is None and not (cfg.length.min_words <= n <= cfg.length.max_words):
+            reason = "length"
+        queries.append(q)
+        dropped.append(reason)
+    batch = batch.set_column(batch.schema.get_field_index("query"), "query", pa.array(queries, pa.string()))
+    return batch.append_column("dropped_by", pa.array(dropped, pa.string()))
+
+
+class DropRepeats:
+    """Ray Data callable class with one actor: the first copy of a query wins."""
+
+    def __init__(self):
+        self.seen: set[str] = set()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        dropped = batch["dropped_by"].to_pylist()
+        for i, q in enumerate(batch["query"].to_pylist()):
+            if dropped[i] is None:
+                norm = " ".join(q.lower().split())
+                if norm in self.seen:
+                    dropped[i] = "dedup"
+                self.seen.add(norm)
+        return batch.set_column(batch.schema.get_field_index("dropped_by"), "dropped_by", pa.array(dropped, pa.string()))
+
+
+class RoundTrip:
+    """Ray Data callable class: the query must retrieve its own chunk from the index
+    (Promptagator's round-trip consistency); also scores query-chunk similarity."""
+
+    def __init__(self, index_dir: str, cfg: FiltersConfig):
+        from ..index import open_index
+        from ..runtime import limit_torch_threads
+
+        limit_torch_threads()
+        self.searcher = open_index(index_dir)
+        self.cfg = cfg
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        dropped = batch["dropped_by"].to_pylist()
+        live = [i for i, d in enumerate(dropped) if d is None]
+        ranks, scores = [None] * batch.num_rows, [None] * batch.num_rows
+        if live:
+            queries = [batch["query"][i].as_py() for i in live]
+            qv = self.searcher.embed(queries)
+            cv = self.searcher.embed([batch["text"][i].as_py() for i in live])
+            sims = np.sum(qv * cv, axis=1) / (np.linalg.norm(qv, axis=1) * np.linalg.norm(cv, axis=1))
+            c = self.cfg.consistency
+            for j, i in enumerate(live):
+                scores[i] = float(sims[j])
+                if c.enabled:
+                    hits = self.searcher.search(queries[j], mode=c.mode, k=c.top_k, vector=qv[j])
+                    own = [r for r, h in enumerate(hits) if h["id"] == batch["id"][i].as_py()]
+                    ranks[i] = own[0] + 1 if own else None
+                    if not own:
+                        dropped[i] = "consistency"
+                        continue
+                if self.cfg.min_score is not None and scores[i] < self.cfg.min_score:
+                    dropped[i] = "min_score"
+        batch = batch.set_column(batch.schema.get_field_index("dropped_by"), "dropped_by", pa.array(dropped, pa.string()))
+        return batch.append_column("own_rank", pa.array(ranks, pa.int32())).append_column("score", pa.array(scores, pa.float32()))
+
+
+def run(cfg: FiltersConfig, ctx) -> dict:
+    src = ctx.inputs["synthesize"]["outputs"]["generated"]
+    ds = ray.data.read_parquet(src, partitioning=None)  # the folder name is not a column
+    ds = ds.map_batches(rule_filters, fn_kwargs={"cfg": cfg}, batch_format="pyarrow")
+    if cfg.dedup:
+        ds = ds.map_batches(DropRepeats, compute=ActorPoolStrategy(size=1), num_cpus=0, batch_format="pyarrow")
+    if cfg.consistency.enabled or cfg.min_score is not None:
+        lo, hi = cfg.concurrency
+        ds = ds.map_batches(RoundTrip, fn_constructor_args=(str(ctx.input_dir("index")), cfg),
+                            batch_size=cfg.batch_size, compute=ActorPoolStrategy(min_size=lo, max_size=hi),
+                            num_cpus=1, batch_format="pyarrow")
+    ds = ds.map_batches(lambda b: b.append_column("status", pa.array(
+        ["kept" if d is None else "dropped" for d in b["dropped_by"].to_pylist()], pa.string())), batch_format="pyarrow")
+    out = ctx.stage_dir / "queries"
+    ds.write_parquet(str(out), partition_cols=["status"])
+
+    counts = count_filters(out)
+    print_filters(ctx.console, counts)
+    return {"outputs": {"kept": str(out / "status=kept"), "dropped": str(out / "status=dropped")}, "counts": counts}
+
+
+def count_filters(out) -> dict:
+    reasons: dict[str, int] = {}
+    kept = 0
+    for f in parquet_files(out):
+        col = pq.read_table(f, columns=["dropped_by"]).column("dropped_by").to_pylist()
+        for d in col:
+            if d is None:
+                kept += 1
+            else:
+                reasons[d] = reasons.get(d, 0) + 1
+    total = kept + sum(reasons.values())
+    counts = {"input": total}
+    remaining = total
+    for name in ORDER:
+        dropped = reasons.get(name, 0)
+        counts[name] = {"in": remaining, "dropped": dropped, "kept": remaining - dropped}
+        remaining -= dropped
+    counts["kept"] = kept
+    return counts
+
+
+def print_filters(console, counts: dict) -> None:
+    table = Table(title=f"filters: {counts['kept']:,} of {counts['input']:,} kept")
+    for col in ("filter", "in", "dropped", "kept"):
+        table.add_column(col, justify="right" if col != "filter" else "left")
+    for name in ORDER:
+        c = counts[name]
+        table.add_row(name, f"{c['in']:,}", f"{c['dropped']:,}", f"{c['kept']:,}")
+    console.print(table)

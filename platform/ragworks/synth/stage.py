@@ -1,0 +1,159 @@
+"""Stage `synthesize`: chunks -> prompts -> engine -> parsed rows, written as they come.
+
+task `queries`: InPars / Promptagator few-shot query generation.
+task `rag_examples`: RAFT-style examples: a question and answer from an oracle
+chunk, shown among distractor chunks from the index (some without the oracle).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray
+from ray.data import ActorPoolStrategy
+
+from ..config import JobSpec, SynthesizeConfig
+from ..incremental import done_keys, drop_partial_files, parquet_files, skip_done
+from ..manifest import files_fingerprint
+from .engines import check_engine, generate
+from .parse import clean_query, parse_qa
+from .prompts import QueryPrompt, rag_prompt
+
+ABSTAIN = "The context does not contain the answer."
+TASK_DEFAULTS = {"queries": {"max_tokens": 32, "stop": ["\n"]}, "rag_examples": {"max_tokens": 128, "stop": ["\n\n"]}}
+
+
+def external_inputs(spec: JobSpec) -> dict:
+    ex = spec.synthesize.prompt.examples
+    return {"examples": files_fingerprint(ex) if ex else None}
+
+
+def engine_for(cfg: SynthesizeConfig):
+    s = cfg.engine.sampling
+    d = TASK_DEFAULTS[cfg.task]
+    sampling = s.model_copy(update={"max_tokens": s.max_tokens or d["max_tokens"], "stop": d["stop"] if s.stop is None else s.stop})
+    return cfg.engine.model_copy(update={"sampling": sampling})
+
+
+def expand(batch: pa.Table, per_chunk: int) -> pa.Table:
+    """One row per (chunk, sample); `key` names it for resume."""
+    idx = np.repeat(np.arange(batch.num_rows), per_chunk)
+    out = batch.take(pa.array(idx))
+    sample = np.tile(np.arange(per_chunk), batch.num_rows)
+    keys = [f"{c}:{k}" for c, k in zip(out["id"].to_pylist(), sample.tolist())]
+    return out.append_column("sample", pa.array(sample, pa.int32())).append_column("key", pa.array(keys, pa.string()))
+
+
+def query_prompts(batch: pa.Table, prompt_cfg) -> pa.Table:
+    prompt = QueryPrompt(prompt_cfg)
+    return batch.append_column("prompt", pa.array([prompt(t) for t in batch["text"].to_pylist()], pa.string()))
+
+
+class RagContext:
+    """Ray Data callable class: distractors for each chunk from the index, and the prompt."""
+
+    def __init__(self, index_dir: str, cfg: SynthesizeConfig):
+        from ..index import open_index
+        from ..runtime import limit_torch_threads
+
+        limit_torch_threads()
+        self.searcher = open_index(index_dir)
+        self.cfg = cfg
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        rag = self.cfg.rag
+        vectors = self.searcher.embed([r["text"] for r in rows]) if rag.mode != "fulltext" else [None] * len(rows)
+        for r, vec in zip(rows, vectors):
+            rng = random.Random(int(hashlib.sha1(r["key"].encode()).hexdigest(), 16))
+            hits = self.searcher.search(r["text"][:2000], mode=rag.mode, k=rag.distractors + 20, vector=vec)
+            distractors = [h for h in hits if h["doc_id"] != r["doc_id"]][: rag.distractors]
+            has_oracle = rng.random() >= rag.no_oracle_fraction
+            context = [{"id": h["id"], "text": h["text"]} for h in distractors]
+            if has_oracle:
+                context.append({"id": r["id"], "text": r["text"]})
+            rng.shuffle(context)
+            r.update(context=json.dumps(context), has_oracle=has_oracle,
+                     prompt=rag_prompt(r["text"], self.cfg.prompt.max_doc_words))
+        return pa.Table.from_pylist(rows)
+
+
+def parse_rows(batch: pa.Table, task: str, copies: frozenset = frozenset()) -> pa.Table:
+    rows = batch.to_pylist()
+    for r in rows:
+        r.pop("prompt", None)
+        r["status"], r["reason"], r["query"], r["answer"] = "ok", None, None, None
+        if r["gen_error"]:
+            r["status"], r["reason"] = "reject", f"generation failed: {r['gen_error']}"
+        elif task == "queries":
+            r["query"] = clean_query(r["generated_text"])
+            if not r["query"]:
+                r["status"], r["reason"] = "reject", "empty output"
+            elif r["query"].lower() in copies:  # small models echo the prompt's examples
+                r["status"], r["reason"] = "reject", "copied a prompt example"
+        else:
+            qa = parse_qa(r["generated_text"])
+            if qa is None:
+                r["status"], r["reason"] = "reject", "no 'question / Answer:' pair in the output"
+            else:
+                r["query"] = qa[0]
+                r["answer"] = f"{qa[1]} [{r['id']}]" if r["has_oracle"] else ABSTAIN
+                r["oracle_id"] = r["id"] if r["has_oracle"] else None
+    return pa.Table.from_pylist(rows)
+
+
+def run(cfg: SynthesizeConfig, ctx) -> dict:
+    engine = engine_for(cfg)
+    check_engine(engine)  # before any work: no GPU, no vLLM, say so now
+    out = ctx.stage_dir / "generated"
+    dropped = drop_partial_files(out)
+    done = done_keys(out)
+    if done or dropped:
+        ctx.console.print(f"resuming: {len(done):,} rows already written"
+                          + (f", {len(dropped)} partial files removed" if dropped else ""))
+
+    chunks = ray.data.read_parquet(ctx.inputs["corpus"]["outputs"]["chunks"], columns=["id", "doc_id", "title", "text"])
+    if cfg.limit:
+        chunks = chunks.limit(cfg.limit)
+    rows = chunks.map_batches(expand, fn_kwargs={"per_chunk": cfg.per_chunk}, batch_format="pyarrow")
+    rows = rows.map_batches(skip_done, fn_kwargs={"done": done}, batch_format="pyarrow")
+    if cfg.task == "queries":
+        rows = rows.map_batches(query_prompts, fn_kwargs={"prompt_cfg": cfg.prompt}, batch_format="pyarrow")
+    else:
+        rows = rows.map_batches(RagContext, fn_constructor_args=(str(ctx.input_dir("index")), cfg),
+                                compute=ActorPoolStrategy(size=1), num_cpus=0.5, batch_size=32, batch_format="pyarrow")
+    # Blocks of one engine batch: each is written as soon as it is generated.
+    rows = rows.repartition(target_num_rows_per_block=engine.batch_size)
+    ctx.console.print(f"generating with {engine.kind} ({engine.model}), actors {tuple(engine.concurrency)}, "
+                      f"batch {engine.batch_size}")
+    rows = generate(rows, engine)
+    copies = frozenset(e["query"].lower() for e in QueryPrompt(cfg.prompt).examples)
+    rows = rows.map_batches(parse_rows, fn_kwargs={"task": cfg.task, "copies": copies}, batch_format="pyarrow")
+    rows.write_parquet(str(out), partition_cols=["status"])
+
+    counts, tokens = count_generated(out)
+    seconds = max(1e-9, time.perf_counter() - ctx.started)
+    stats = {"tokens_per_s": round(tokens / seconds, 2), "rows_per_s": round(counts["rows"] / seconds, 3),
+             "generated_tokens": tokens}
+    ctx.console.print(f"synthesize: {counts['ok']:,} ok, {counts['rejects']:,} rejected; "
+                      f"{stats['tokens_per_s']:.1f} tokens/s, {stats['rows_per_s']:.2f} rows/s")
+    return {"outputs": {"generated": str(out / "status=ok"), "rejects": str(out / "status=reject")},
+            "counts": counts, "throughput": stats}
+
+
+def count_generated(out) -> tuple[dict, int]:
+    counts = {"ok": 0, "rejects": 0}
+    tokens = 0
+    for f in parquet_files(out):
+        t = pq.read_table(f, columns=["gen_tokens"])
+        counts["rejects" if "status=reject" in str(f) else "ok"] += t.num_rows
+        tokens += int(pc.sum(t["gen_tokens"]).as_py() or 0)
+    counts["rows"] = counts["ok"] + counts["rejects"]
+    return counts, tokens
