@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import socket
 
 import numpy as np
 import ray
@@ -33,12 +34,13 @@ class HFGenerate:
         limit_torch_threads()
         self.cfg = cfg
         self.model, self.tok = load_causal_lm(cfg.model, torch_device(cfg.num_gpus))
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"  # which actor wrote a row: debugging, pool size
 
     def _generate(self, prompts: list[str]) -> tuple[list[str], list[int]]:
         import torch
 
         s = self.cfg.sampling
-        enc = self.tok(prompts, return_tensors="pt", padding=True).to(self.model.device)
+        enc = self.tok(prompts, return_tensors="pt", padding=True, return_token_type_ids=False).to(self.model.device)
         kwargs = dict(max_new_tokens=s.max_tokens, pad_token_id=self.tok.pad_token_id, do_sample=s.temperature > 0)
         if s.temperature > 0:
             torch.manual_seed(s.seed)
@@ -65,7 +67,8 @@ class HFGenerate:
                 except Exception as err:  # noqa: BLE001
                     errors[i] = f"{type(err).__name__}: {err}"[:500]
         return {**batch, "generated_text": np.array(texts, dtype=object),
-                "gen_error": np.array(errors, dtype=object), "gen_tokens": np.array(counts, dtype=np.int64)}
+                "gen_error": np.array(errors, dtype=object), "gen_tokens": np.array(counts, dtype=np.int64),
+                "gen_worker": np.array([self.worker] * len(prompts), dtype=object)}
 
 
 def _transformers(ds: ray.data.Dataset, cfg: EngineConfig) -> ray.data.Dataset:
@@ -110,37 +113,66 @@ def _vllm(ds: ray.data.Dataset, cfg: EngineConfig) -> ray.data.Dataset:  # pragm
 
 
 # ------------------------------------------------------------------ openai
+class OpenAIGenerate:
+    """Ray Data callable class: completions from any OpenAI-compatible endpoint.
+
+    Ray's own HTTP request processor fails a whole block when one response is not
+    JSON or exhausts its retries; here each request succeeds or fails alone.
+    """
+
+    RETRY = {408, 429, 502, 503, 504}
+
+    def __init__(self, cfg: EngineConfig, attempts: int = 4):
+        from concurrent.futures import ThreadPoolExecutor
+
+        import httpx
+
+        key = os.environ.get(cfg.api_key_env, "")
+        self.client = httpx.Client(base_url=cfg.base_url.rstrip("/"), timeout=120.0,
+                                   headers={"Authorization": f"Bearer {key}"} if key else {})
+        self.pool = ThreadPoolExecutor(max_workers=min(cfg.batch_size, 32))
+        self.cfg, self.attempts = cfg, attempts
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+
+    def _one(self, prompt: str) -> tuple[str, int, str]:
+        import time
+
+        s = self.cfg.sampling
+        payload = {"model": self.cfg.model, "prompt": prompt, "max_tokens": s.max_tokens, "temperature": s.temperature,
+                   "top_p": s.top_p, "stop": s.stop or None, "seed": s.seed}
+        error = ""
+        for attempt in range(self.attempts):
+            try:
+                r = self.client.post("/completions", json=payload)
+                if r.status_code in self.RETRY:
+                    error = f"HTTP {r.status_code}"
+                    time.sleep(0.5 * 2**attempt)
+                    continue
+                if r.status_code != 200:
+                    return "", 0, f"HTTP {r.status_code}: {r.text[:200]}"
+                body = r.json()
+                text = body["choices"][0]["text"]
+                return text, int((body.get("usage") or {}).get("completion_tokens") or len(text.split())), ""
+            except (ValueError, KeyError, IndexError, TypeError) as err:
+                return "", 0, f"unexpected response: {type(err).__name__}: {err}"
+            except Exception as err:  # noqa: BLE001 - connection errors: retry, then give up on this row
+                error = f"{type(err).__name__}: {err}"
+                time.sleep(0.5 * 2**attempt)
+        return "", 0, f"gave up after {self.attempts} attempts: {error}"
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        results = list(self.pool.map(self._one, [str(p) for p in batch["prompt"]]))
+        return {**batch, "generated_text": np.array([r[0] for r in results], dtype=object),
+                "gen_tokens": np.array([r[1] for r in results], dtype=np.int64),
+                "gen_error": np.array([r[2][:500] for r in results], dtype=object),
+                "gen_worker": np.array([self.worker] * len(results), dtype=object)}
+
+
 def _openai(ds: ray.data.Dataset, cfg: EngineConfig) -> ray.data.Dataset:
-    from ray.data.llm import HttpRequestProcessorConfig, build_processor
-
-    s = cfg.sampling
-    key = os.environ.get(cfg.api_key_env, "")
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    model = cfg.model
-
-    def preprocess(row: dict) -> dict:
-        return {**row, "payload": {"model": model, "prompt": row["prompt"], "max_tokens": s.max_tokens,
-                                   "temperature": s.temperature, "top_p": s.top_p, "stop": s.stop or None,
-                                   "seed": s.seed}}
-
-    def postprocess(row: dict) -> dict:
-        out = {k: v for k, v in row.items() if k not in ("payload", "http_response") and not k.startswith("__")}
-        error, text, tokens = row.get("__inference_error__") or "", "", 0
-        try:
-            if not error:
-                resp = row["http_response"]
-                text = resp["choices"][0]["text"]
-                tokens = int((resp.get("usage") or {}).get("completion_tokens") or len(text.split()))
-        except (KeyError, IndexError, TypeError) as err:
-            error = f"unexpected response: {err}"
-        return {**out, "generated_text": text, "gen_error": str(error)[:500], "gen_tokens": tokens}
-
-    processor = build_processor(
-        HttpRequestProcessorConfig(url=cfg.base_url.rstrip("/") + "/completions", headers=headers, qps=cfg.qps,
-                                   batch_size=cfg.batch_size, concurrency=cfg.concurrency[1],
-                                   should_continue_on_error=True),
-        preprocess=preprocess, postprocess=postprocess)
-    return processor(ds)
+    lo, hi = cfg.concurrency
+    # I/O bound: a fraction of a CPU per actor, so the pool never starves the tasks around it.
+    return ds.map_batches(OpenAIGenerate, fn_constructor_args=(cfg,), batch_size=cfg.batch_size,
+                          compute=ActorPoolStrategy(min_size=lo, max_size=hi), num_cpus=0.25)
 
 
 ENGINES = {"transformers": _transformers, "vllm": _vllm, "openai": _openai}

@@ -1,0 +1,214 @@
+"""Synthetic data: engines, per-row failure isolation, resume after a kill, filters, negatives."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from conftest import write_jsonl
+from fake_llm import FakeLLM
+from rich.console import Console
+
+from ragworks.config import EngineConfig, FiltersConfig, parse_spec
+from ragworks.runner import run_job
+from ragworks.synth.engines import EngineUnavailable, HFGenerate, check_vllm
+from ragworks.synth.filters import DropRepeats, rule_filters
+from ragworks.synth.parse import clean_query
+
+QUIET = Console(quiet=True)
+
+# Two-chunk documents, so "never a positive" covers sibling chunks of the same document.
+TOPICS = {
+    "photo": "Plants convert sunlight water and carbon dioxide into glucose and oxygen inside chloroplasts",
+    "volcano": "Magma rises through the crust and erupts as lava ash and gases from volcanoes",
+    "vaccine": "A vaccine trains the immune system to recognise a pathogen using an antigen",
+    "hole": "A black hole is a region of spacetime where gravity stops even light from escaping",
+    "bread": "Yeast ferments sugars in dough and the carbon dioxide makes bread rise in the oven",
+    "tide": "Ocean tides come from the gravitational pull of the moon and the sun on the seas",
+    "FAIL": "This FAIL document makes the fake model server answer with an HTTP error every time",
+}
+
+
+@pytest.fixture
+def corpus_dir(tmp_path) -> Path:
+    docs = [{"_id": k, "title": k, "text": f"{v}. {v.lower()} again and again in more detail."} for k, v in TOPICS.items()]
+    write_jsonl(tmp_path / "c" / "corpus.jsonl", docs)
+    return tmp_path / "c"
+
+
+def spec_for(corpus_dir, url, **sections):
+    data = {
+        "corpus": {"source": {"path": str(corpus_dir)}, "chunking": {"max_tokens": 20, "overlap": 4, "title": False}},
+        "index": {"concurrency": [1, 1]},
+        "synthesize": {"engine": {"kind": "openai", "base_url": url, "model": "fake", "batch_size": 4}},
+    }
+    data.update(sections)
+    return parse_spec(data)
+
+
+def rows(folder) -> list[dict]:
+    return [r for f in sorted(Path(folder).rglob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory) -> str:
+    """A randomly initialised two-layer Llama with the bundled MiniLM tokenizer: fast, real transformers code."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from ragworks.models import resolve_model
+
+    path = tmp_path_factory.mktemp("tiny-lm")
+    tok = AutoTokenizer.from_pretrained(resolve_model("bundled:all-minilm-l6-v2"))
+    cfg = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
+                      pad_token_id=tok.pad_token_id, eos_token_id=tok.sep_token_id, bos_token_id=tok.cls_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def test_openai_engine_against_a_local_server_isolates_failing_rows(ray_local, tmp_path, corpus_dir):
+    with FakeLLM({"Plants": " Query: how do plants make glucose"}) as llm:
+        m = run_job(spec_for(corpus_dir, llm.url), workdir=tmp_path / "wd", console=QUIET)["synthesize"]
+    n_chunks = m["counts"]["rows"]
+    ok, rejects = rows(m["outputs"]["generated"]), rows(m["outputs"]["rejects"])
+    assert len(ok) + len(rejects) == n_chunks and len(ok) > 0
+    assert {r["doc_id"] for r in rejects} == {"FAIL"}  # only the failing document's rows
+    assert all(r["reason"].startswith("generation failed") for r in rejects)
+    assert "how do plants make glucose" in {r["query"] for r in ok}
+    assert m["throughput"]["tokens_per_s"] > 0 and m["throughput"]["rows_per_s"] > 0
+
+
+def test_transformers_engine_isolates_a_failing_row(tiny_lm, monkeypatch):
+    gen = HFGenerate(EngineConfig(model=tiny_lm, sampling={"max_tokens": 4, "stop": []}))
+    real = gen._generate
+
+    def flaky(prompts):
+        if any("BOOM" in p for p in prompts):
+            raise RuntimeError("cannot generate this one")
+        return real(prompts)
+
+    monkeypatch.setattr(gen, "_generate", flaky)
+    import numpy as np
+
+    out = gen({"prompt": np.array(["first prompt", "BOOM prompt", "third prompt"], dtype=object)})
+    assert list(out["gen_error"]) == ["", "RuntimeError: cannot generate this one", ""]
+    assert out["gen_tokens"][0] > 0 and out["gen_tokens"][2] > 0 and out["generated_text"][1] == ""
+
+
+def test_engine_pool_grows_from_min_to_max_under_load(ray_local, tiny_lm):
+    import ray
+
+    from ragworks.synth.engines import generate
+
+    cfg = EngineConfig(model=tiny_lm, batch_size=2, concurrency=(1, 2), num_cpus=0.25,
+                       sampling={"max_tokens": 64, "stop": []})
+    ds = ray.data.from_items([{"prompt": f"prompt number {i} " * 40} for i in range(240)]).repartition(120)
+    out = generate(ds, cfg).select_columns(["gen_worker", "gen_error"]).take_all()
+    assert len(out) == 240 and all(r["gen_error"] == "" for r in out)
+    assert len({r["gen_worker"] for r in out}) == 2  # started with one actor, grew to the max of two
+
+
+def test_vllm_spec_validates_without_vllm_and_fails_clearly(ray_local, tmp_path, corpus_dir, monkeypatch):
+    spec = spec_for(corpus_dir, "http://unused", synthesize={"engine": {"kind": "vllm"}})
+    assert spec.synthesize.engine.kind == "vllm"  # validates without vllm installed
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        with pytest.raises(EngineUnavailable, match=r"pip install 'ragworks\[vllm\]'"):
+            run_job(spec, workdir=tmp_path / "wd", console=QUIET)
+    # with vLLM present but no GPU in the cluster: fail at once instead of waiting for one
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else None)
+    with pytest.raises(EngineUnavailable, match="needs a GPU, and this Ray cluster has 0"):
+        check_vllm(spec.synthesize.engine)
+
+
+def test_resume_after_a_killed_run(ray_local, tmp_path, corpus_dir):
+    """Kill the driver mid-generation; the next run generates only what is missing."""
+    import ray
+
+    with FakeLLM(delay=0.15) as llm:
+        data = spec_for(corpus_dir, llm.url).model_dump(mode="json", exclude_none=True)
+        data["synthesize"]["per_chunk"] = 3
+        data["synthesize"]["engine"].update(batch_size=2, concurrency=[1, 1])
+        job = tmp_path / "job.yaml"
+        job.write_text(yaml.safe_dump(data))
+        workdir = tmp_path / "wd"
+        env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+        proc = subprocess.Popen([sys.executable, "-m", "ragworks.cli", "run", str(job), "--workdir", str(workdir),
+                                 "--address", ray.get_runtime_context().gcs_address],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+        out = workdir / "synthesize" / "generated"
+        deadline = time.time() + 240
+        while time.time() < deadline and len(list(out.rglob("*.parquet"))) < 3:
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert not (workdir / "synthesize" / "manifest.json").exists(), "the run finished before it was killed"
+        written_before = {r["key"] for r in rows(out)}
+        assert written_before
+        requests_before = llm.requests
+
+        spec = parse_spec(data)
+        m = run_job(spec, workdir=workdir, console=QUIET)["synthesize"]
+        requests_after = llm.requests - requests_before
+
+    final = rows(out)
+    keys = [r["key"] for r in final]
+    n_chunks = m["counts"]["rows"] // 3
+    assert len(keys) == len(set(keys)) == 3 * n_chunks  # every row once: no duplicates, nothing lost
+    assert written_before <= set(keys)
+    assert requests_after <= len(keys) - len(written_before) + 4  # only the missing rows were generated again
+
+
+def test_rule_filters_and_dedup():
+    cfg = FiltersConfig(length={"min_words": 3, "max_words": 6})
+    batch = pa.table({"query": ['Query: "how do vaccines work"', "  ", "volcano", "1. what causes the ocean tides",
+                                "one two three four five six seven", "How do vaccines work"]})
+    out = rule_filters(batch, cfg)
+    assert out["dropped_by"].to_pylist() == [None, "cleanup", "length", None, "length", None]
+    assert out["query"].to_pylist()[0] == "how do vaccines work"
+    assert clean_query("Claim: 'Aspirin lowers risk.'\nsecond line") == "Aspirin lowers risk."
+    dedup = DropRepeats()(out)
+    assert dedup["dropped_by"].to_pylist() == [None, "cleanup", "length", None, "length", "dedup"]
+
+
+def test_filters_and_negatives_stages(ray_local, tmp_path, corpus_dir):
+    answers = {
+        "Plants": " Query: how do plants turn sunlight into glucose",  # kept
+        "Magma": " volcano",  # too short
+        "vaccine": " how do plants turn sunlight into glucose",  # a repeat of the first
+        "black hole": " best recipe for chocolate cake frosting",  # does not find its chunk
+        "Yeast": " why does bread dough rise with yeast",  # kept
+        "Ocean": " why do the moon and sun cause ocean tides",  # kept
+    }
+    with FakeLLM(answers) as llm:
+        spec = spec_for(corpus_dir, llm.url, filters={"consistency": {"top_k": 3}, "length": {"min_words": 3}},
+                        negatives={"per_query": 2, "skip_top": 0, "candidates": 20, "mode": "dense",
+                                   "max_score_ratio": 0.95})
+        m = run_job(spec, workdir=tmp_path / "wd", console=QUIET)
+    c = m["filters"]["counts"]
+    gen = m["synthesize"]["counts"]["ok"]
+    assert c["input"] == gen
+    assert c["cleanup"]["dropped"] == 0 and c["length"]["dropped"] >= 1
+    assert c["dedup"]["dropped"] >= 1 and c["consistency"]["dropped"] >= 1
+    assert c["kept"] == gen - sum(c[f]["dropped"] for f in ("cleanup", "length", "dedup", "consistency", "min_score"))
+    dropped = {r["dropped_by"] for r in rows(m["filters"]["outputs"]["dropped"])}
+    assert dropped == {"length", "dedup", "consistency"}
+    kept = rows(m["filters"]["outputs"]["kept"])
+    assert kept and all(r["dropped_by"] is None and r["own_rank"] <= 3 for r in kept)
+
+    pairs = rows(m["negatives"]["outputs"]["pairs"])
+    assert len(pairs) == len(kept)
+    for p in pairs:
+        assert p["positive_id"] not in p["negative_ids"]
+        assert not any(n.split("#")[0] == p["positive_doc_id"] for n in p["negative_ids"])  # no sibling chunks
+        assert all(s <= 0.95 * p["positive_score"] + 1e-6 for s in p["negative_scores"])
+        assert len(p["negative_ids"]) == 2
