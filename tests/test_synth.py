@@ -212,3 +212,25 @@ def test_filters_and_negatives_stages(ray_local, tmp_path, corpus_dir):
         assert not any(n.split("#")[0] == p["positive_doc_id"] for n in p["negative_ids"])  # no sibling chunks
         assert all(s <= 0.95 * p["positive_score"] + 1e-6 for s in p["negative_scores"])
         assert len(p["negative_ids"]) == 2
+
+
+def test_prompt_shows_text_title_or_both(tmp_path):
+    from ragworks.config import PromptConfig
+    from ragworks.synth.prompts import QueryPrompt
+
+    examples = tmp_path / "ex.yaml"
+    examples.write_text(yaml.safe_dump({"instruction": "Write a claim.", "examples": [
+        {"title": "Folate and homocysteine", "document": "Folate lowers homocysteine in a trial", "query": "Folate lowers it."}]}))
+    text = " ".join(f"w{i}" for i in range(50))
+    for mode, shown in (("text", "w0 w1 w2 w3 w4 w5 w6 w7 ..."), ("title", "My title"),
+                        ("title_text", "My title. w0 w1 w2 w3 w4 w5 w6 w7 ...")):
+        p = QueryPrompt(PromptConfig(examples=str(examples), document=mode, max_doc_words=8))
+        prompt = p(text, "My title")
+        assert prompt.startswith("Write a claim.\n\nDocument: ")
+        assert prompt.endswith(f"Document: {shown}\nQuery:"), (mode, prompt)
+        assert "Query: Folate lowers it." in prompt
+    assert "w0 w1" in QueryPrompt(PromptConfig(document="title"))(text, None)  # no title: falls back to the text
+    with pytest.raises(ValueError, match="examples"):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("examples: [{document: only}]")
+        QueryPrompt(PromptConfig(examples=str(bad)))

@@ -149,6 +149,9 @@ class PromptConfig(Section):
     instruction: str | None = Field(None, description="first line of the prompt (default: the examples file's, else generic)")
     max_examples: int = Field(8, ge=0, le=8)
     max_doc_words: int = Field(160, ge=8, description="documents are cut to this many words in the prompt")
+    document: Literal["text", "title", "title_text"] = Field(
+        "text", description="what the prompt shows of a chunk: its text, its document's title, or both; "
+                            "a small model grounds better on a short informative title than on a long text")
 
 
 class RagExamplesConfig(Section):

@@ -6,12 +6,15 @@ import logging
 import os
 
 import ray
+import ray.data
 
 from .config import RayConfig
 
 
 def init_ray(cfg: RayConfig, address: str | None = None) -> None:
     """Connect to a cluster, or start an embedded one that stays on 127.0.0.1."""
+    # Rows keep their input order: `limit`, "first copy wins" dedup and resume all rely on it.
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
     if ray.is_initialized():
         return
     address = address or cfg.address

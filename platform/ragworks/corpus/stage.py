@@ -39,8 +39,6 @@ def external_inputs(spec: JobSpec) -> dict:
 
 
 def run(cfg: CorpusConfig, ctx) -> dict:
-    # Keep input order, so "the first copy wins" and chunk order are reproducible.
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
     ctx.console.print(f"reading {cfg.source.format} records from {cfg.source.path}")
 
     ds = read_source(cfg.source)

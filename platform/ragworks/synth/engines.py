@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import socket
+import zlib
 
 import numpy as np
 import ray
@@ -42,8 +43,8 @@ class HFGenerate:
         s = self.cfg.sampling
         enc = self.tok(prompts, return_tensors="pt", padding=True, return_token_type_ids=False).to(self.model.device)
         kwargs = dict(max_new_tokens=s.max_tokens, pad_token_id=self.tok.pad_token_id, do_sample=s.temperature > 0)
-        if s.temperature > 0:
-            torch.manual_seed(s.seed)
+        if s.temperature > 0:  # reproducible, yet not the same draw for equal prompts in different batches
+            torch.manual_seed(s.seed + zlib.crc32("\x00".join(prompts).encode()))
             kwargs.update(temperature=s.temperature, top_p=s.top_p)
         if s.stop:
             kwargs.update(stop_strings=s.stop, tokenizer=self.tok)

@@ -116,11 +116,15 @@ def run(cfg: FiltersConfig, ctx) -> dict:
 def count_filters(out) -> dict:
     reasons: dict[str, int] = {}
     kept = 0
+    chunks_in: set[str] = set()
+    chunks_kept: set[str] = set()
     for f in parquet_files(out):
-        col = pq.read_table(f, columns=["dropped_by"]).column("dropped_by").to_pylist()
-        for d in col:
+        t = pq.read_table(f, columns=["dropped_by", "id"])
+        for d, cid in zip(t.column("dropped_by").to_pylist(), t.column("id").to_pylist()):
+            chunks_in.add(cid)
             if d is None:
                 kept += 1
+                chunks_kept.add(cid)
             else:
                 reasons[d] = reasons.get(d, 0) + 1
     total = kept + sum(reasons.values())
@@ -131,6 +135,8 @@ def count_filters(out) -> dict:
         counts[name] = {"in": remaining, "dropped": dropped, "kept": remaining - dropped}
         remaining -= dropped
     counts["kept"] = kept
+    counts["chunks"] = {"in": len(chunks_in), "with_kept_query": len(chunks_kept),
+                        "share": round(len(chunks_kept) / max(1, len(chunks_in)), 4)}
     return counts
 
 
@@ -142,3 +148,5 @@ def print_filters(console, counts: dict) -> None:
         c = counts[name]
         table.add_row(name, f"{c['in']:,}", f"{c['dropped']:,}", f"{c['kept']:,}")
     console.print(table)
+    c = counts["chunks"]
+    console.print(f"{c['with_kept_query']:,} of {c['in']:,} chunks ({c['share']:.1%}) keep at least one query")

@@ -45,11 +45,20 @@ class QueryPrompt:
             instruction, examples = data.get("instruction", instruction), data["examples"]
         self.instruction = cfg.instruction or instruction
         self.examples = examples[: cfg.max_examples]
-        shots = [f"Document: {cut_words(e['document'], cfg.max_doc_words)}\nQuery: {e['query']}" for e in self.examples]
+        shots = [f"Document: {self.show(e.get('title'), e['document'])}\nQuery: {e['query']}" for e in self.examples]
         self.head = "\n\n".join([self.instruction, *shots])
 
-    def __call__(self, text: str) -> str:
-        return f"{self.head}\n\nDocument: {cut_words(text, self.cfg.max_doc_words)}\nQuery:"
+    def show(self, title: str | None, text: str) -> str:
+        """The part of a document the prompt shows (`prompt.document`)."""
+        mode = self.cfg.document if title else "text"
+        if mode == "title":
+            return title
+        if mode == "title_text":
+            return f"{title}. {cut_words(text, self.cfg.max_doc_words)}"
+        return cut_words(text, self.cfg.max_doc_words)
+
+    def __call__(self, text: str, title: str | None = None) -> str:
+        return f"{self.head}\n\nDocument: {self.show(title, text)}\nQuery:"
 
 
 RAG_INSTRUCTION = ("Read the passage and write one question that it answers, then the answer in one or two "

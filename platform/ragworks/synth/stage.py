@@ -26,6 +26,7 @@ from .engines import check_engine, generate
 from .parse import clean_query, parse_qa
 from .prompts import QueryPrompt, rag_prompt
 
+LIGHT_CPUS = 0.25
 ABSTAIN = "The context does not contain the answer."
 TASK_DEFAULTS = {"queries": {"max_tokens": 32, "stop": ["\n"]}, "rag_examples": {"max_tokens": 128, "stop": ["\n\n"]}}
 
@@ -53,7 +54,8 @@ def expand(batch: pa.Table, per_chunk: int) -> pa.Table:
 
 def query_prompts(batch: pa.Table, prompt_cfg) -> pa.Table:
     prompt = QueryPrompt(prompt_cfg)
-    return batch.append_column("prompt", pa.array([prompt(t) for t in batch["text"].to_pylist()], pa.string()))
+    texts, titles = batch["text"].to_pylist(), batch["title"].to_pylist()
+    return batch.append_column("prompt", pa.array([prompt(x, t) for x, t in zip(texts, titles)], pa.string()))
 
 
 class RagContext:
@@ -122,10 +124,12 @@ def run(cfg: SynthesizeConfig, ctx) -> dict:
     chunks = ray.data.read_parquet(ctx.inputs["corpus"]["outputs"]["chunks"], columns=["id", "doc_id", "title", "text"])
     if cfg.limit:
         chunks = chunks.limit(cfg.limit)
-    rows = chunks.map_batches(expand, fn_kwargs={"per_chunk": cfg.per_chunk}, batch_format="pyarrow")
-    rows = rows.map_batches(skip_done, fn_kwargs={"done": done}, batch_format="pyarrow")
+    # Light per-row steps take a quarter CPU, so the engine pool can grow into the rest.
+    light = {"batch_format": "pyarrow", "num_cpus": LIGHT_CPUS}
+    rows = chunks.map_batches(expand, fn_kwargs={"per_chunk": cfg.per_chunk}, **light)
+    rows = rows.map_batches(skip_done, fn_kwargs={"done": done}, **light)
     if cfg.task == "queries":
-        rows = rows.map_batches(query_prompts, fn_kwargs={"prompt_cfg": cfg.prompt}, batch_format="pyarrow")
+        rows = rows.map_batches(query_prompts, fn_kwargs={"prompt_cfg": cfg.prompt}, **light)
     else:
         rows = rows.map_batches(RagContext, fn_constructor_args=(str(ctx.input_dir("index")), cfg),
                                 compute=ActorPoolStrategy(size=1), num_cpus=0.5, batch_size=32, batch_format="pyarrow")
@@ -135,8 +139,8 @@ def run(cfg: SynthesizeConfig, ctx) -> dict:
                       f"batch {engine.batch_size}")
     rows = generate(rows, engine)
     copies = frozenset(e["query"].lower() for e in QueryPrompt(cfg.prompt).examples)
-    rows = rows.map_batches(parse_rows, fn_kwargs={"task": cfg.task, "copies": copies}, batch_format="pyarrow")
-    rows.write_parquet(str(out), partition_cols=["status"])
+    rows = rows.map_batches(parse_rows, fn_kwargs={"task": cfg.task, "copies": copies}, **light)
+    rows.write_parquet(str(out), partition_cols=["status"], ray_remote_args={"num_cpus": LIGHT_CPUS})
 
     counts, tokens = count_generated(out)
     seconds = max(1e-9, time.perf_counter() - ctx.started)
