@@ -234,3 +234,28 @@ def test_prompt_shows_text_title_or_both(tmp_path):
         bad = tmp_path / "bad.yaml"
         bad.write_text("examples: [{document: only}]")
         QueryPrompt(PromptConfig(examples=str(bad)))
+
+
+def test_rag_examples_cite_the_oracle_among_distractors(ray_local, tmp_path, corpus_dir):
+    answers = {"Plants": " What do plants make from sunlight?\nAnswer: Glucose and oxygen.",
+               "Magma": " What comes out of a volcano?\nAnswer: Lava, ash and gases."}
+    with FakeLLM(answers, default=" no answer format here") as llm:
+        spec = spec_for(corpus_dir, llm.url, synthesize={
+            "task": "rag_examples", "rag": {"distractors": 2, "no_oracle_fraction": 0.5, "mode": "dense"},
+            "engine": {"kind": "openai", "base_url": llm.url, "model": "fake", "batch_size": 4}})
+        m = run_job(spec, workdir=tmp_path / "wd", console=QUIET)["synthesize"]
+    ok, rejects = rows(m["outputs"]["generated"]), rows(m["outputs"]["rejects"])
+    assert ok and rejects
+    assert {r["reason"] for r in rejects} <= {"no 'question / Answer:' pair in the output",
+                                             "generation failed: HTTP 500: {\"error\": \"boom\"}"}
+    for r in ok:
+        context = json.loads(r["context"])
+        ids = [c["id"] for c in context]
+        assert len(ids) == len(set(ids)) and all(c["id"].split("#")[0] != r["doc_id"] for c in context if c["id"] != r["id"])
+        if r["has_oracle"]:
+            assert r["id"] in ids and r["answer"].endswith(f"[{r['id']}]") and r["oracle_id"] == r["id"]
+            assert len(context) == 3
+        else:
+            assert r["id"] not in ids and r["answer"] == "The context does not contain the answer."
+            assert len(context) == 2
+    assert {r["has_oracle"] for r in ok} == {True, False}  # both kinds at a 0.5 fraction
