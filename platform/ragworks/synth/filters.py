@@ -108,15 +108,19 @@ def run(cfg: FiltersConfig, ctx) -> dict:
     out = ctx.stage_dir / "queries"
     ds.write_parquet(str(out), partition_cols=["status"])
 
-    counts = count_filters(out)
+    counts = count_filters(out, ctx.inputs["synthesize"]["outputs"]["rejects"])
     print_filters(ctx.console, counts)
     return {"outputs": {"kept": str(out / "status=kept"), "dropped": str(out / "status=dropped")}, "counts": counts}
 
 
-def count_filters(out) -> dict:
+def count_filters(out, synth_rejects=None) -> dict:
+    """Per-filter counts, and the share of synthesized chunks (rejected generations
+    included) that keep at least one query."""
     reasons: dict[str, int] = {}
     kept = 0
     chunks_in: set[str] = set()
+    for f in parquet_files(synth_rejects) if synth_rejects else []:
+        chunks_in.update(pq.read_table(f, columns=["id"]).column("id").to_pylist())
     chunks_kept: set[str] = set()
     for f in parquet_files(out):
         t = pq.read_table(f, columns=["dropped_by", "id"])
