@@ -4,7 +4,6 @@ import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 from conftest import write_jsonl
 from rich.console import Console
 

@@ -8,7 +8,9 @@ removed, and the keys in the whole ones are not generated again.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 
@@ -29,17 +31,22 @@ def drop_partial_files(folder: str | Path) -> list[Path]:
     return dropped
 
 
+def read_columns(folder: str | Path, columns: list[str]) -> Iterator[tuple[Path, pa.Table]]:
+    """Each written file's `columns`, one file at a time: counts without loading a dataset."""
+    for f in parquet_files(folder):
+        yield f, pq.read_table(f, columns=columns)
+
+
 def done_keys(folder: str | Path, column: str = "key") -> set[str]:
     """Keys already written; only the key column is read."""
     keys: set[str] = set()
-    for f in parquet_files(folder):
-        keys.update(pq.read_table(f, columns=[column]).column(column).to_pylist())
+    for _, t in read_columns(folder, [column]):
+        keys.update(t.column(column).to_pylist())
     return keys
 
 
 def skip_done(batch, done: set[str], column: str = "key"):
     """Ray Data batch function (pyarrow): rows whose key is not written yet."""
-    import pyarrow as pa
     import pyarrow.compute as pc
 
     if not done:

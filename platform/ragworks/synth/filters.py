@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 from ray.data import ActorPoolStrategy
 from rich.table import Table
 
 from ..config import FiltersConfig
-from ..incremental import parquet_files
+from ..incremental import read_columns
 from .parse import clean_query
 
 ORDER = ("cleanup", "length", "dedup", "consistency", "min_score")
@@ -119,11 +118,10 @@ def count_filters(out, synth_rejects=None) -> dict:
     reasons: dict[str, int] = {}
     kept = 0
     chunks_in: set[str] = set()
-    for f in parquet_files(synth_rejects) if synth_rejects else []:
-        chunks_in.update(pq.read_table(f, columns=["id"]).column("id").to_pylist())
+    for _, t in read_columns(synth_rejects, ["id"]) if synth_rejects else []:
+        chunks_in.update(t.column("id").to_pylist())
     chunks_kept: set[str] = set()
-    for f in parquet_files(out):
-        t = pq.read_table(f, columns=["dropped_by", "id"])
+    for _, t in read_columns(out, ["dropped_by", "id"]):
         for d, cid in zip(t.column("dropped_by").to_pylist(), t.column("id").to_pylist()):
             chunks_in.add(cid)
             if d is None:

@@ -14,7 +14,7 @@ import ray
 from ray.data import ActorPoolStrategy
 
 from ..config import NegativesConfig
-from ..incremental import parquet_files
+from ..incremental import read_columns
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -74,10 +74,8 @@ def run(cfg: NegativesConfig, ctx) -> dict:
     out = ctx.stage_dir / "pairs"
     ds.write_parquet(str(out))
     rows = short = 0
-    import pyarrow.parquet as pq
-
-    for f in parquet_files(out):
-        n = pq.read_table(f, columns=["negative_ids"]).column("negative_ids").to_pylist()
+    for _, t in read_columns(out, ["negative_ids"]):
+        n = t.column("negative_ids").to_pylist()
         rows += len(n)
         short += sum(1 for x in n if len(x) < cfg.per_query)
     ctx.console.print(f"negatives: {rows:,} queries, {cfg.per_query} hard negatives each "

@@ -15,12 +15,11 @@ import time
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import ray
 from ray.data import ActorPoolStrategy
 
 from ..config import JobSpec, SynthesizeConfig
-from ..incremental import done_keys, drop_partial_files, parquet_files, skip_done
+from ..incremental import done_keys, drop_partial_files, read_columns, skip_done
 from ..manifest import files_fingerprint
 from .engines import check_engine, generate
 from .parse import clean_query, parse_qa
@@ -117,6 +116,7 @@ def run(cfg: SynthesizeConfig, ctx) -> dict:
     out = ctx.stage_dir / "generated"
     dropped = drop_partial_files(out)
     done = done_keys(out)
+    before, tokens_before = count_generated(out)  # a resumed run's rate counts only its own rows
     if done or dropped:
         ctx.console.print(f"resuming: {len(done):,} rows already written"
                           + (f", {len(dropped)} partial files removed" if dropped else ""))
@@ -144,8 +144,8 @@ def run(cfg: SynthesizeConfig, ctx) -> dict:
 
     counts, tokens = count_generated(out)
     seconds = max(1e-9, time.perf_counter() - ctx.started)
-    stats = {"tokens_per_s": round(tokens / seconds, 2), "rows_per_s": round(counts["rows"] / seconds, 3),
-             "generated_tokens": tokens}
+    stats = {"tokens_per_s": round((tokens - tokens_before) / seconds, 2),
+             "rows_per_s": round((counts["rows"] - before["rows"]) / seconds, 3), "generated_tokens": tokens}
     ctx.console.print(f"synthesize: {counts['ok']:,} ok, {counts['rejects']:,} rejected; "
                       f"{stats['tokens_per_s']:.1f} tokens/s, {stats['rows_per_s']:.2f} rows/s")
     return {"outputs": {"generated": str(out / "status=ok"), "rejects": str(out / "status=reject")},
@@ -155,8 +155,7 @@ def run(cfg: SynthesizeConfig, ctx) -> dict:
 def count_generated(out) -> tuple[dict, int]:
     counts = {"ok": 0, "rejects": 0}
     tokens = 0
-    for f in parquet_files(out):
-        t = pq.read_table(f, columns=["gen_tokens"])
+    for f, t in read_columns(out, ["gen_tokens"]):
         counts["rejects" if "status=reject" in str(f) else "ok"] += t.num_rows
         tokens += int(pc.sum(t["gen_tokens"]).as_py() or 0)
     counts["rows"] = counts["ok"] + counts["rejects"]
