@@ -82,6 +82,24 @@ class Searcher:
         return self.dense(vector, k, columns) if mode == "dense" else self.hybrid(query, vector, k, columns)
 
 
+def unit(vectors) -> np.ndarray:
+    """Rows scaled to length one, so a dot product is a cosine similarity."""
+    v = np.asarray(vectors, dtype=np.float32)
+    return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
+
+
+class IndexActor:
+    """Base of Ray Data callable classes that search the index: one searcher (and
+    embedder) per actor, torch limited to the CPUs Ray assigned it."""
+
+    def __init__(self, index_dir: str, cfg):
+        from ..runtime import limit_torch_threads
+
+        limit_torch_threads()
+        self.searcher = open_index(index_dir)
+        self.cfg = cfg
+
+
 def open_index(index_dir: str | Path, **overrides) -> Searcher:
     """The searcher for an index stage's output, configured from its manifest."""
     index_dir = Path(index_dir)

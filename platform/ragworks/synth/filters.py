@@ -14,6 +14,7 @@ from rich.table import Table
 
 from ..config import FiltersConfig
 from ..incremental import read_columns
+from ..index import IndexActor, unit
 from .parse import clean_query
 
 ORDER = ("cleanup", "length", "dedup", "consistency", "min_score")
@@ -54,17 +55,9 @@ class DropRepeats:
         return batch.set_column(batch.schema.get_field_index("dropped_by"), "dropped_by", pa.array(dropped, pa.string()))
 
 
-class RoundTrip:
+class RoundTrip(IndexActor):
     """Ray Data callable class: the query must retrieve its own chunk from the index
     (Promptagator's round-trip consistency); also scores query-chunk similarity."""
-
-    def __init__(self, index_dir: str, cfg: FiltersConfig):
-        from ..index import open_index
-        from ..runtime import limit_torch_threads
-
-        limit_torch_threads()
-        self.searcher = open_index(index_dir)
-        self.cfg = cfg
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         dropped = batch["dropped_by"].to_pylist()
@@ -74,7 +67,7 @@ class RoundTrip:
             queries = [batch["query"][i].as_py() for i in live]
             qv = self.searcher.embed(queries)
             cv = self.searcher.embed([batch["text"][i].as_py() for i in live])
-            sims = np.sum(qv * cv, axis=1) / (np.linalg.norm(qv, axis=1) * np.linalg.norm(cv, axis=1))
+            sims = np.sum(unit(qv) * unit(cv), axis=1)
             c = self.cfg.consistency
             for j, i in enumerate(live):
                 scores[i] = float(sims[j])

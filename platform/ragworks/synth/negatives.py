@@ -15,23 +15,11 @@ from ray.data import ActorPoolStrategy
 
 from ..config import NegativesConfig
 from ..incremental import read_columns
+from ..index import IndexActor, unit
 
 
-def _unit(v: np.ndarray) -> np.ndarray:
-    v = np.asarray(v, dtype=np.float32)
-    return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
-
-
-class MineNegatives:
+class MineNegatives(IndexActor):
     """Ray Data callable class: searcher and embedder loaded once per actor."""
-
-    def __init__(self, index_dir: str, cfg: NegativesConfig):
-        from ..index import open_index
-        from ..runtime import limit_torch_threads
-
-        limit_torch_threads()
-        self.searcher = open_index(index_dir)
-        self.cfg = cfg
 
     def mine(self, query: str, qv: np.ndarray, pos_id: str, pos_doc: str, pos_sim: float) -> tuple[list, list, list]:
         c = self.cfg
@@ -40,7 +28,7 @@ class MineNegatives:
         for rank, h in enumerate(hits):
             if rank < c.skip_top or h["id"] == pos_id or h["doc_id"] == pos_doc:
                 continue
-            sim = float(_unit(h["vector"]) @ qv)
+            sim = float(unit(h["vector"]) @ qv)
             if sim > c.max_score_ratio * pos_sim:  # false-negative guard
                 continue
             ids.append(h["id"]), texts.append(h["text"]), sims.append(sim)
@@ -50,8 +38,8 @@ class MineNegatives:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         queries, texts = batch["query"].to_pylist(), batch["text"].to_pylist()
-        qv = _unit(self.searcher.embed(queries))
-        pv = _unit(self.searcher.embed(texts))
+        qv = unit(self.searcher.embed(queries))
+        pv = unit(self.searcher.embed(texts))
         pos_sims = np.sum(qv * pv, axis=1)
         neg_ids, neg_texts, neg_sims = [], [], []
         for i, (q, pid, pdoc) in enumerate(zip(queries, batch["id"].to_pylist(), batch["doc_id"].to_pylist())):

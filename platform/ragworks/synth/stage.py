@@ -19,6 +19,7 @@ import ray
 from ray.data import ActorPoolStrategy
 
 from ..config import JobSpec, SynthesizeConfig
+from ..index import IndexActor
 from ..incremental import done_keys, drop_partial_files, read_columns, skip_done
 from ..manifest import files_fingerprint
 from .engines import check_engine, generate
@@ -57,16 +58,8 @@ def query_prompts(batch: pa.Table, prompt_cfg) -> pa.Table:
     return batch.append_column("prompt", pa.array([prompt(x, t) for x, t in zip(texts, titles)], pa.string()))
 
 
-class RagContext:
+class RagContext(IndexActor):
     """Ray Data callable class: distractors for each chunk from the index, and the prompt."""
-
-    def __init__(self, index_dir: str, cfg: SynthesizeConfig):
-        from ..index import open_index
-        from ..runtime import limit_torch_threads
-
-        limit_torch_threads()
-        self.searcher = open_index(index_dir)
-        self.cfg = cfg
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
