@@ -103,6 +103,26 @@ def test_transformers_engine_isolates_a_failing_row(tiny_lm, monkeypatch):
     assert out["gen_tokens"][0] > 0 and out["gen_tokens"][2] > 0 and out["generated_text"][1] == ""
 
 
+def test_prefix_cache_gives_the_same_outputs_as_plain_batches(tiny_lm):
+    import numpy as np
+
+    shots = "Write a query for the document.\n" + "".join(
+        f"Document: example passage number {i} about a topic.\nQuery: a query {i}\n\n" for i in range(3))
+    docs = ["plants make glucose", "magma rises through the crust and erupts as lava and ash", "tides", "a vaccine trains"
+            " the immune system to recognise a pathogen by exposing it to an antigen", "black holes"]
+    prompts = [f"{shots}Document: {d}\nQuery:" for d in docs]
+    sampling = {"max_tokens": 8, "stop": []}
+    plain = HFGenerate(EngineConfig(model=tiny_lm, prefix_cache=False, sampling=sampling))
+    cached = HFGenerate(EngineConfig(model=tiny_lm, sampling=sampling))
+    for batch in (prompts[:3], prompts[3:], prompts[1:4]):
+        want = plain({"prompt": np.array(batch, dtype=object)})
+        got = cached({"prompt": np.array(batch, dtype=object)})
+        assert list(got["generated_text"]) == list(want["generated_text"])
+        assert list(got["gen_tokens"]) == list(want["gen_tokens"])
+    assert cached.prefix is not None and len(cached.prefix[0]) > 30  # the shared examples, encoded once
+    assert plain.prefix is None
+
+
 def test_engine_pool_grows_from_min_to_max_under_load(ray_local, tiny_lm):
     import ray
 

@@ -128,6 +128,8 @@ class EngineConfig(Section):
         "transformers", description="transformers: CPU/GPU actor pool; vllm: ray.data.llm on GPUs; openai: any OpenAI-compatible endpoint")
     model: str = Field("bundled:smollm2-135m-instruct", description="'bundled:NAME', a Hugging Face id or a local path")
     batch_size: int = Field(16, ge=1)
+    prefix_cache: bool = Field(True, description="transformers: encode the prompt part all rows share (the few-shot "
+                                                  "examples) once and reuse its KV cache, as vLLM's prefix caching does")
     concurrency: tuple[int, int] = Field((1, 2), description="engine actor pool: (min, max); the pool grows under load")
     num_cpus: float = Field(1.0, gt=0, description="CPUs per engine actor; torch gets as many threads")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per engine actor (vllm: per engine replica, default 1)")

@@ -25,6 +25,17 @@ def init_ray(cfg: RayConfig, address: str | None = None) -> None:
         ray.init(num_cpus=cfg.num_cpus, dashboard_host=cfg.dashboard_host, include_dashboard=False, **kwargs)
 
 
+def single_ordered_actor() -> dict:
+    """map_batches kwargs for a stateful pass that must see every row, in input order.
+
+    Ray Data lets actor tasks run out of order by default (an idle actor takes any
+    ready block); "first copy wins" dedup needs the blocks in the order they were read.
+    """
+    from ray.data import ActorPoolStrategy
+
+    return {"compute": ActorPoolStrategy(size=1), "allow_out_of_order_execution": False}
+
+
 def assigned_cpus(default: int = 1) -> int:
     """CPUs Ray gave this worker (at least one); the driver gets the machine's count."""
     try:

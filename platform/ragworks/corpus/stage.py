@@ -17,6 +17,7 @@ from rich.table import Table
 from ..config import CorpusConfig, JobSpec
 from ..manifest import files_fingerprint
 from ..models import DEFAULT_EMBEDDER
+from ..runtime import single_ordered_actor
 from .chunking import Chunk
 from .dedup import Deduplicate
 from .normalize import normalize_batch
@@ -43,7 +44,7 @@ def run(cfg: CorpusConfig, ctx) -> dict:
 
     ds = read_source(cfg.source)
     ds = ds.map_batches(normalize_batch, fn_kwargs={"cfg": cfg.normalize}, batch_format="pyarrow")
-    ds = ds.map_batches(Deduplicate, fn_constructor_args=(cfg.dedup,), compute=ActorPoolStrategy(size=1), num_cpus=0.25,
+    ds = ds.map_batches(Deduplicate, fn_constructor_args=(cfg.dedup,), num_cpus=0.25, **single_ordered_actor(),
                         batch_format="pyarrow")
     ds = ds.map_batches(Chunk, fn_constructor_args=(cfg.chunking, tokenizer_name(ctx.spec)),
                         compute=ActorPoolStrategy(min_size=cfg.concurrency[0], max_size=cfg.concurrency[1]), num_cpus=0.5, batch_format="pyarrow")

@@ -48,7 +48,7 @@ def run(cfg: IndexConfig, ctx) -> dict:
     ctx.console.print(f"embedding {chunks_dir} with {cfg.embedder}, actors {tuple(cfg.concurrency)}")
 
     # Small blocks so every actor in the pool gets work (a file is otherwise one block).
-    ds = ray.data.read_parquet(chunks_dir, columns=TABLE_COLUMNS).repartition(target_num_rows_per_block=cfg.batch_size * 4)
+    ds = ray.data.read_parquet(chunks_dir).select_columns(TABLE_COLUMNS).repartition(target_num_rows_per_block=cfg.batch_size * 4)
     ds = ds.map_batches(Embed, fn_constructor_args=(cfg.embedder, cfg.batch_size, cfg.num_gpus),
                         batch_size=cfg.batch_size, compute=ActorPoolStrategy(min_size=cfg.concurrency[0], max_size=cfg.concurrency[1]),
                         num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus or None, batch_format="pyarrow")

@@ -26,8 +26,25 @@ class EngineUnavailable(RuntimeError):
 
 
 # ------------------------------------------------------------ transformers
+def _cache_keyword() -> str:
+    """transformers 5.x renamed generate()'s `past_key_values` to `cache`."""
+    import inspect
+
+    from transformers import GenerationMixin
+
+    params = inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
 class HFGenerate:
-    """Ray Data callable class: a causal LM loaded once per actor, batched with left padding."""
+    """Ray Data callable class: a causal LM loaded once per actor, batched with left padding.
+
+    Few-shot prompts are mostly the same examples; with `prefix_cache` the shared
+    token prefix is encoded once per actor and its KV cache is copied into every
+    batch, so prefill only pays for each row's own document (outputs are the same).
+    """
+
+    MIN_PREFIX = 16  # tokens; shorter shared prefixes are not worth a cache
 
     def __init__(self, cfg: EngineConfig):
         from ..models import load_causal_lm
@@ -36,24 +53,78 @@ class HFGenerate:
         self.cfg = cfg
         self.model, self.tok = load_causal_lm(cfg.model, torch_device(cfg.num_gpus))
         self.worker = f"{socket.gethostname()}:{os.getpid()}"  # which actor wrote a row: debugging, pool size
+        self.prefix: tuple[list[int], object] | None = None  # (token ids, KV cache of batch size 1)
+        self.cache_kw = _cache_keyword()
 
-    def _generate(self, prompts: list[str]) -> tuple[list[str], list[int]]:
+    def _kwargs(self, prompts: list[str]) -> dict:
         import torch
 
         s = self.cfg.sampling
-        enc = self.tok(prompts, return_tensors="pt", padding=True, return_token_type_ids=False).to(self.model.device)
         kwargs = dict(max_new_tokens=s.max_tokens, pad_token_id=self.tok.pad_token_id, do_sample=s.temperature > 0)
         if s.temperature > 0:  # reproducible, yet not the same draw for equal prompts in different batches
             torch.manual_seed(s.seed + zlib.crc32("\x00".join(prompts).encode()))
             kwargs.update(temperature=s.temperature, top_p=s.top_p)
         if s.stop:
             kwargs.update(stop_strings=s.stop, tokenizer=self.tok)
+        return kwargs
+
+    def _generate(self, prompts: list[str]) -> tuple[list[str], list[int]]:
+        import torch
+
+        kwargs = self._kwargs(prompts)
         with torch.inference_mode():
-            out = self.model.generate(**enc, **kwargs)
-        new = out[:, enc["input_ids"].shape[1]:]
+            ids = [self.tok(p, return_token_type_ids=False)["input_ids"] for p in prompts]
+            prefix = self._shared_prefix(ids) if self.cfg.prefix_cache else None
+            if prefix is not None:
+                inputs = self._with_prefix(ids, *prefix)
+            else:
+                inputs = self.tok.pad({"input_ids": ids}, return_tensors="pt")
+            inputs = {k: v.to(self.model.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+            out = self.model.generate(**inputs, **kwargs)
+        new = out[:, inputs["input_ids"].shape[1]:]
         texts = self.tok.batch_decode(new, skip_special_tokens=True)
         counts = (new != self.tok.pad_token_id).sum(dim=1).tolist()
         return texts, counts
+
+    def _shared_prefix(self, ids: list[list[int]]) -> tuple[list[int], object] | None:
+        """The cached prefix when every row starts with it; else this batch's, encoded now."""
+        shortest = min(map(len, ids)) - 1  # every row keeps at least one token of its own
+        if self.prefix is not None:
+            known = self.prefix[0]
+            if len(known) <= shortest and all(row[: len(known)] == known for row in ids):
+                return self.prefix
+        if len(ids) < 2:
+            return None
+        import torch
+
+        n = 0
+        while n < shortest and all(row[n] == ids[0][n] for row in ids):
+            n += 1
+        if n < self.MIN_PREFIX:
+            return None
+        prefix_ids = ids[0][:n]
+        out = self.model(torch.tensor([prefix_ids], device=self.model.device), use_cache=True)
+        cache = out.cache if self.cache_kw == "cache" else out.past_key_values
+        self.prefix = (prefix_ids, cache)
+        return self.prefix
+
+    def _with_prefix(self, ids: list[list[int]], prefix_ids: list[int], cache) -> dict:
+        """Rows as [shared prefix][left padding][own tokens]; positions skip the padding."""
+        import copy
+
+        import torch
+
+        n, pad = len(prefix_ids), self.tok.pad_token_id
+        own = [row[n:] for row in ids]
+        width = max(map(len, own))
+        input_ids = torch.full((len(ids), n + width), pad, dtype=torch.long)
+        mask = torch.zeros_like(input_ids)
+        input_ids[:, :n], mask[:, :n] = torch.tensor(prefix_ids), 1
+        for i, row in enumerate(own):
+            input_ids[i, n + width - len(row):], mask[i, n + width - len(row):] = torch.tensor(row), 1
+        batch_cache = copy.deepcopy(cache)  # generate() appends to the cache it is given
+        batch_cache.batch_repeat_interleave(len(ids))
+        return {"input_ids": input_ids, "attention_mask": mask, self.cache_kw: batch_cache}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         prompts = [str(p) for p in batch["prompt"]]

@@ -15,6 +15,7 @@ from rich.table import Table
 from ..config import FiltersConfig
 from ..incremental import read_columns
 from ..index import IndexActor, unit
+from ..runtime import single_ordered_actor
 from .parse import clean_query
 
 ORDER = ("cleanup", "length", "dedup", "consistency", "min_score")
@@ -89,7 +90,7 @@ def run(cfg: FiltersConfig, ctx) -> dict:
     ds = ray.data.read_parquet(src, partitioning=None)  # the folder name is not a column
     ds = ds.map_batches(rule_filters, fn_kwargs={"cfg": cfg}, batch_format="pyarrow")
     if cfg.dedup:
-        ds = ds.map_batches(DropRepeats, compute=ActorPoolStrategy(size=1), num_cpus=0, batch_format="pyarrow")
+        ds = ds.map_batches(DropRepeats, num_cpus=0, **single_ordered_actor(), batch_format="pyarrow")
     if cfg.consistency.enabled or cfg.min_score is not None:
         lo, hi = cfg.concurrency
         ds = ds.map_batches(RoundTrip, fn_constructor_args=(str(ctx.input_dir("index")), cfg),

@@ -56,7 +56,7 @@ class MineNegatives(IndexActor):
 
 def run(cfg: NegativesConfig, ctx) -> dict:
     lo, hi = cfg.concurrency
-    ds = ray.data.read_parquet(ctx.inputs["filters"]["outputs"]["kept"], columns=["key", "id", "doc_id", "text", "query"])
+    ds = ray.data.read_parquet(ctx.inputs["filters"]["outputs"]["kept"]).select_columns(["key", "id", "doc_id", "text", "query"])
     ds = ds.map_batches(MineNegatives, fn_constructor_args=(str(ctx.input_dir("index")), cfg), batch_size=cfg.batch_size,
                         compute=ActorPoolStrategy(min_size=lo, max_size=hi), num_cpus=1, batch_format="pyarrow")
     out = ctx.stage_dir / "pairs"

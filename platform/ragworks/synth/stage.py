@@ -114,7 +114,7 @@ def run(cfg: SynthesizeConfig, ctx) -> dict:
         ctx.console.print(f"resuming: {len(done):,} rows already written"
                           + (f", {len(dropped)} partial files removed" if dropped else ""))
 
-    chunks = ray.data.read_parquet(ctx.inputs["corpus"]["outputs"]["chunks"], columns=["id", "doc_id", "title", "text"])
+    chunks = ray.data.read_parquet(ctx.inputs["corpus"]["outputs"]["chunks"]).select_columns(["id", "doc_id", "title", "text"])
     if cfg.limit:
         chunks = chunks.limit(cfg.limit)
     # Light per-row steps take a quarter CPU, so the engine pool can grow into the rest.
