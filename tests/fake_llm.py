@@ -1,7 +1,8 @@
 """A real OpenAI-compatible completions server on 127.0.0.1 for tests.
 
-It answers from a table (document word -> completion), fails any prompt that
-contains FAIL with HTTP 500, and can be slowed down to make a run killable."""
+It answers from a table (document word -> completion), or echoes the document's
+first words as a query, fails any prompt that contains FAIL with HTTP 500, and can
+be slowed down to make a run killable."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class FakeLLM:
-    def __init__(self, answers: dict[str, str] | None = None, delay: float = 0.0, default: str = " a generated query about it"):
-        self.answers, self.delay, self.default = answers or {}, delay, default
+    def __init__(self, answers: dict[str, str] | None = None, delay: float = 0.0, default: str = " a generated query about it",
+                 echo_words: int = 0):
+        self.answers, self.delay, self.default, self.echo_words = answers or {}, delay, default, echo_words
         self.requests = 0
         fake = self
 
@@ -31,7 +33,10 @@ class FakeLLM:
                     self.end_headers()
                     self.wfile.write(b'{"error": "boom"}')
                     return
-                text = next((a for k, a in fake.answers.items() if k in doc), fake.default)
+                text = next((a for k, a in fake.answers.items() if k in doc), None)
+                if text is None:
+                    words = doc.split("\nQuery:")[0].split()
+                    text = " " + " ".join(words[: fake.echo_words]) if fake.echo_words else fake.default
                 out = json.dumps({"choices": [{"text": text, "index": 0}], "usage": {"completion_tokens": len(text.split())}})
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")

@@ -96,7 +96,8 @@ class FulltextConfig(Section):
 
 
 class IndexConfig(Section):
-    embedder: str = Field("base", description="'base' (bundled all-MiniLM-L6-v2), 'bundled:NAME', a Hugging Face id or a local path")
+    embedder: str = Field("base", description="'base' (bundled all-MiniLM-L6-v2), 'trained' (base first, then "
+                                               "re-indexed with train_retriever's model), 'bundled:NAME', a Hugging Face id or a path")
     table: str = "chunks"
     batch_size: int = Field(64, ge=1)
     concurrency: tuple[int, int] = Field((1, 2), description="embedder actor pool: (min, max)")
@@ -207,6 +208,38 @@ class NegativesConfig(Section):
     concurrency: tuple[int, int] = Field((1, 2))
 
 
+# -------------------------------------------------------- train_retriever
+class LoraConfig(Section):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | None = Field(None, description="default: the attention projections peft knows for the model")
+
+
+class TrainRetrieverConfig(Section):
+    model: str = Field("base", description="start from: 'base' (the bundled embedder), 'bundled:NAME', a Hugging Face id or a path")
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (default: every epoch)")
+    batch_size: int = Field(32, ge=2, description="pairs per step over all workers; each query's in-batch negatives are the other pairs")
+    learning_rate: float = Field(1e-5, gt=0.0, description="small: a high rate washes out what the base model knows")
+    warmup_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    negatives: int = Field(1, ge=0, description="hard negatives per query from the negatives stage (0: in-batch only)")
+    scale: float = Field(20.0, gt=0.0, description="similarity scale of the ranking loss (1 / temperature)")
+    max_seq_length: int = Field(256, ge=8, description="tokens per text; longer texts are cut")
+    matryoshka_dims: list[int] | None = Field(None, description="also train these truncated embedding sizes (Matryoshka)")
+    lora: LoraConfig | None = Field(None, description="train LoRA adapters instead of every weight (large embedders)")
+    workers: int = Field(1, ge=1, description="Ray Train workers (one process each; gloo on CPU, nccl on GPU)")
+    use_gpu: bool = False
+    cpus_per_worker: float | None = Field(None, gt=0, description="default: the cluster's CPUs / workers, less a "
+                                                                     "share for the data tasks that feed them")
+    checkpoint_every: int | None = Field(None, ge=1, description="steps between checkpoints (default: every epoch)")
+    max_failures: int = Field(2, ge=0, description="worker failures to survive, resuming from the last checkpoint")
+    validation_fraction: float = Field(0.05, gt=0.0, lt=1.0, description="pairs held out for model selection, by chunk")
+    validation_max: int = Field(500, ge=1)
+    seed: int = 0
+
+
 # --------------------------------------------------------------- evaluate
 
 class EvaluateConfig(Section):
@@ -228,10 +261,26 @@ class JobSpec(Section):
     synthesize: SynthesizeConfig | None = None
     filters: FiltersConfig | None = None
     negatives: NegativesConfig | None = None
+    train_retriever: TrainRetrieverConfig | None = None
     evaluate: EvaluateConfig | None = None
 
     def resolved_workdir(self) -> Path:
         return Path(self.workdir or f"runs/{self.name}")
+
+    @property
+    def index_tuned(self) -> IndexConfig | None:
+        """`index.embedder: trained` re-indexes with the tuned model after training (stage `index_tuned`);
+        the first index, which filters and negatives search, uses the base model."""
+        if self.index is not None and self.index.embedder == "trained" and self.train_retriever is not None:
+            return self.index
+        return None
+
+    @model_validator(mode="after")
+    def _trained_needs_training(self) -> "JobSpec":
+        if self.index is not None and self.index.embedder == "trained" and self.train_retriever is None:
+            raise ValueError("index.embedder 'trained' needs a train_retriever section (or a finished one: "
+                             "name its model folder instead)")
+        return self
 
 
 # ---------------------------------------------------------------- loading

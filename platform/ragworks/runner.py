@@ -40,11 +40,17 @@ class StageDef:
     run: Callable[[Any, StageContext], dict]
     external: Callable[[JobSpec], dict] = lambda spec: {}
     resumable: bool = False  # keeps a half-done output folder with the same key and carries on
+    optional: tuple[str, ...] = ()  # read when the spec enables them
+
+    def inputs(self, enabled: list[str]) -> tuple[str, ...]:
+        return self.needs + tuple(s for s in self.optional if s in enabled)
 
 
 def _stages() -> dict[str, StageDef]:
     # Imported here so `ragworks --help` does not pay for torch and Ray Data.
-    from . import corpus, evaluate, index, synth
+    from functools import partial
+
+    from . import corpus, evaluate, index, synth, train
 
     return {
         "corpus": StageDef("corpus", (), corpus.run, corpus.external_inputs),
@@ -53,11 +59,13 @@ def _stages() -> dict[str, StageDef]:
                                resumable=True),
         "filters": StageDef("filters", ("synthesize", "index"), synth.run_filters),
         "negatives": StageDef("negatives", ("filters", "index"), synth.run_negatives),
-        "evaluate": StageDef("evaluate", ("index",), evaluate.run, evaluate.external_inputs),
+        "train_retriever": StageDef("train_retriever", ("negatives",), train.run_retriever),
+        "index_tuned": StageDef("index_tuned", ("corpus", "train_retriever"), partial(index.run, tuned=True)),
+        "evaluate": StageDef("evaluate", ("index",), evaluate.run, evaluate.external_inputs, optional=("index_tuned",)),
     }
 
 
-STAGE_ORDER = ("corpus", "index", "synthesize", "filters", "negatives", "evaluate")
+STAGE_ORDER = ("corpus", "index", "synthesize", "filters", "negatives", "train_retriever", "index_tuned", "evaluate")
 PROGRESS = "_in_progress.json"
 
 
@@ -92,13 +100,14 @@ def run_job(
     for name in enabled:
         stage = stages[name]
         cfg = getattr(spec, name)
-        for need in stage.needs:
+        needs = stage.inputs(enabled)
+        for need in needs:
             if need not in manifests:
                 found = read_manifest(workdir / need)
                 if found is None:
                     raise SpecError(f"stage '{name}' needs '{need}', which is neither in the spec nor finished in {workdir}")
                 manifests[need] = found
-        inputs = {n: _upstream_fingerprint(manifests[n]) for n in stage.needs}
+        inputs = {n: _upstream_fingerprint(manifests[n]) for n in needs}
         external = stage.external(spec)
         key = stable_hash({"config": cfg.model_dump(mode="json"), "inputs": inputs, "external": external})
         stage_dir = workdir / name

@@ -31,7 +31,7 @@ def tokenizer_name(spec: JobSpec) -> str:
     if name != "embedder":
         return name
     embedder = spec.index.embedder if spec.index else "base"
-    return DEFAULT_EMBEDDER if embedder == "base" else embedder
+    return DEFAULT_EMBEDDER if embedder in ("base", "trained") else embedder
 
 
 def external_inputs(spec: JobSpec) -> dict:

@@ -29,34 +29,45 @@ def rank_documents(hits: list[dict], k: int) -> list[str]:
     return list(seen)
 
 
+def indexes_to_score(ctx) -> dict[str, str]:
+    """Label suffix -> index stage: base and tuned side by side when the job re-indexed with its trained model."""
+    if ctx.spec.index_tuned is None:
+        return {"": "index"}
+    return {" (base)": "index", " (tuned)": "index_tuned"}
+
+
 def run(cfg: EvaluateConfig, ctx) -> dict:
+    from rich.progress import track
+
     limit_torch_threads()
     qrels = load_qrels(cfg.dataset, cfg.split)
     queries = load_queries(cfg.dataset, set(qrels))
     missing = set(qrels) - set(queries)
     if missing:
         raise ValueError(f"{cfg.dataset}: {len(missing)} judged queries are not in queries.jsonl, e.g. {sorted(missing)[:3]}")
-    searcher = open_index(ctx.input_dir("index"), rrf_k=cfg.rrf_k)
     qids = sorted(queries)
     texts = [queries[q] for q in qids]
     ctx.console.print(f"evaluating {len(qids)} judged queries of {cfg.dataset} ({cfg.split}) in modes {cfg.modes}")
-    vectors = searcher.embed(texts, batch_size=cfg.batch_size) if set(cfg.modes) & {"dense", "hybrid"} else None
 
-    from rich.progress import track
-
-    metrics = {}
-    for mode in cfg.modes:
-        run_ = {}
-        for i in track(range(len(qids)), description=f"{mode:>8}", console=ctx.console, transient=True):
-            vec = vectors[i] if vectors is not None else None
-            hits = searcher.search(texts[i], mode=mode, k=cfg.candidates, vector=vec)
-            run_[qids[i]] = rank_documents(hits, 100)
-        metrics[mode] = evaluate_run(run_, qrels)
+    metrics, embedders = {}, {}
+    for suffix, stage in indexes_to_score(ctx).items():
+        searcher = open_index(ctx.input_dir(stage), rrf_k=cfg.rrf_k)
+        embedders[stage] = ctx.inputs[stage]["embedder"]
+        vectors = searcher.embed(texts, batch_size=cfg.batch_size) if set(cfg.modes) & {"dense", "hybrid"} else None
+        for mode in cfg.modes:
+            label = mode if mode == "fulltext" else mode + suffix  # full-text does not depend on the embedder
+            if label in metrics:
+                continue
+            run_ = {}
+            for i in track(range(len(qids)), description=f"{label:>16}", console=ctx.console, transient=True):
+                hits = searcher.search(texts[i], mode=mode, k=cfg.candidates, vector=None if vectors is None else vectors[i])
+                run_[qids[i]] = rank_documents(hits, 100)
+            metrics[label] = evaluate_run(run_, qrels)
 
     report = {
         "dataset": cfg.dataset, "dataset_name": Path(cfg.dataset).name, "split": cfg.split,
         "queries": len(qids), "chunks": ctx.inputs["index"]["counts"]["rows"],
-        "embedder": ctx.inputs["index"]["embedder"], "metrics": metrics,
+        "embedder": ", ".join(f"{k}: {v}" for k, v in embedders.items()), "embedders": embedders, "metrics": metrics,
         "timings": {name: m["seconds"] for name, m in ctx.inputs.items() if "seconds" in m},
     }
     paths = write_report(report, ctx.stage_dir)

@@ -41,15 +41,23 @@ def write_table(db, name: str, ds: ray.data.Dataset):
     return db.create_table(name, data=reader, mode="overwrite")
 
 
-def run(cfg: IndexConfig, ctx) -> dict:
+def embedder_for(cfg: IndexConfig, ctx, tuned: bool) -> str:
+    """'trained' means base for the first index (training mines it) and the tuned model after training."""
+    if tuned:
+        return ctx.inputs["train_retriever"]["outputs"]["model"]
+    return "base" if cfg.embedder == "trained" else cfg.embedder
+
+
+def run(cfg: IndexConfig, ctx, tuned: bool = False) -> dict:
     chunks_dir = ctx.inputs["corpus"]["outputs"]["chunks"]
     db_dir = ctx.stage_dir / "lancedb"
     uri = db_dir / f"{cfg.table}.lance"
-    ctx.console.print(f"embedding {chunks_dir} with {cfg.embedder}, actors {tuple(cfg.concurrency)}")
+    embedder = embedder_for(cfg, ctx, tuned)
+    ctx.console.print(f"embedding {chunks_dir} with {embedder}, actors {tuple(cfg.concurrency)}")
 
     # Small blocks so every actor in the pool gets work (a file is otherwise one block).
     ds = ray.data.read_parquet(chunks_dir).select_columns(TABLE_COLUMNS).repartition(target_num_rows_per_block=cfg.batch_size * 4)
-    ds = ds.map_batches(Embed, fn_constructor_args=(cfg.embedder, cfg.batch_size, cfg.num_gpus),
+    ds = ds.map_batches(Embed, fn_constructor_args=(embedder, cfg.batch_size, cfg.num_gpus),
                         batch_size=cfg.batch_size, compute=ActorPoolStrategy(min_size=cfg.concurrency[0], max_size=cfg.concurrency[1]),
                         num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus or None, batch_format="pyarrow")
     table = write_table(lancedb.connect(str(db_dir)), cfg.table, ds)
@@ -66,5 +74,5 @@ def run(cfg: IndexConfig, ctx) -> dict:
                                remove_stop_words=cfg.fulltext.remove_stop_words, replace=True)
         indexes.append("FTS")
     ctx.console.print(f"LanceDB table '{cfg.table}' at {uri}: {rows:,} rows, indexes: {', '.join(indexes) or 'none'}")
-    return {"outputs": {"lancedb": str(db_dir), "table": cfg.table}, "embedder": cfg.embedder,
+    return {"outputs": {"lancedb": str(db_dir), "table": cfg.table}, "embedder": embedder,
             "counts": {"rows": rows}, "indexes": indexes, "version": table.version}

@@ -1,0 +1,117 @@
+"""Stage `train_retriever`: mined pairs -> train/held-out split -> Ray Train -> best model.
+
+Training rows stream from the negatives stage's Parquet through Ray Data shards;
+the held-out slice is split by positive chunk, so no held-out passage is ever
+trained on. Every checkpoint is scored on it (the base model at step 0 too) and
+the best one is exported in sentence-transformers format as `model/`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import zlib
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+from ray.data.expressions import col
+from rich.table import Table
+
+from ..config import TrainRetrieverConfig
+from ..models import resolve_embedder
+from .loop import METRIC, train_loop
+
+COLUMNS = ["query", "positive", "positive_id", "negatives", "negative_ids"]
+
+
+def assign_split(batch: pa.Table, cfg: TrainRetrieverConfig) -> pa.Table:
+    """train / val by a hash of the positive chunk; `short` when too few hard negatives were mined."""
+    held = [zlib.crc32(p.encode()) % 10_000 < cfg.validation_fraction * 10_000 for p in batch["positive_id"].to_pylist()]
+    short = pc.less(pc.list_value_length(batch["negatives"]), cfg.negatives).to_pylist()
+    split = ["val" if h else "short" if s else "train" for h, s in zip(held, short)]
+    return batch.append_column("split", pa.array(split, pa.string()))
+
+
+def worker_cpus(cfg: TrainRetrieverConfig) -> float:
+    """All the cluster's CPUs shared by the workers, less half a CPU for the data tasks feeding them."""
+    if cfg.cpus_per_worker:
+        return cfg.cpus_per_worker
+    total = ray.cluster_resources().get("CPU", 1)
+    return max(0.5, (total - 0.5) / cfg.workers)
+
+
+def make_trainer(cfg: TrainRetrieverConfig, model_path: str, total_steps: int, train: ray.data.Dataset,
+                 val: ray.data.Dataset, storage: Path, progress: Path | None = None):
+    """A TorchTrainer running `train_loop`: train is split across workers, every worker sees all of val."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    return TorchTrainer(
+        train_loop,
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "model_path": model_path, "total_steps": total_steps,
+                           "progress": str(progress) if progress else None},
+        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker={"CPU": worker_cpus(cfg)}),
+        run_config=RunConfig(name="train", storage_path=str(storage),
+                             failure_config=FailureConfig(max_failures=cfg.max_failures),
+                             checkpoint_config=CheckpointConfig(checkpoint_score_attribute=METRIC,
+                                                                checkpoint_score_order="max")),
+        datasets={"train": train, "val": val},
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+    )
+
+
+def run(cfg: TrainRetrieverConfig, ctx) -> dict:
+    pairs = ctx.inputs["negatives"]["outputs"]["pairs"]
+    ds = ray.data.read_parquet(pairs, num_cpus=0.25).select_columns(COLUMNS)
+    ds = ds.map_batches(assign_split, fn_kwargs={"cfg": cfg}, batch_format="pyarrow", num_cpus=0.25).materialize()
+    counts = {s: ds.filter(expr=col("split") == s).count() for s in ("train", "val", "short")}
+    train = ds.filter(expr=col("split") == "train").select_columns(COLUMNS)
+    val = ds.filter(expr=col("split") == "val").select_columns(COLUMNS).limit(cfg.validation_max)
+    if counts["train"] < cfg.batch_size:
+        raise ValueError(f"train_retriever: {counts['train']} training pairs, fewer than one batch "
+                         f"(batch_size {cfg.batch_size}); generate more queries or lower the batch size")
+    steps_per_epoch = counts["train"] // cfg.batch_size
+    total = min(cfg.max_steps or math.inf, steps_per_epoch * cfg.epochs)
+    cpus = worker_cpus(cfg)
+    base = resolve_embedder(cfg.model)
+    ctx.console.print(f"training {base} on {counts['train']:,} pairs ({counts['val']:,} held out, {counts['short']:,} "
+                      f"with fewer than {cfg.negatives} hard negatives left out): {total} steps of {cfg.batch_size}, "
+                      f"{cfg.workers} worker(s) x {cpus:g} CPU")
+
+    progress = ctx.stage_dir / "progress.jsonl"
+    result = make_trainer(cfg, base, int(total), train, val, ctx.stage_dir / "ray_train", progress).fit()
+
+    scored = [(c, m) for c, m in (result.best_checkpoints or []) if METRIC in m]
+    best_ckpt, best = max(scored, key=lambda cm: (cm[1][METRIC], cm[1]["step"]))
+    final = max(scored, key=lambda cm: cm[1]["step"])[1]
+    history = json.loads(final["history"])
+    target = ctx.stage_dir / "model"
+    with best_ckpt.as_directory() as d:
+        shutil.copytree(Path(d) / "model", target)
+    resumed = [json.loads(line) for line in progress.read_text().splitlines() if '"resumed"' in line]
+
+    ctx.console.print(history_table(history, best["step"]))
+    return {
+        "outputs": {"model": str(target)},
+        "counts": {"train_pairs": counts["train"], "val_pairs": counts["val"], "short_pairs": counts["short"],
+                   "steps": final["step"]},
+        "best": {k: v for k, v in best.items() if k != "history"},
+        "history": history,
+        "resumed_from_steps": sorted({r["step"] for r in resumed}),
+        "throughput": {"pairs_per_s": round(final["step"] * cfg.batch_size / max(final["train_seconds"], 1e-9), 2),
+                       "train_seconds": final["train_seconds"]},
+    }
+
+
+def history_table(history: list[dict], best_step: int) -> Table:
+    table = Table(title="held-out synthetic pairs (model selection)")
+    for name in ("step", "epoch", "nDCG@10", "MRR@10", "Recall@10", ""):
+        table.add_column(name, justify="right")
+    for h in history:
+        table.add_row(str(h["step"]), str(h["epoch"]), f"{h.get('val_ndcg@10', 0):.4f}", f"{h.get('val_mrr@10', 0):.4f}",
+                      f"{h.get('val_recall@10', 0):.4f}", "best" if h["step"] == best_step else "")
+    return table

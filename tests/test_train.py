@@ -1,0 +1,121 @@
+"""Retriever fine-tuning on Ray Train: the stage, re-indexing with the tuned model, a killed worker."""
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import write_jsonl
+from fake_llm import FakeLLM
+from rich.console import Console
+
+from ragworks.config import parse_spec
+from ragworks.runner import run_job
+
+QUIET = Console(quiet=True)
+
+FACTS = [
+    ("photo", "Plants convert sunlight water and carbon dioxide into glucose and oxygen inside their chloroplasts"),
+    ("volcano", "Magma rises through the crust and erupts as lava ash and gases from active volcanoes"),
+    ("vaccine", "A vaccine trains the immune system to recognise a pathogen by showing it an antigen"),
+    ("hole", "A black hole is a region of spacetime where gravity stops even light from escaping"),
+    ("bread", "Yeast ferments sugars in dough and the carbon dioxide makes bread rise in the oven"),
+    ("tide", "Ocean tides come from the gravitational pull of the moon and the sun on the seas"),
+    ("dna", "DNA stores genetic information as a sequence of four bases along a double helix"),
+    ("quake", "Earthquakes happen when tectonic plates slip suddenly along a fault in the crust"),
+    ("rain", "Water vapour condenses into droplets around dust in clouds and falls as rain"),
+    ("heart", "The heart pumps blood through arteries to the organs and it returns through veins"),
+    ("copper", "Copper conducts electricity well so it is used for wires in homes and machines"),
+    ("bee", "Bees carry pollen between flowers while they collect nectar to make their honey"),
+]
+
+
+@pytest.fixture
+def facts_dir(tmp_path) -> Path:
+    docs = [{"_id": k, "title": k, "text": f"{v}. " + " ".join(reversed(v.lower().split()))} for k, v in FACTS]
+    write_jsonl(tmp_path / "facts" / "corpus.jsonl", docs)
+    return tmp_path / "facts"
+
+
+def train_spec(facts_dir, url, evaluate=True, **train):
+    data = {
+        "corpus": {"source": {"path": str(facts_dir)}, "chunking": {"max_tokens": 24, "overlap": 4, "title": False}},
+        "index": {"concurrency": [1, 1], "embedder": "trained"},
+        "synthesize": {"engine": {"kind": "openai", "base_url": url, "model": "fake", "batch_size": 8}},
+        "filters": {"consistency": False, "length": {"min_words": 3}},
+        "negatives": {"per_query": 2, "skip_top": 0, "candidates": 20, "mode": "dense"},
+        "train_retriever": {"batch_size": 4, "negatives": 1, "max_seq_length": 32, "learning_rate": 5e-5,
+                            "validation_fraction": 0.2, "workers": 1, "cpus_per_worker": 1, **train},
+    }
+    if evaluate:
+        data["evaluate"] = {"dataset": str(facts_dir), "modes": ["fulltext", "dense"]}
+    return parse_spec(data)
+
+
+@pytest.fixture
+def facts_qrels(facts_dir):
+    write_jsonl(facts_dir / "queries.jsonl", [{"_id": f"q-{k}", "text": " ".join(v.split()[2:9])} for k, v in FACTS])
+    (facts_dir / "qrels").mkdir()
+    (facts_dir / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"q-{k}\t{k}\t1\n" for k, _ in FACTS))
+    return facts_dir
+
+
+def test_train_reindex_and_report_base_vs_tuned(ray_local, tmp_path, facts_qrels):
+    with FakeLLM(echo_words=8) as llm:
+        m = run_job(train_spec(facts_qrels, llm.url, epochs=2), workdir=tmp_path / "wd", console=QUIET)
+    t = m["train_retriever"]
+    assert t["counts"]["train_pairs"] >= 8 and t["counts"]["val_pairs"] >= 1
+    steps_per_epoch = t["counts"]["train_pairs"] // 4
+    assert t["counts"]["steps"] == 2 * steps_per_epoch
+    assert [h["step"] for h in t["history"]] == [0, steps_per_epoch, 2 * steps_per_epoch]  # base, then every epoch
+    assert t["best"]["step"] in {h["step"] for h in t["history"]}
+    assert t["best"]["val_ndcg@10"] == max(h["val_ndcg@10"] for h in t["history"])
+    assert t["throughput"]["pairs_per_s"] > 0
+
+    from sentence_transformers import SentenceTransformer
+
+    model_dir = Path(t["outputs"]["model"])
+    tuned = SentenceTransformer(str(model_dir))  # sentence-transformers format
+    assert tuned.encode(["a query"]).shape == (1, 384)
+
+    assert m["index"]["embedder"] == "base" and m["index_tuned"]["embedder"] == str(model_dir)
+    assert m["index_tuned"]["counts"]["rows"] == m["index"]["counts"]["rows"]
+    assert set(m["evaluate"]["metrics"]) == {"fulltext", "dense (base)", "dense (tuned)"}
+    report = json.loads(Path(m["evaluate"]["outputs"]["json"]).read_text())
+    assert {"train_retriever", "index_tuned"} <= set(report["timings"])
+    assert "dense (tuned)" in Path(m["evaluate"]["outputs"]["markdown"]).read_text()
+
+
+def test_a_killed_worker_resumes_from_its_checkpoint(ray_local, tmp_path, facts_dir):
+    """Two workers (gloo, negatives gathered across them); one is SIGKILLed after the first checkpoint."""
+    workdir = tmp_path / "wd"
+    progress = workdir / "train_retriever" / "progress.jsonl"
+    killed: dict = {}
+
+    def killer():
+        deadline = time.time() + 600
+        while time.time() < deadline and not killed:
+            lines = [json.loads(x) for x in progress.read_text().splitlines()] if progress.exists() else []
+            steps = [x for x in lines if x.get("rank") == 1 and x.get("step", 0) >= 3 and "loss" in x]
+            if steps:  # past the checkpoint at step 2
+                killed.update(steps[-1])
+                os.kill(steps[-1]["pid"], signal.SIGKILL)
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    with FakeLLM(echo_words=8) as llm:
+        spec = train_spec(facts_dir, llm.url, evaluate=False, epochs=6, checkpoint_every=2, workers=2,
+                          cpus_per_worker=0.5, batch_size=4)
+        thread.start()
+        m = run_job(spec, workdir=workdir, console=QUIET)["train_retriever"]
+    thread.join(timeout=5)
+    assert killed, "the worker was never killed"
+    steps_per_epoch = m["counts"]["train_pairs"] // 4
+    assert m["counts"]["steps"] == 6 * steps_per_epoch  # finished every step after the restart
+    assert m["resumed_from_steps"] and 2 <= m["resumed_from_steps"][0] <= killed["step"]
+    assert m["resumed_from_steps"][0] % 2 == 0  # from a checkpoint, not from scratch
+    assert Path(m["outputs"]["model"], "config.json").exists()
