@@ -188,6 +188,19 @@ def test_resume_after_a_killed_run(ray_local, tmp_path, corpus_dir):
     assert requests_after <= len(keys) - len(written_before) + 4  # only the missing rows were generated again
 
 
+def test_every_written_block_types_its_columns_alike():
+    # A block with no reject has no `reason` value; inferred as null, it would clash with a block that has one.
+    from ragworks.synth.stage import parse_rows
+
+    def block(texts, errors):
+        n = len(texts)
+        return pa.table({"id": ["c"] * n, "generated_text": texts, "gen_error": errors, "prompt": ["p"] * n})
+
+    ok = parse_rows(block([" a claim about cells"], [""]), "queries")
+    mixed = parse_rows(block([" a claim about cells", ""], ["", "HTTP 500"]), "queries")
+    assert ok.schema == mixed.schema and ok.schema.field("reason").type == pa.string()
+
+
 def test_rule_filters_and_dedup():
     cfg = FiltersConfig(length={"min_words": 3, "max_words": 6})
     batch = pa.table({"query": ['Query: "how do vaccines work"', "  ", "volcano", "1. what causes the ocean tides",

@@ -100,7 +100,16 @@ def parse_rows(batch: pa.Table, task: str, copies: frozenset = frozenset()) -> p
                 r["query"] = qa[0]
                 r["answer"] = f"{qa[1]} [{r['id']}]" if r["has_oracle"] else ABSTAIN
                 r["oracle_id"] = r["id"] if r["has_oracle"] else None
-    return pa.Table.from_pylist(rows)
+    return string_columns(pa.Table.from_pylist(rows), ("reason", "query", "answer", "oracle_id"))
+
+
+def string_columns(table: pa.Table, names: tuple[str, ...]) -> pa.Table:
+    """A batch with no value in a column infers it as null; every written file must agree on string."""
+    for name in names:
+        i = table.schema.get_field_index(name)
+        if i >= 0 and pa.types.is_null(table.schema.field(i).type):
+            table = table.set_column(i, name, table.column(i).cast(pa.string()))
+    return table
 
 
 def run(cfg: SynthesizeConfig, ctx) -> dict:
