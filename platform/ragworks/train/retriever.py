@@ -35,6 +35,10 @@ def assign_split(batch: pa.Table, cfg: TrainRetrieverConfig) -> pa.Table:
     return batch.append_column("split", pa.array(split, pa.string()))
 
 
+def take_split(batch: pa.Table, split: str) -> pa.Table:
+    return batch.filter(pc.equal(batch["split"], split)).select(COLUMNS)
+
+
 def worker_cpus(cfg: TrainRetrieverConfig) -> float:
     """All the cluster's CPUs shared by the workers, less half a CPU for the data tasks feeding them."""
     if cfg.cpus_per_worker:
@@ -69,8 +73,10 @@ def run(cfg: TrainRetrieverConfig, ctx) -> dict:
     ds = ray.data.read_parquet(pairs, num_cpus=0.25).select_columns(COLUMNS)
     ds = ds.map_batches(assign_split, fn_kwargs={"cfg": cfg}, batch_format="pyarrow", num_cpus=0.25).materialize()
     counts = {s: ds.filter(expr=col("split") == s).count() for s in ("train", "val", "short")}
-    train = ds.filter(expr=col("split") == "train").select_columns(COLUMNS)
-    val = ds.filter(expr=col("split") == "val").select_columns(COLUMNS).limit(cfg.validation_max)
+    # Quarter-CPU tasks: the workers hold the rest of the CPUs, and the shards stream through these.
+    light = {"batch_format": "pyarrow", "num_cpus": 0.25}
+    train = ds.map_batches(take_split, fn_kwargs={"split": "train"}, **light)
+    val = ds.map_batches(take_split, fn_kwargs={"split": "val"}, **light).limit(cfg.validation_max)
     if counts["train"] < cfg.batch_size:
         raise ValueError(f"train_retriever: {counts['train']} training pairs, fewer than one batch "
                          f"(batch_size {cfg.batch_size}); generate more queries or lower the batch size")
