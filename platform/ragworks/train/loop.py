@@ -22,6 +22,7 @@ from ..runtime import limit_torch_threads
 from .validation import heldout_metrics
 
 METRIC = "val_ndcg@10"
+COLUMNS = ["query", "positive", "positive_id", "negatives", "negative_ids"]  # a training row
 
 
 def load_model(path: str, cfg: TrainRetrieverConfig, device: str):
@@ -55,7 +56,7 @@ def build_loss(model, cfg: TrainRetrieverConfig, world: int):
 
 def collect(iterator) -> dict[str, list]:
     """The held-out slice (bounded by validation_max) as columns."""
-    cols: dict[str, list] = {"query": [], "positive": [], "positive_id": [], "negatives": [], "negative_ids": []}
+    cols: dict[str, list] = {name: [] for name in COLUMNS}
     for batch in iterator.iter_batches(batch_size=256, batch_format="pyarrow"):
         for name in cols:
             cols[name].extend(batch.column(name).to_pylist())

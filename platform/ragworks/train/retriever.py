@@ -22,9 +22,7 @@ from rich.table import Table
 
 from ..config import TrainRetrieverConfig
 from ..models import resolve_embedder
-from .loop import METRIC, train_loop
-
-COLUMNS = ["query", "positive", "positive_id", "negatives", "negative_ids"]
+from .loop import COLUMNS, METRIC, train_loop
 
 
 def assign_split(batch: pa.Table, cfg: TrainRetrieverConfig) -> pa.Table:
