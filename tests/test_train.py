@@ -66,14 +66,19 @@ def facts_qrels(facts_dir):
 
 def test_train_reindex_and_report_base_vs_tuned(ray_local, tmp_path, facts_qrels):
     with FakeLLM(echo_words=8) as llm:
-        m = run_job(train_spec(facts_qrels, llm.url, epochs=2), workdir=tmp_path / "wd", console=QUIET)
+        spec = train_spec(facts_qrels, llm.url, epochs=2, select_on="dev",
+                          dev={"dataset": str(facts_qrels), "split": "test", "max_corpus": 8})
+        m = run_job(spec, workdir=tmp_path / "wd", console=QUIET)
     t = m["train_retriever"]
     assert t["counts"]["train_pairs"] >= 8 and t["counts"]["val_pairs"] >= 1
     steps_per_epoch = t["counts"]["train_pairs"] // 4
     assert t["counts"]["steps"] == 2 * steps_per_epoch
     assert [h["step"] for h in t["history"]] == [0, steps_per_epoch, 2 * steps_per_epoch]  # base, then every epoch
     assert t["best"]["step"] in {h["step"] for h in t["history"]}
-    assert t["best"]["val_ndcg@10"] == max(h["val_ndcg@10"] for h in t["history"])
+    assert all(h["val_queries"] >= 1 and h["dev_queries"] == len(FACTS) for h in t["history"])
+    assert all(h["dev_pool"] == len(FACTS) for h in t["history"])  # every judged document, over max_corpus
+    assert t["selected_on"] == "dev_ndcg@10"
+    assert t["best"]["dev_ndcg@10"] == max(h["dev_ndcg@10"] for h in t["history"])
     assert t["throughput"]["pairs_per_s"] > 0
 
     from sentence_transformers import SentenceTransformer
@@ -88,6 +93,27 @@ def test_train_reindex_and_report_base_vs_tuned(ray_local, tmp_path, facts_qrels
     report = json.loads(Path(m["evaluate"]["outputs"]["json"]).read_text())
     assert {"train_retriever", "index_tuned"} <= set(report["timings"])
     assert "dense (tuned)" in Path(m["evaluate"]["outputs"]["markdown"]).read_text()
+
+
+def test_lora_trains_adapters_and_exports_merged_weights(ray_local, tmp_path, facts_dir):
+    with FakeLLM(echo_words=8) as llm:
+        spec = train_spec(facts_dir, llm.url, evaluate=False, epochs=2, learning_rate=1e-3,
+                          lora={"r": 4, "alpha": 8, "dropout": 0.0})
+        m = run_job(spec, workdir=tmp_path / "wd", console=QUIET)
+    from sentence_transformers import SentenceTransformer
+
+    from ragworks.models import resolve_embedder
+
+    exported = Path(m["train_retriever"]["outputs"]["model"])
+    runs = tmp_path / "wd" / "train_retriever" / "ray_train" / "train"
+    last = max(d for d in runs.glob("checkpoint_*") if d.is_dir()) / "model"  # named by time: the last step
+    base = SentenceTransformer(resolve_embedder("base"))
+    texts = [FACTS[0][1], "how do plants make sugar"]
+    for folder in (exported, last):
+        assert not (folder / "adapter_config.json").exists()  # merged: loads without peft
+        assert type(SentenceTransformer(str(folder))[0].model) is type(base[0].model)
+    assert abs(SentenceTransformer(str(last)).encode(texts) - base.encode(texts)).max() > 1e-4  # the adapters learnt
+    assert m["index_tuned"]["counts"]["rows"] == m["index"]["counts"]["rows"]
 
 
 def registered_checkpoint_step(workdir: Path) -> int:

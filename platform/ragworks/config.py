@@ -216,6 +216,13 @@ class LoraConfig(Section):
     target_modules: list[str] | None = Field(None, description="default: the attention projections peft knows for the model")
 
 
+class DevSetConfig(Section):
+    dataset: str = Field(..., description="BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv) read by the rank-0 worker")
+    split: str = "dev"
+    max_queries: int = Field(200, ge=1, description="judged queries scored at each checkpoint (the first N by id)")
+    max_corpus: int = Field(5000, ge=1, description="documents ranked: every judged one plus a fixed sample of the rest")
+
+
 class TrainRetrieverConfig(Section):
     model: str = Field("base", description="start from: 'base' (the bundled embedder), 'bundled:NAME', a Hugging Face id or a path")
     epochs: int = Field(1, ge=1)
@@ -237,7 +244,15 @@ class TrainRetrieverConfig(Section):
     max_failures: int = Field(2, ge=0, description="worker failures to survive, resuming from the last checkpoint")
     validation_fraction: float = Field(0.05, gt=0.0, lt=1.0, description="pairs held out for model selection, by chunk")
     validation_max: int = Field(500, ge=1)
+    dev: DevSetConfig | None = Field(None, description="also score every checkpoint on a labelled BEIR dev set")
+    select_on: Literal["heldout", "dev"] = Field("heldout", description="which score picks the exported checkpoint")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _dev_named(self):
+        if self.select_on == "dev" and self.dev is None:
+            raise ValueError("select_on: dev needs a dev set (train_retriever.dev.dataset)")
+        return self
 
 
 # --------------------------------------------------------------- evaluate

@@ -59,7 +59,7 @@ def _stages() -> dict[str, StageDef]:
                                resumable=True),
         "filters": StageDef("filters", ("synthesize", "index"), synth.run_filters),
         "negatives": StageDef("negatives", ("filters", "index"), synth.run_negatives),
-        "train_retriever": StageDef("train_retriever", ("negatives",), train.run_retriever),
+        "train_retriever": StageDef("train_retriever", ("negatives",), train.run_retriever, train.external_inputs),
         "index_tuned": StageDef("index_tuned", ("corpus", "train_retriever"), partial(index.run, tuned=True)),
         "evaluate": StageDef("evaluate", ("index",), evaluate.run, evaluate.external_inputs, optional=("index_tuned",)),
     }

@@ -19,10 +19,14 @@ import ray.train
 
 from ..config import TrainRetrieverConfig
 from ..runtime import limit_torch_threads
-from .validation import heldout_metrics
+from .validation import dev_metrics, heldout_metrics, load_dev
 
-METRIC = "val_ndcg@10"
 COLUMNS = ["query", "positive", "positive_id", "negatives", "negative_ids"]  # a training row
+
+
+def selection_metric(cfg: TrainRetrieverConfig) -> str:
+    """The checkpoint score Ray Train keeps the best of and the stage exports."""
+    return "dev_ndcg@10" if cfg.select_on == "dev" else "val_ndcg@10"
 
 
 def load_model(path: str, cfg: TrainRetrieverConfig, device: str):
@@ -30,19 +34,32 @@ def load_model(path: str, cfg: TrainRetrieverConfig, device: str):
 
     model = SentenceTransformer(path, device=device)
     model.max_seq_length = cfg.max_seq_length
-    if cfg.lora is not None and not _has_adapter(model):
-        from peft import LoraConfig
+    if cfg.lora is not None:
+        # peft itself, not model.add_adapter(): transformers' adapter integration pins newer peft releases.
+        from peft import LoraConfig, get_peft_model
 
-        model.add_adapter(LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                                     target_modules=cfg.lora.target_modules))
+        model[0].model = get_peft_model(model[0].model, LoraConfig(
+            r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout, target_modules=cfg.lora.target_modules))
     return model
 
 
-def _has_adapter(model) -> bool:
-    try:
-        return bool(model.active_adapters())
-    except (ValueError, AttributeError):
-        return False
+def exportable(model, cfg: TrainRetrieverConfig):
+    """The model as users load it: LoRA adapters merged into plain weights, no peft needed to use it."""
+    if cfg.lora is None:
+        return model
+    import copy
+
+    merged = copy.deepcopy(model)
+    merged[0].model = merged[0].model.merge_and_unload()
+    return merged
+
+
+def adapter_state(model, cfg: TrainRetrieverConfig) -> dict | None:
+    if cfg.lora is None:
+        return None
+    from peft import get_peft_model_state_dict
+
+    return get_peft_model_state_dict(model[0].model)
 
 
 def build_loss(model, cfg: TrainRetrieverConfig, world: int):
@@ -64,7 +81,7 @@ def collect(iterator) -> dict[str, list]:
 
 
 def save_checkpoint(model, state: dict, metrics: dict) -> None:
-    """Rank 0 writes the model in sentence-transformers format plus optimizer state."""
+    """Rank 0 writes the model in sentence-transformers format plus optimizer (and LoRA adapter) state."""
     import torch
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,8 +105,14 @@ def train_loop(config: dict) -> None:
     start = ray.train.get_checkpoint()
     if start is not None:
         with start.as_directory() as d:
-            model = load_model(str(Path(d) / "model"), cfg, str(device))
             saved = torch.load(Path(d) / "state.pt", weights_only=False)
+            if cfg.lora is None:
+                model = load_model(str(Path(d) / "model"), cfg, str(device))
+            else:  # the saved model has the adapters merged: start from the base and load them back
+                from peft import set_peft_model_state_dict
+
+                model = load_model(config["model_path"], cfg, str(device))
+                set_peft_model_state_dict(model[0].model, saved["adapter"])
         state.update({k: saved[k] for k in state})
     else:
         model = load_model(config["model_path"], cfg, str(device))
@@ -105,6 +128,7 @@ def train_loop(config: dict) -> None:
         _progress(config, rank, {"event": "resumed", "step": state["step"]})
 
     val = collect(ray.train.get_dataset_shard("val")) if rank == 0 else None
+    dev = load_dev(cfg.dev, cfg.seed) if rank == 0 and cfg.dev else None
 
     last = {"step": -1}
 
@@ -116,10 +140,13 @@ def train_loop(config: dict) -> None:
         if rank == 0:
             model.eval()
             metrics.update(heldout_metrics(model, val))
+            if dev is not None:
+                metrics.update(dev_metrics(model, dev))
             model.train()
             state["history"].append(metrics)
-            full = {**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
-            save_checkpoint(model, full, {**metrics, "history": json.dumps(state["history"])})
+            full = {**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "adapter": adapter_state(model, cfg)}
+            save_checkpoint(exportable(model, cfg), full, {**metrics, "history": json.dumps(state["history"])})
         else:
             ray.train.report(metrics)
 

@@ -20,9 +20,21 @@ import ray
 from ray.data.expressions import col
 from rich.table import Table
 
-from ..config import TrainRetrieverConfig
+from ..config import JobSpec, TrainRetrieverConfig
+from ..manifest import files_fingerprint
 from ..models import resolve_embedder
-from .loop import COLUMNS, METRIC, train_loop
+from .loop import COLUMNS, selection_metric, train_loop
+
+
+def external_inputs(spec: JobSpec) -> dict:
+    dev = spec.train_retriever.dev
+    if dev is None:
+        return {}
+    files = [Path(dev.dataset, name) for name in ("corpus.jsonl", "queries.jsonl", f"qrels/{dev.split}.tsv")]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"train_retriever.dev: BEIR dev set incomplete, missing {', '.join(missing)}")
+    return {"dev": {f.name: files_fingerprint(f) for f in files}}
 
 
 def assign_split(batch: pa.Table, cfg: TrainRetrieverConfig) -> pa.Table:
@@ -59,7 +71,7 @@ def make_trainer(cfg: TrainRetrieverConfig, model_path: str, total_steps: int, t
                                      resources_per_worker={"CPU": worker_cpus(cfg)}),
         run_config=RunConfig(name="train", storage_path=str(storage),
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
-                             checkpoint_config=CheckpointConfig(checkpoint_score_attribute=METRIC,
+                             checkpoint_config=CheckpointConfig(checkpoint_score_attribute=selection_metric(cfg),
                                                                 checkpoint_score_order="max")),
         datasets={"train": train, "val": val},
         dataset_config=DataConfig(datasets_to_split=["train"]),
@@ -89,8 +101,9 @@ def run(cfg: TrainRetrieverConfig, ctx) -> dict:
     progress = ctx.stage_dir / "progress.jsonl"
     result = make_trainer(cfg, base, int(total), train, val, ctx.stage_dir / "ray_train", progress).fit()
 
-    scored = [(c, m) for c, m in (result.best_checkpoints or []) if METRIC in m]
-    best_ckpt, best = max(scored, key=lambda cm: (cm[1][METRIC], cm[1]["step"]))
+    metric = selection_metric(cfg)
+    scored = [(c, m) for c, m in (result.best_checkpoints or []) if metric in m]
+    best_ckpt, best = max(scored, key=lambda cm: (cm[1][metric], cm[1]["step"]))
     final = max(scored, key=lambda cm: cm[1]["step"])[1]
     history = json.loads(final["history"])
     target = ctx.stage_dir / "model"
@@ -98,12 +111,13 @@ def run(cfg: TrainRetrieverConfig, ctx) -> dict:
         shutil.copytree(Path(d) / "model", target)
     resumed = [json.loads(line) for line in progress.read_text().splitlines() if '"resumed"' in line]
 
-    ctx.console.print(history_table(history, best["step"]))
+    ctx.console.print(history_table(history, best["step"], metric))
     return {
         "outputs": {"model": str(target)},
         "counts": {"train_pairs": counts["train"], "val_pairs": counts["val"], "short_pairs": counts["short"],
                    "steps": final["step"]},
         "best": {k: v for k, v in best.items() if k != "history"},
+        "selected_on": metric,
         "history": history,
         "resumed_from_steps": sorted({r["step"] for r in resumed}),
         "throughput": {"pairs_per_s": round(final["step"] * cfg.batch_size / max(final["train_seconds"], 1e-9), 2),
@@ -111,11 +125,15 @@ def run(cfg: TrainRetrieverConfig, ctx) -> dict:
     }
 
 
-def history_table(history: list[dict], best_step: int) -> Table:
-    table = Table(title="held-out synthetic pairs (model selection)")
-    for name in ("step", "epoch", "nDCG@10", "MRR@10", "Recall@10", ""):
+def history_table(history: list[dict], best_step: int, metric: str) -> Table:
+    dev = any("dev_ndcg@10" in h for h in history)
+    table = Table(title=f"checkpoints (the best {metric} is exported)")
+    heads = ["step", "epoch", "held-out nDCG@10", "MRR@10", "Recall@10"] + (["dev nDCG@10", "Recall@10"] if dev else [])
+    for name in [*heads, ""]:
         table.add_column(name, justify="right")
     for h in history:
-        table.add_row(str(h["step"]), str(h["epoch"]), f"{h.get('val_ndcg@10', 0):.4f}", f"{h.get('val_mrr@10', 0):.4f}",
-                      f"{h.get('val_recall@10', 0):.4f}", "best" if h["step"] == best_step else "")
+        cells = [str(h["step"]), str(h["epoch"])] + [f"{h.get(k, 0):.4f}" for k in ("val_ndcg@10", "val_mrr@10", "val_recall@10")]
+        if dev:
+            cells += [f"{h.get(k, 0):.4f}" for k in ("dev_ndcg@10", "dev_recall@10")]
+        table.add_row(*cells, "best" if h["step"] == best_step else "")
     return table
