@@ -90,6 +90,49 @@ def eval_(
     _run(spec, workdir, force, address)
 
 
+@app.command()
+def serve(
+    target: Path = typer.Argument(..., help="A job spec (its workdir is served) or a workdir", show_default=False),
+    host: str = typer.Option("127.0.0.1", help="HTTP host; 0.0.0.0 exposes the API to the network"),
+    port: int = typer.Option(8000, help="HTTP port"),
+    generator: str = typer.Option("bundled:smollm2-135m-instruct", help="Chat model: 'bundled:NAME', a Hugging Face id or a path"),
+    max_tokens: int = typer.Option(128, help="Answer length when a request names none"),
+    api_key_env: str = typer.Option("RAGWORKS_API_KEY", help="Environment variable with the API key; unset: no auth"),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address; default: embedded local Ray"),
+) -> None:
+    """Serve a job's index on Ray Serve: search, embeddings and RAG chat.
+
+    Endpoints: POST /v1/search, POST /v1/embeddings and POST /v1/chat/completions
+    (OpenAI-compatible; the `openai` client works with base_url=http://HOST:PORT/v1),
+    GET /healthz. The tuned index is served when the job made one; a re-run that
+    writes a new index goes live without a restart. For per-deployment replicas and
+    autoscaling use `serve run serving/rag.yaml` instead.
+    """
+    import ray
+    from ray import serve as ray_serve
+
+    from .serve import build
+
+    workdir = target
+    if target.is_file():
+        try:
+            workdir = Path(load_spec(target).resolved_workdir())
+        except SpecError as err:
+            _fail(err)
+    try:
+        application = build({"workdir": str(workdir), "generator": generator, "max_tokens": max_tokens,
+                             "api_key_env": api_key_env})
+    except (FileNotFoundError, ValueError) as err:
+        _fail(err)
+    if address:
+        ray.init(address=address)
+    else:
+        ray.init(dashboard_host="127.0.0.1")  # the dashboard stays on loopback
+    ray_serve.start(http_options={"host": host, "port": port})
+    console.print(f"serving {Path(workdir).resolve()} at http://{host}:{port} (Ctrl-C stops)")
+    ray_serve.run(application, name="rag", route_prefix="/", blocking=True)
+
+
 def main() -> None:
     app(prog_name="ragworks")
 

@@ -1,0 +1,5 @@
+"""Ray Serve application: embedder, retriever and generator deployments behind one FastAPI ingress."""
+
+from .app import ServeOptions, build
+
+__all__ = ["ServeOptions", "build"]

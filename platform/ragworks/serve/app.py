@@ -1,0 +1,47 @@
+"""The application builder: `serve run serving/rag.yaml` and `ragworks serve` both call `build`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .api import RagAPI
+from .deployments import Embedder, Generator, Retriever
+
+
+class ServeOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    workdir: str = Field(..., description="a job's workdir: its index (the tuned one when the job made it) is served")
+    generator: str = Field("bundled:smollm2-135m-instruct", description="'bundled:NAME', a Hugging Face id or a path")
+    max_tokens: int = Field(128, ge=1, le=1024, description="answer length when a request names none")
+    reload_s: float = Field(2.0, gt=0, description="how often replicas look for a new index version")
+    api_key_env: str = Field("RAGWORKS_API_KEY", description="environment variable holding the API key (unset: open)")
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    max_batch: int = Field(256, ge=1, description="inputs per /v1/embeddings request")
+    cpus: dict[str, float] = Field(default_factory=dict, description="CPUs per replica by deployment name, over the "
+                                   "defaults (RagAPI 0.1, Embedder 0.5, Retriever 0.25, Generator 1)")
+
+
+def build(args: dict):
+    """Embedder, retriever and generator bound under the FastAPI ingress."""
+    opts = ServeOptions(**args)
+    workdir = Path(opts.workdir).resolve()
+    if not (workdir / "index" / "manifest.json").exists():
+        raise FileNotFoundError(f"{workdir}: no finished index stage to serve; run the job first")
+    env = {opts.api_key_env: os.environ[opts.api_key_env]} if os.environ.get(opts.api_key_env) else {}
+
+    def sized(deployment, **actor_options):
+        cpus = opts.cpus.get(deployment.name)
+        options = {**deployment.ray_actor_options, **({"num_cpus": cpus} if cpus is not None else {}), **actor_options}
+        return deployment.options(ray_actor_options=options)
+
+    unknown = set(opts.cpus) - {"RagAPI", "Embedder", "Retriever", "Generator"}
+    if unknown:
+        raise ValueError(f"cpus: unknown deployments {sorted(unknown)}; known: RagAPI, Embedder, Retriever, Generator")
+    ingress = sized(RagAPI, **({"runtime_env": {"env_vars": env}} if env else {}))
+    return ingress.bind(sized(Embedder).bind(str(workdir), opts.reload_s),
+                        sized(Retriever).bind(str(workdir), opts.reload_s),
+                        sized(Generator).bind(opts.generator), {**opts.model_dump(), "workdir": str(workdir)})

@@ -1,0 +1,140 @@
+"""The Serve application over real HTTP on 127.0.0.1: every endpoint, auth, validation, hot reload."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import time
+
+import httpx
+import numpy as np
+import pytest
+from conftest import write_jsonl
+from rich.console import Console
+
+from ragworks.config import parse_spec
+from ragworks.runner import run_job
+
+DOCS = [
+    ("volcano", "Magma rises through the crust and erupts as lava ash and gases from active volcanoes."),
+    ("vaccine", "A vaccine trains the immune system to recognise a pathogen by showing it an antigen."),
+    ("tide", "Ocean tides come from the gravitational pull of the moon and the sun on the seas."),
+    ("bread", "Yeast ferments sugars in dough and the carbon dioxide makes bread rise in the oven."),
+    ("copper", "Copper conducts electricity well so it is used for wires in homes and machines."),
+]
+# Small CPU shares: the index job of the hot-reload test must still find CPUs for its tasks.
+SMALL = {"RagAPI": 0.05, "Embedder": 0.1, "Retriever": 0.1, "Generator": 0.25}
+KEY_ENV, KEY = "RAGWORKS_TEST_API_KEY", "s3cret-key"
+
+
+def index_job(folder, workdir, docs):
+    write_jsonl(folder / "corpus.jsonl", [{"_id": k, "title": "", "text": v} for k, v in docs])
+    spec = parse_spec({"corpus": {"source": {"path": str(folder)}}, "index": {"concurrency": [1, 1]}})
+    return run_job(spec, workdir=workdir, console=Console(quiet=True))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(ray_local, tmp_path_factory):
+    import os
+
+    from ray import serve
+
+    from ragworks.serve import build
+
+    root = tmp_path_factory.mktemp("serve")
+    index_job(root / "docs", root / "wd", DOCS)
+    # The next version, built before Serve holds CPUs (on 2 CPUs a job beside it would wait for them).
+    index_job(root / "docs2", root / "wd2", DOCS + [("glacier", "Glaciers carve deep valleys as the ice grinds rock.")])
+    port = free_port()
+    os.environ[KEY_ENV] = KEY
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build({"workdir": str(root / "wd"), "max_tokens": 12, "reload_s": 0.5, "api_key_env": KEY_ENV,
+                     "max_body_bytes": 4096, "cpus": SMALL}), name="rag", route_prefix="/")
+    yield {"url": f"http://127.0.0.1:{port}", "root": root}
+    serve.shutdown()
+    del os.environ[KEY_ENV]
+
+
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+def test_health_auth_and_validation(served):
+    url = served["url"]
+    assert httpx.get(f"{url}/healthz").json() == {"status": "ok", "auth": True}  # open without a key
+    body = {"query": "lava from volcanoes", "top_k": 2}
+    assert httpx.post(f"{url}/v1/search", json=body).status_code == 401
+    assert httpx.post(f"{url}/v1/search", json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    r = httpx.post(f"{url}/v1/search", content=b"{not json", headers={**AUTH, "content-type": "application/json"})
+    assert r.status_code == 422
+    for bad in ({"query": "x", "top_k": 1000}, {"query": "x", "top_k": "many"}, {"query": "x", "mode": "fuzzy"},
+                {"top_k": 2}, {"query": "x", "extra": 1}):
+        r = httpx.post(f"{url}/v1/search", json=bad, headers=AUTH)
+        assert r.status_code == 422, bad
+    r = httpx.post(f"{url}/v1/search", json={"query": "lava " * 2000}, headers=AUTH)
+    assert r.status_code == 413
+
+
+@pytest.mark.parametrize("mode", ["dense", "fulltext", "hybrid"])
+def test_search_modes(served, mode):
+    r = httpx.post(f"{served['url']}/v1/search", json={"query": "lava erupts from volcanoes", "top_k": 3, "mode": mode},
+                   headers=AUTH)
+    assert r.status_code == 200, r.text
+    hits = r.json()["data"]
+    assert 1 <= len(hits) <= 3 and hits[0]["doc_id"] == "volcano"
+    assert {"id", "text", "score"} <= set(hits[0])
+
+
+def test_openai_client_embeddings_and_chat(served):
+    from openai import OpenAI
+    from sentence_transformers import SentenceTransformer
+
+    from ragworks.models import resolve_embedder
+
+    client = OpenAI(base_url=f"{served['url']}/v1", api_key=KEY, max_retries=0, timeout=120)
+    texts = ["ocean tides and the moon", "bread and yeast"]
+    got = np.array([d.embedding for d in client.embeddings.create(input=texts, model="any").data])
+    want = SentenceTransformer(resolve_embedder("base")).encode(texts)
+    assert got.shape == (2, 384) and np.allclose(got, want, atol=1e-4)
+
+    ask = [{"role": "user", "content": "What makes bread rise?"}]
+    out = client.chat.completions.create(model="rag", messages=ask, max_tokens=8)
+    assert out.choices[0].message.content and out.usage.completion_tokens <= 8
+    assert out.model_extra["context"][0].startswith("bread")  # the retrieved chunk ids, best first
+    assert set(out.model_extra["citations"]) <= set(out.model_extra["context"])
+
+    pieces, last = [], None
+    for chunk in client.chat.completions.create(model="rag", messages=ask, max_tokens=8, stream=True):
+        pieces.append(chunk.choices[0].delta.content or "")
+        last = chunk
+    assert len(pieces) >= 3 and "".join(pieces).strip()  # role chunk, text pieces, the final chunk
+    assert last.choices[0].finish_reason == "stop" and last.model_extra["context"][0].startswith("bread")
+
+    with pytest.raises(Exception) as err:
+        OpenAI(base_url=f"{served['url']}/v1", api_key="wrong", max_retries=0).embeddings.create(input="x", model="m")
+    assert "401" in str(err.value)
+
+
+def test_new_index_goes_live_without_restart(served):
+    url, root = served["url"], served["root"]
+    query = {"query": "glaciers carve valleys", "top_k": 1, "mode": "fulltext"}
+    before = httpx.post(f"{url}/v1/search", json=query, headers=AUTH).json()["data"]
+    assert "glacier" not in [h["doc_id"] for h in before]
+    # A job finishing its index stage: the new manifest (naming the new table) replaces the old one.
+    shutil.copy(root / "wd2" / "index" / "manifest.json", root / "wd" / "index" / "manifest.json")
+    deadline, hit = time.time() + 60, None
+    while time.time() < deadline:
+        hits = httpx.post(f"{url}/v1/search", json=query, headers=AUTH).json()["data"]
+        hit = hits[0]["doc_id"] if hits else None
+        if hit == "glacier":
+            break
+        time.sleep(0.5)
+    assert hit == "glacier"
+    dense = httpx.post(f"{url}/v1/search", json={**query, "mode": "hybrid"}, headers=AUTH).json()
+    assert dense["data"][0]["doc_id"] == "glacier", json.dumps(dense)[:300]
