@@ -56,7 +56,8 @@ def served(ray_local, tmp_path_factory):
     os.environ[KEY_ENV] = KEY
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build({"workdir": str(root / "wd"), "max_tokens": 12, "reload_s": 0.5, "api_key_env": KEY_ENV,
-                     "max_body_bytes": 4096, "cpus": SMALL}), name="rag", route_prefix="/")
+                     "max_body_bytes": 4096, "cpus": SMALL,
+                     "min_replicas": {"Retriever": 2}}), name="rag", route_prefix="/")
     yield {"url": f"http://127.0.0.1:{port}", "root": root}
     serve.shutdown()
     del os.environ[KEY_ENV]
@@ -138,3 +139,43 @@ def test_new_index_goes_live_without_restart(served):
     assert hit == "glacier"
     dense = httpx.post(f"{url}/v1/search", json={**query, "mode": "hybrid"}, headers=AUTH).json()
     assert dense["data"][0]["doc_id"] == "glacier", json.dumps(dense)[:300]
+
+
+def retriever_replicas() -> list[dict]:
+    import ray
+
+    return [a for a in ray.util.list_named_actors(all_namespaces=True) if "Retriever" in a["name"]]
+
+
+def test_a_killed_retriever_replica_costs_under_one_percent(served):
+    """Bounded load (600 searches, 8 at a time); one of two retriever replicas is killed after 100."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import ray
+
+    url, total = served["url"], 600
+    before = retriever_replicas()
+    assert len(before) == 2
+    victim = ray.get_actor(before[0]["name"], namespace=before[0]["namespace"])
+
+    def one(i: int) -> int:
+        if i == 100:
+            ray.kill(victim, no_restart=True)
+        try:
+            r = httpx.post(f"{url}/v1/search", json={"query": DOCS[i % 5][1], "top_k": 2, "mode": "fulltext"},
+                           headers=AUTH, timeout=30)
+            return r.status_code
+        except httpx.HTTPError:
+            return 0
+
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(one, range(total)))
+    failed = sum(c != 200 for c in codes)
+    assert failed < 0.01 * total, f"{failed} of {total} failed"
+    deadline = time.time() + 60  # Serve's controller replaces the replica by itself
+    while time.time() < deadline and {a["name"] for a in retriever_replicas()} & {before[0]["name"]}:
+        time.sleep(0.5)
+    while time.time() < deadline and len(retriever_replicas()) < 2:
+        time.sleep(0.5)
+    assert len(retriever_replicas()) == 2 and before[0]["name"] not in {a["name"] for a in retriever_replicas()}
+    assert httpx.post(f"{url}/v1/search", json={"query": "tides", "top_k": 1}, headers=AUTH).status_code == 200

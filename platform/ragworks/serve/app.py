@@ -21,6 +21,8 @@ class ServeOptions(BaseModel):
     api_key_env: str = Field("RAGWORKS_API_KEY", description="environment variable holding the API key (unset: open)")
     max_body_bytes: int = Field(1_000_000, ge=1024)
     max_batch: int = Field(256, ge=1, description="inputs per /v1/embeddings request")
+    min_replicas: dict[str, int] = Field(default_factory=dict, description="replicas kept up by deployment name "
+                                         "(autoscaling adds more up to each deployment's max_replicas)")
     cpus: dict[str, float] = Field(default_factory=dict, description="CPUs per replica by deployment name, over the "
                                    "defaults (RagAPI 0.1, Embedder 0.5, Retriever 0.25, Generator 1)")
 
@@ -36,11 +38,16 @@ def build(args: dict):
     def sized(deployment, **actor_options):
         cpus = opts.cpus.get(deployment.name)
         options = {**deployment.ray_actor_options, **({"num_cpus": cpus} if cpus is not None else {}), **actor_options}
-        return deployment.options(ray_actor_options=options)
+        scaling = dict(deployment._deployment_config.autoscaling_config.model_dump(include={
+            "min_replicas", "max_replicas", "target_ongoing_requests"}))
+        if deployment.name in opts.min_replicas:
+            scaling["min_replicas"] = opts.min_replicas[deployment.name]
+            scaling["max_replicas"] = max(scaling["max_replicas"], scaling["min_replicas"])
+        return deployment.options(ray_actor_options=options, autoscaling_config=scaling)
 
-    unknown = set(opts.cpus) - {"RagAPI", "Embedder", "Retriever", "Generator"}
+    unknown = (set(opts.cpus) | set(opts.min_replicas)) - {"RagAPI", "Embedder", "Retriever", "Generator"}
     if unknown:
-        raise ValueError(f"cpus: unknown deployments {sorted(unknown)}; known: RagAPI, Embedder, Retriever, Generator")
+        raise ValueError(f"cpus / min_replicas: unknown deployments {sorted(unknown)}; known: RagAPI, Embedder, Retriever, Generator")
     ingress = sized(RagAPI, **({"runtime_env": {"env_vars": env}} if env else {}))
     return ingress.bind(sized(Embedder).bind(str(workdir), opts.reload_s),
                         sized(Retriever).bind(str(workdir), opts.reload_s),
