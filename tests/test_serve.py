@@ -40,6 +40,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def fake_trained_generator(workdir) -> str:
+    """What train_generator leaves in a workdir, with a random (so visible) LoRA adapter."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from ragworks.manifest import write_manifest
+    from ragworks.models import DEFAULT_GENERATOR, causal_lm_source, load_causal_lm
+
+    torch.manual_seed(0)
+    model, _ = load_causal_lm(DEFAULT_GENERATOR)
+    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, task_type="CAUSAL_LM"))
+    adapter = workdir / "train_generator" / "adapter"
+    peft.save_pretrained(str(adapter))
+    write_manifest(workdir / "train_generator", {"stage": "train_generator", "model": DEFAULT_GENERATOR,
+                                                 "base_model": causal_lm_source(DEFAULT_GENERATOR),
+                                                 "outputs": {"adapter": str(adapter)}})
+    return str(adapter)
+
+
 @pytest.fixture(scope="module")
 def served(ray_local, tmp_path_factory):
     import os
@@ -52,13 +71,14 @@ def served(ray_local, tmp_path_factory):
     index_job(root / "docs", root / "wd", DOCS)
     # The next version, built before Serve holds CPUs (on 2 CPUs a job beside it would wait for them).
     index_job(root / "docs2", root / "wd2", DOCS + [("glacier", "Glaciers carve deep valleys as the ice grinds rock.")])
+    adapter = fake_trained_generator(root / "wd")
     port = free_port()
     os.environ[KEY_ENV] = KEY
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build({"workdir": str(root / "wd"), "max_tokens": 12, "reload_s": 0.5, "api_key_env": KEY_ENV,
                      "max_body_bytes": 4096, "cpus": SMALL,
                      "min_replicas": {"Retriever": 2}}), name="rag", route_prefix="/")
-    yield {"url": f"http://127.0.0.1:{port}", "root": root}
+    yield {"url": f"http://127.0.0.1:{port}", "root": root, "adapter": adapter}
     serve.shutdown()
     del os.environ[KEY_ENV]
 
@@ -68,7 +88,8 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 def test_health_auth_and_validation(served):
     url = served["url"]
-    assert httpx.get(f"{url}/healthz").json() == {"status": "ok", "auth": True}  # open without a key
+    health = httpx.get(f"{url}/healthz").json()  # open without a key
+    assert health["status"] == "ok" and health["auth"] is True and health["adapter"] == served["adapter"]
     body = {"query": "lava from volcanoes", "top_k": 2}
     assert httpx.post(f"{url}/v1/search", json=body).status_code == 401
     assert httpx.post(f"{url}/v1/search", json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
@@ -120,6 +141,44 @@ def test_openai_client_embeddings_and_chat(served):
     with pytest.raises(Exception) as err:
         OpenAI(base_url=f"{served['url']}/v1", api_key="wrong", max_retries=0).embeddings.create(input="x", model="m")
     assert "401" in str(err.value)
+
+
+def test_chat_answers_with_the_trained_adapter_in_the_training_layout(served):
+    """The served answer is what base + adapter write for the answers.messages layout, not what the base writes."""
+    import torch
+
+    from ragworks.answers import messages
+    from ragworks.models import DEFAULT_GENERATOR, load_causal_lm
+
+    ask = "What makes bread rise?"
+    r = httpx.post(f"{served['url']}/v1/chat/completions", headers=AUTH,
+                   json={"messages": [{"role": "user", "content": ask}], "max_tokens": 8, "top_k": 2})
+    assert r.status_code == 200, r.text
+    served_text = r.json()["choices"][0]["message"]["content"]
+    hits = httpx.post(f"{served['url']}/v1/search", json={"query": ask, "top_k": 2}, headers=AUTH).json()["data"]
+    assert [h["id"] for h in hits] == r.json()["context"]
+
+    def answer(adapter):
+        model, tok = load_causal_lm(DEFAULT_GENERATOR, adapter=adapter)
+        text = tok.apply_chat_template(messages(ask, hits), add_generation_prompt=True, tokenize=False)
+        inputs = tok(text, return_tensors="pt", return_token_type_ids=False)
+        with torch.inference_mode():
+            out = model.generate(**inputs, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
+        return tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+    assert served_text == answer(served["adapter"]) != answer(None)
+
+
+def test_unauthenticated_bodies_are_not_validated(served):
+    """401 before 422: a caller without the key learns nothing about the API from validation errors."""
+    url = served["url"]
+    for path in ("/v1/search", "/v1/embeddings", "/v1/chat/completions"):
+        assert httpx.post(f"{url}{path}", content=b"{not json", headers={"content-type": "application/json"}).status_code == 401
+        assert httpx.post(f"{url}{path}", json={"top_k": "many"}).status_code == 401
+    r = httpx.post(f"{url}/v1/search", json={"query": "x", "top_k": "many"}, headers=AUTH)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "top_k"]
+    schema = httpx.get(f"{url}/openapi.json").json()["paths"]["/v1/search"]["post"]["requestBody"]
+    assert "query" in schema["content"]["application/json"]["schema"]["properties"]
 
 
 def test_new_index_goes_live_without_restart(served):
@@ -179,3 +238,16 @@ def test_a_killed_retriever_replica_costs_under_one_percent(served):
         time.sleep(0.5)
     assert len(retriever_replicas()) == 2 and before[0]["name"] not in {a["name"] for a in retriever_replicas()}
     assert httpx.post(f"{url}/v1/search", json={"query": "tides", "top_k": 1}, headers=AUTH).status_code == 200
+
+
+def test_vllm_engine_fails_fast_without_vllm_or_gpu(ray_local, tmp_path):
+    from ragworks.serve import build
+    from ragworks.synth.engines import EngineUnavailable
+
+    index_job(tmp_path / "docs", tmp_path / "wd", DOCS[:2])
+    with pytest.raises(EngineUnavailable, match="vllm"):
+        build({"workdir": str(tmp_path / "wd"), "engine": "vllm"})
+    with pytest.raises(ValueError, match="unknown deployments"):
+        build({"workdir": str(tmp_path / "wd"), "cpus": {"Embedder": 0.1, "Reranker": 1}})
+    with pytest.raises(FileNotFoundError, match="no finished index"):
+        build({"workdir": str(tmp_path / "nowhere")})

@@ -116,13 +116,13 @@ def test_lora_trains_adapters_and_exports_merged_weights(ray_local, tmp_path, fa
     assert m["index_tuned"]["counts"]["rows"] == m["index"]["counts"]["rows"]
 
 
-def registered_checkpoint_step(workdir: Path) -> int:
+def registered_checkpoint_step(workdir: Path, stage: str = "train_retriever") -> int:
     """The step of the newest checkpoint Ray Train's controller has registered (-1: none yet).
 
     A worker's report() returns before the controller records the checkpoint, so a kill timed
     by the worker's own log alone can land before the checkpoint counts (seen on a loaded CI).
     """
-    for snap in (workdir / "train_retriever" / "ray_train").glob("*/checkpoint_manager_snapshot.json"):
+    for snap in (workdir / stage / "ray_train").glob("*/checkpoint_manager_snapshot.json"):
         try:
             latest = json.loads(snap.read_text()).get("latest_checkpoint_result") or {}
         except (OSError, ValueError):  # being rewritten
@@ -131,24 +131,30 @@ def registered_checkpoint_step(workdir: Path) -> int:
     return -1
 
 
-def test_a_killed_worker_resumes_from_its_checkpoint(ray_local, tmp_path, facts_dir):
-    """Two workers (gloo, negatives gathered across them); one is SIGKILLed after the first checkpoint."""
-    workdir = tmp_path / "wd"
-    progress = workdir / "train_retriever" / "progress.jsonl"
+def worker_killer(workdir: Path, stage: str) -> tuple[threading.Thread, dict]:
+    """A thread that SIGKILLs the rank-1 worker once Ray Train holds a checkpoint past the base one and the
+    worker went on; `killed` gets the step it was at and the checkpoint's step."""
+    progress = workdir / stage / "progress.jsonl"
     killed: dict = {}
 
     def killer():
         deadline = time.time() + 600
         while time.time() < deadline and not killed:
-            saved = registered_checkpoint_step(workdir)
+            saved = registered_checkpoint_step(workdir, stage)
             lines = [json.loads(x) for x in progress.read_text().splitlines()] if progress.exists() else []
             steps = [x for x in lines if x.get("rank") == 1 and x.get("step", 0) > max(saved, 2) and "loss" in x]
-            if saved >= 2 and steps:  # Ray Train holds a checkpoint past the base one; the worker went on
+            if saved >= 2 and steps:
                 killed.update(steps[-1], checkpoint=saved)
                 os.kill(steps[-1]["pid"], signal.SIGKILL)
             time.sleep(0.02)
 
-    thread = threading.Thread(target=killer, daemon=True)
+    return threading.Thread(target=killer, daemon=True), killed
+
+
+def test_a_killed_worker_resumes_from_its_checkpoint(ray_local, tmp_path, facts_dir):
+    """Two workers (gloo, negatives gathered across them); one is SIGKILLed after the first checkpoint."""
+    workdir = tmp_path / "wd"
+    thread, killed = worker_killer(workdir, "train_retriever")
     with FakeLLM(echo_words=8) as llm:
         spec = train_spec(facts_dir, llm.url, evaluate=False, epochs=6, checkpoint_every=2, workers=2,
                           cpus_per_worker=0.5, batch_size=4)

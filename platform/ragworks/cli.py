@@ -20,7 +20,8 @@ app = typer.Typer(
 )
 console = Console()
 
-STAGES_HELP = "Stage to re-run even if its manifest matches (corpus, index, evaluate, or all); repeatable."
+STAGES_HELP = ("Stage to re-run even if its manifest matches (corpus, index, synthesize, filters, negatives, "
+               "train_retriever, index_tuned, rag_examples, train_generator, evaluate, or all); repeatable.")
 
 
 def _fail(err: Exception) -> None:
@@ -95,7 +96,9 @@ def serve(
     target: Path = typer.Argument(..., help="A job spec (its workdir is served) or a workdir", show_default=False),
     host: str = typer.Option("127.0.0.1", help="HTTP host; 0.0.0.0 exposes the API to the network"),
     port: int = typer.Option(8000, help="HTTP port"),
-    generator: str = typer.Option("bundled:smollm2-135m-instruct", help="Chat model: 'bundled:NAME', a Hugging Face id or a path"),
+    generator: Optional[str] = typer.Option(None, help="Chat model: 'bundled:NAME', a Hugging Face id or a path "
+                                            "[default: the job's trained generator (base + LoRA adapter), else the "
+                                            "bundled SmolLM2]"),
     max_tokens: int = typer.Option(128, help="Answer length when a request names none"),
     api_key_env: str = typer.Option("RAGWORKS_API_KEY", help="Environment variable with the API key; unset: no auth"),
     address: Optional[str] = typer.Option(None, help="Ray cluster address; default: embedded local Ray"),
@@ -104,8 +107,8 @@ def serve(
 
     Endpoints: POST /v1/search, POST /v1/embeddings and POST /v1/chat/completions
     (OpenAI-compatible; the `openai` client works with base_url=http://HOST:PORT/v1),
-    GET /healthz. The tuned index is served when the job made one; a re-run that
-    writes a new index goes live without a restart. For per-deployment replicas and
+    GET /healthz. The tuned index and the tuned generator are served when the job
+    made them; a re-run that writes a new index goes live without a restart. For per-deployment replicas and
     autoscaling use `serve run serving/rag.yaml` instead.
     """
     import ray

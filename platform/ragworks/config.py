@@ -139,11 +139,15 @@ class EngineConfig(Section):
     api_key_env: str = Field("OPENAI_API_KEY", description="openai: environment variable holding the API key")
     qps: int | None = Field(None, ge=1, description="openai: requests per second per actor")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="vllm: passed to the vLLM engine")
+    adapter: str | None = Field(None, description="transformers: a PEFT LoRA adapter folder applied to the model")
 
     @model_validator(mode="after")
     def _openai_needs_url(self) -> "EngineConfig":
         if self.kind == "openai" and not self.base_url:
             raise ValueError("engine.kind 'openai' needs engine.base_url (e.g. http://127.0.0.1:8000/v1)")
+        if self.adapter and self.kind != "transformers":
+            raise ValueError(f"engine.adapter is applied by the transformers engine; with kind '{self.kind}' serve "
+                             "the adapter on the endpoint (vLLM: --enable-lora) and name it as engine.model")
         return self
 
 
@@ -170,6 +174,12 @@ class SynthesizeConfig(Section):
     engine: EngineConfig = Field(default_factory=EngineConfig)
     prompt: PromptConfig = Field(default_factory=PromptConfig)
     rag: RagExamplesConfig = Field(default_factory=RagExamplesConfig)
+
+
+class RagExamplesStageConfig(SynthesizeConfig):
+    """The `rag_examples` section: synthesize's RAFT task as a stage of its own, so one job makes both."""
+
+    task: Literal["rag_examples"] = "rag_examples"
 
 
 class LengthFilter(Section):
@@ -223,30 +233,35 @@ class DevSetConfig(Section):
     max_corpus: int = Field(5000, ge=1, description="documents ranked: every judged one plus a fixed sample of the rest")
 
 
-class TrainRetrieverConfig(Section):
-    model: str = Field("base", description="start from: 'base' (the bundled embedder), 'bundled:NAME', a Hugging Face id or a path")
+class TrainerConfig(Section):
+    """What every Ray Train stage shares: steps, optimizer, workers, checkpoints, held-out slice."""
+
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (default: every epoch)")
-    batch_size: int = Field(32, ge=2, description="pairs per step over all workers; each query's in-batch negatives are the other pairs")
-    learning_rate: float = Field(1e-5, gt=0.0, description="small: a high rate washes out what the base model knows")
     warmup_ratio: float = Field(0.1, ge=0.0, le=1.0)
     weight_decay: float = Field(0.01, ge=0.0)
-    negatives: int = Field(1, ge=0, description="hard negatives per query from the negatives stage (0: in-batch only)")
-    scale: float = Field(20.0, gt=0.0, description="similarity scale of the ranking loss (1 / temperature)")
-    max_seq_length: int = Field(256, ge=8, description="tokens per text; longer texts are cut")
-    matryoshka_dims: list[int] | None = Field(None, description="also train these truncated embedding sizes (Matryoshka)")
-    lora: LoraConfig | None = Field(None, description="train LoRA adapters instead of every weight (large embedders)")
     workers: int = Field(1, ge=1, description="Ray Train workers (one process each; gloo on CPU, nccl on GPU)")
     use_gpu: bool = False
     cpus_per_worker: float | None = Field(None, gt=0, description="default: the cluster's CPUs / workers, less a "
                                                                      "share for the data tasks that feed them")
     checkpoint_every: int | None = Field(None, ge=1, description="steps between checkpoints (default: every epoch)")
     max_failures: int = Field(2, ge=0, description="worker failures to survive, resuming from the last checkpoint")
+    seed: int = 0
+
+
+class TrainRetrieverConfig(TrainerConfig):
+    model: str = Field("base", description="start from: 'base' (the bundled embedder), 'bundled:NAME', a Hugging Face id or a path")
+    batch_size: int = Field(32, ge=2, description="pairs per step over all workers; each query's in-batch negatives are the other pairs")
+    learning_rate: float = Field(1e-5, gt=0.0, description="small: a high rate washes out what the base model knows")
+    negatives: int = Field(1, ge=0, description="hard negatives per query from the negatives stage (0: in-batch only)")
+    scale: float = Field(20.0, gt=0.0, description="similarity scale of the ranking loss (1 / temperature)")
+    max_seq_length: int = Field(256, ge=8, description="tokens per text; longer texts are cut")
+    matryoshka_dims: list[int] | None = Field(None, description="also train these truncated embedding sizes (Matryoshka)")
+    lora: LoraConfig | None = Field(None, description="train LoRA adapters instead of every weight (large embedders)")
     validation_fraction: float = Field(0.05, gt=0.0, lt=1.0, description="pairs held out for model selection, by chunk")
     validation_max: int = Field(500, ge=1)
     dev: DevSetConfig | None = Field(None, description="also score every checkpoint on a labelled BEIR dev set")
     select_on: Literal["heldout", "dev"] = Field("heldout", description="which score picks the exported checkpoint")
-    seed: int = 0
 
     @model_validator(mode="after")
     def _dev_named(self):
@@ -255,7 +270,30 @@ class TrainRetrieverConfig(Section):
         return self
 
 
+# -------------------------------------------------------- train_generator
+class TrainGeneratorConfig(TrainerConfig):
+    model: str = Field("bundled:smollm2-135m-instruct", description="causal LM: 'bundled:NAME', a Hugging Face id or a path")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="the adapter trained (PEFT LoRA)")
+    batch_size: int = Field(8, ge=1, description="examples per step over all workers")
+    learning_rate: float = Field(2e-4, gt=0.0, description="LoRA trains few weights: rates of 1e-4..5e-4 are usual")
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_seq_length: int = Field(768, ge=32, description="tokens per example; the prompt is cut from the left to fit")
+    max_context_words: int = Field(120, ge=8, description="each context chunk is cut to this many words in the prompt")
+    validation_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="examples held out (by oracle chunk) for "
+                                       "model selection and for the evaluate stage's answer metrics")
+    validation_max: int = Field(100, ge=1)
+    merged: bool = Field(False, description="also export the base model with the adapter merged in (`merged/`)")
+
+
 # --------------------------------------------------------------- evaluate
+
+class GenerationEvalConfig(Section):
+    max_examples: int = Field(100, ge=1, description="held-out RAG examples answered by the base and the tuned generator")
+    max_tokens: int = Field(64, ge=1)
+    batch_size: int = Field(8, ge=1)
+    concurrency: tuple[int, int] = Field((1, 2), description="generator actor pool: (min, max)")
+    num_cpus: float = Field(1.0, gt=0)
+
 
 class EvaluateConfig(Section):
     dataset: str | None = Field(None, description="BEIR folder with queries.jsonl and qrels/SPLIT.tsv (default: the corpus source)")
@@ -264,6 +302,8 @@ class EvaluateConfig(Section):
     candidates: int = Field(200, ge=10, description="chunks fetched per query before they are grouped into documents")
     rrf_k: int = Field(60, ge=1)
     batch_size: int = Field(64, ge=1)
+    generation: GenerationEvalConfig = Field(default_factory=GenerationEvalConfig,
+                                             description="answer metrics, when the job trains a generator")
 
 
 # -------------------------------------------------------------------- job
@@ -277,6 +317,8 @@ class JobSpec(Section):
     filters: FiltersConfig | None = None
     negatives: NegativesConfig | None = None
     train_retriever: TrainRetrieverConfig | None = None
+    rag_examples: RagExamplesStageConfig | None = None
+    train_generator: TrainGeneratorConfig | None = None
     evaluate: EvaluateConfig | None = None
 
     def resolved_workdir(self) -> Path:
@@ -374,13 +416,16 @@ def check_paths(spec: JobSpec, spec_dir: Path, source: str) -> JobSpec:
                         problems.append(f"  evaluate.dataset: {found} has no {need} (evaluate.split={spec.evaluate.split!r})")
     if spec.evaluate is not None and spec.index is None:
         problems.append("  evaluate: needs an index section (evaluate searches the index)")
-    if spec.synthesize is not None and spec.synthesize.prompt.examples is not None:
-        found = _resolve_path(spec.synthesize.prompt.examples, spec_dir)
-        if found is None:
-            problems.append(f"  synthesize.prompt.examples: no such file: {spec.synthesize.prompt.examples}")
-        else:
-            spec.synthesize.prompt.examples = str(found)
-    for stage, needs in (("synthesize", "index"), ("filters", "synthesize"), ("negatives", "filters")):
+    for section in ("synthesize", "rag_examples"):
+        synth = getattr(spec, section)
+        if synth is not None and synth.prompt.examples is not None:
+            found = _resolve_path(synth.prompt.examples, spec_dir)
+            if found is None:
+                problems.append(f"  {section}.prompt.examples: no such file: {synth.prompt.examples}")
+            else:
+                synth.prompt.examples = str(found)
+    for stage, needs in (("synthesize", "index"), ("filters", "synthesize"), ("negatives", "filters"),
+                         ("rag_examples", "index"), ("train_generator", "rag_examples")):
         if getattr(spec, stage) is not None and getattr(spec, needs) is None:
             problems.append(f"  {stage}: needs a {needs} section")
     if spec.index is not None and spec.corpus is None:

@@ -67,28 +67,43 @@ def _gguf_file(path: Path) -> Path | None:
     return None
 
 
-def load_causal_lm(name: str, device: str = "cpu"):
-    """(model, tokenizer) for a causal LM; left padding, for batched generation.
+def causal_lm_source(name: str) -> str:
+    """A folder or hub id transformers loads directly; a GGUF becomes its cached safetensors copy.
 
-    A GGUF (the bundled SmolLM2 ships as one) takes ~15 s to dequantise, so the
-    first load saves a plain safetensors copy in the cache and later loads
-    (every actor, every run) read that in a fraction of a second.
+    Dequantising a GGUF (the bundled SmolLM2 ships as one) takes ~15 s, so the
+    first call saves a plain copy in the cache and later loads (every actor,
+    every run) read that in a fraction of a second.
+    """
+    source = resolve_model(name)
+    gguf = _gguf_file(Path(source))
+    if gguf is None:
+        return source
+    stat = gguf.stat()
+    converted = cache_dir() / "converted" / f"{gguf.stem}-{stat.st_size}"
+    if not (converted / "config.json").exists():
+        _convert_gguf(gguf, converted)
+    return str(converted)
+
+
+def load_causal_lm(name: str, device: str = "cpu", adapter: str | None = None):
+    """(model, tokenizer) for a causal LM, left padded for batched generation.
+
+    `adapter`: a PEFT LoRA folder, merged into the weights so generation runs at the base model's speed.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source = resolve_model(name)
-    gguf = _gguf_file(Path(source))
-    if gguf is not None:
-        stat = gguf.stat()
-        converted = cache_dir() / "converted" / f"{gguf.stem}-{stat.st_size}"
-        if not (converted / "config.json").exists():
-            _convert_gguf(gguf, converted)
-        source = str(converted)
+    source = causal_lm_source(name)
     tok = AutoTokenizer.from_pretrained(source, padding_side="left")
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(source).to(device).eval()
-    return model, tok
+    model = AutoModelForCausalLM.from_pretrained(source)
+    if adapter:
+        from peft import PeftModel
+
+        if not (Path(adapter) / "adapter_config.json").exists():
+            raise ModelNotFound(f"{adapter}: not a PEFT adapter folder (no adapter_config.json)")
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    return model.to(device).eval(), tok
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:

@@ -61,11 +61,16 @@ def _stages() -> dict[str, StageDef]:
         "negatives": StageDef("negatives", ("filters", "index"), synth.run_negatives),
         "train_retriever": StageDef("train_retriever", ("negatives",), train.run_retriever, train.external_inputs),
         "index_tuned": StageDef("index_tuned", ("corpus", "train_retriever"), partial(index.run, tuned=True)),
-        "evaluate": StageDef("evaluate", ("index",), evaluate.run, evaluate.external_inputs, optional=("index_tuned",)),
+        "rag_examples": StageDef("rag_examples", ("corpus", "index"), synth.run_synthesize,
+                                 partial(synth.external_inputs, section="rag_examples"), resumable=True),
+        "train_generator": StageDef("train_generator", ("rag_examples",), train.run_generator),
+        "evaluate": StageDef("evaluate", ("index",), evaluate.run, evaluate.external_inputs,
+                             optional=("index_tuned", "train_generator")),
     }
 
 
-STAGE_ORDER = ("corpus", "index", "synthesize", "filters", "negatives", "train_retriever", "index_tuned", "evaluate")
+STAGE_ORDER = ("corpus", "index", "synthesize", "filters", "negatives", "train_retriever", "index_tuned",
+               "rag_examples", "train_generator", "evaluate")
 PROGRESS = "_in_progress.json"
 
 

@@ -42,7 +42,8 @@ def assigned_cpus(default: int = 1) -> int:
         ctx = ray.get_runtime_context()
         if ctx.worker.mode == ray.WORKER_MODE:
             cpus = ctx.get_assigned_resources().get("CPU", default)
-            return max(1, int(round(cpus)))
+            # Ray's CPUs may be slots (num_cpus above the cores): never more threads than cores.
+            return max(1, min(int(round(cpus)), os.cpu_count() or 1))
     except Exception:  # noqa: BLE001 - outside Ray
         pass
     return os.cpu_count() or default

@@ -28,6 +28,15 @@ def markdown(report: dict) -> str:
              "| mode | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     lines += [f"| {mode} | " + " | ".join(f"{v[n]:.4f}" for n in names) + " |" for mode, v in metrics.items()]
     lines += ["", "![metrics](report.png)", ""]
+    gen = report.get("generation")
+    if gen:
+        names = [n for n in next(iter(gen.values())) if n not in ("examples", "errors")]
+        lines += [f"## Answers: {next(iter(gen.values()))['examples']} held-out RAG examples", "",
+                  "| generator | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+        lines += [f"| {label} | " + " | ".join(f"{v[n]:.4f}" for n in names) + " |" for label, v in gen.items()]
+        lines += ["", "citation_accuracy: cites the oracle chunk when it is in the context; abstention: says the context "
+                  "lacks the answer when the oracle is missing; answer_f1: words shared with the reference answer.",
+                  "", "![answers](answers.png)", ""]
     if report.get("timings"):
         lines += ["| stage | seconds |", "|---|---:|"]
         lines += [f"| {k} | {v:.1f} |" for k, v in report["timings"].items()]
@@ -62,4 +71,9 @@ def write_report(report: dict, folder: Path) -> dict[str, str]:
     paths["json"].write_text(json.dumps(report, indent=2))
     paths["markdown"].write_text(markdown(report))
     chart(report["metrics"], paths["chart"], f"{report['dataset_name']} ({report['split']})")
+    if report.get("generation"):
+        paths["answers_chart"] = folder / "answers.png"
+        gen = {label: {n: v for n, v in m.items() if n not in ("examples", "errors")}
+               for label, m in report["generation"].items()}
+        chart(gen, paths["answers_chart"], "generator: held-out RAG examples")
     return {k: str(v) for k, v in paths.items()}

@@ -9,6 +9,7 @@ from ..index import open_index
 from ..manifest import files_fingerprint
 from ..runtime import limit_torch_threads
 from .beir import load_qrels, load_queries
+from .generation import answer_metrics
 from .metrics import evaluate_run
 from .report import metrics_table, write_report
 
@@ -64,13 +65,21 @@ def run(cfg: EvaluateConfig, ctx) -> dict:
                 run_[qids[i]] = rank_documents(hits, 100)
             metrics[label] = evaluate_run(run_, qrels)
 
+    generation = samples = None
+    if "train_generator" in ctx.inputs:
+        generation, samples = answer_metrics(cfg.generation, ctx.inputs["train_generator"], ctx.console)
+
     report = {
         "dataset": cfg.dataset, "dataset_name": Path(cfg.dataset).name, "split": cfg.split,
         "queries": len(qids), "chunks": ctx.inputs["index"]["counts"]["rows"],
         "embedder": ", ".join(f"{k}: {v}" for k, v in embedders.items()), "embedders": embedders, "metrics": metrics,
         "timings": {name: m["seconds"] for name, m in ctx.inputs.items() if "seconds" in m},
+        **({"generation": generation, "answer_samples": samples} if generation else {}),
     }
     paths = write_report(report, ctx.stage_dir)
     ctx.console.print(metrics_table(metrics, f"{report['dataset_name']} {cfg.split}: {len(qids)} queries"))
+    if generation:
+        ctx.console.print(metrics_table(generation, "answers on held-out RAG examples"))
     ctx.console.print(f"report: {paths['markdown']}")
-    return {"outputs": paths, "metrics": metrics, "counts": {"queries": len(qids)}}
+    return {"outputs": paths, "metrics": metrics, "counts": {"queries": len(qids)},
+            **({"generation": generation} if generation else {})}

@@ -10,38 +10,27 @@ import base64
 import hmac
 import json
 import os
-import re
 import time
 import uuid
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ValidationError
 from ray import serve
 
+from ..answers import cited_ids, messages
 from .schemas import ChatRequest, EmbeddingRequest, SearchRequest
 
 
-SYSTEM = ("Answer the question using only the numbered context passages. Cite the passages you use as [1], [2]. "
-          "If the context does not contain the answer, say that you do not know.")
 OPEN_PATHS = {"/healthz", "/docs", "/openapi.json"}
 
 
-def rag_messages(messages: list[dict], hits: list[dict]) -> list[dict]:
-    """The conversation with the retrieved chunks put in front of the last user turn."""
-    context = "\n".join(f"[{i}] {h['text']}" for i, h in enumerate(hits, start=1))
-    *history, last = messages
-    return [{"role": "system", "content": SYSTEM}, *history,
-            {"role": last["role"], "content": f"Context:\n{context}\n\nQuestion: {last['content']}"}]
-
-
-def cited(text: str, hits: list[dict]) -> list[str]:
-    """Chunk ids the answer cites as [n], in order of first mention."""
-    ids: dict[str, None] = {}
-    for n in re.findall(r"\[(\d+)\]", text):
-        if 1 <= int(n) <= len(hits):
-            ids.setdefault(hits[int(n) - 1]["id"], None)
-    return list(ids)
+def rag_messages(chat: list[dict], hits: list[dict], max_words: int) -> list[dict]:
+    """The conversation in the layout the generator was trained on, the retrieved chunks before the last turn."""
+    *history, last = chat
+    return messages(last["content"], hits, history=history, max_words=max_words)
 
 
 def error(status: int, message: str, kind: str) -> JSONResponse:
@@ -63,6 +52,28 @@ def guard(request: Request, api_key: "str | None", max_body: int) -> None:
                                   "type": "invalid_request_error"})
 
 
+async def parse(request: Request, model: type[BaseModel]) -> BaseModel:
+    """The body, read only after `guard`: an unauthenticated caller learns nothing from validation errors.
+
+    Errors are FastAPI's own 422 shape, each with the failing field's path.
+    """
+    try:
+        data = json.loads(await request.body())
+    except ValueError as err:
+        raise RequestValidationError([{"type": "json_invalid", "loc": ("body",), "msg": f"JSON decode error: {err}"}])
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])}
+                                      for e in err.errors(include_url=False, include_context=False)])
+
+
+def body_of(model: type[BaseModel]) -> dict:
+    """The request body in the OpenAPI docs, as a typed parameter would show it."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
 api = FastAPI(title="ragworks", description="Search, embeddings and retrieval-augmented chat over a ragworks index.")
 
 
@@ -77,22 +88,25 @@ class RagAPI:
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
-        return {"status": "ok", "auth": self.api_key is not None}
+        return {"status": "ok", "auth": self.api_key is not None, "generator": self.options["generator"],
+                "adapter": self.options["adapter"]}
 
     async def _hits(self, query: str, mode: str, k: int) -> list[dict]:
         vector = None if mode == "fulltext" else await self.embedder.embed.remote(query)
         return await self.retriever.search.remote(query, vector, mode, k)
 
-    @api.post("/v1/search")
-    async def search(self, body: SearchRequest, request: Request) -> dict:
+    @api.post("/v1/search", openapi_extra=body_of(SearchRequest))
+    async def search(self, request: Request) -> dict:
         guard(request, self.api_key, self.options["max_body_bytes"])
+        body = await parse(request, SearchRequest)
         start = time.perf_counter()
         hits = await self._hits(body.query, body.mode, body.top_k)
         return {"object": "list", "mode": body.mode, "data": hits, "took_ms": round(1000 * (time.perf_counter() - start), 2)}
 
-    @api.post("/v1/embeddings")
-    async def embeddings(self, body: EmbeddingRequest, request: Request) -> dict:
+    @api.post("/v1/embeddings", openapi_extra=body_of(EmbeddingRequest))
+    async def embeddings(self, request: Request) -> dict:
         guard(request, self.api_key, self.options["max_body_bytes"])
+        body = await parse(request, EmbeddingRequest)
         texts = [body.input] if isinstance(body.input, str) else body.input
         if len(texts) > self.options["max_batch"] or any(len(t) > 20_000 for t in texts):
             return error(413, f"at most {self.options['max_batch']} inputs of 20,000 characters", "invalid_request_error")
@@ -104,14 +118,15 @@ class RagAPI:
                 "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)],
                 "usage": {"prompt_tokens": sum(len(t.split()) for t in texts), "total_tokens": sum(len(t.split()) for t in texts)}}
 
-    @api.post("/v1/chat/completions")
-    async def chat(self, body: ChatRequest, request: Request):
+    @api.post("/v1/chat/completions", openapi_extra=body_of(ChatRequest))
+    async def chat(self, request: Request):
         guard(request, self.api_key, self.options["max_body_bytes"])
-        messages = [m.model_dump() for m in body.messages]
-        if messages[-1]["role"] != "user":
+        body = await parse(request, ChatRequest)
+        turns = [m.model_dump() for m in body.messages]
+        if turns[-1]["role"] != "user":
             return error(422, "the last message must be the user's question", "invalid_request_error")
-        hits = await self._hits(messages[-1]["content"], body.mode, body.top_k)
-        prompt = rag_messages(messages, hits)
+        hits = await self._hits(turns[-1]["content"], body.mode, body.top_k)
+        prompt = rag_messages(turns, hits, self.options["context_words"])
         max_tokens = body.max_completion_tokens or body.max_tokens or self.options["max_tokens"]
         args = (prompt, max_tokens, body.temperature, body.top_p)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": self.options["generator"]}
@@ -123,7 +138,7 @@ class RagAPI:
                                  "finish_reason": out["finish_reason"]}],
                     "usage": {"prompt_tokens": out["prompt_tokens"], "completion_tokens": out["completion_tokens"],
                               "total_tokens": out["prompt_tokens"] + out["completion_tokens"]},
-                    "citations": cited(out["text"], hits), "context": context}
+                    "citations": cited_ids(out["text"], [h["id"] for h in hits]), "context": context}
 
         pieces = self.generator.options(stream=True).stream.remote(*args)
 
@@ -138,7 +153,7 @@ class RagAPI:
             async for piece in pieces:
                 text += piece
                 yield chunk({"content": piece})
-            yield chunk({}, "stop", citations=cited(text, hits), context=context)
+            yield chunk({}, "stop", citations=cited_ids(text, [h["id"] for h in hits]), context=context)
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")

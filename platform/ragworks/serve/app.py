@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from .api import RagAPI
@@ -15,8 +17,14 @@ class ServeOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     workdir: str = Field(..., description="a job's workdir: its index (the tuned one when the job made it) is served")
-    generator: str = Field("bundled:smollm2-135m-instruct", description="'bundled:NAME', a Hugging Face id or a path")
+    generator: str | None = Field(None, description="'bundled:NAME', a Hugging Face id or a path; default: the "
+                                  "workdir's trained generator (base model + LoRA adapter), else the bundled SmolLM2")
+    adapter: str | None = Field(None, description="a PEFT LoRA adapter folder for the generator (default: the "
+                                "workdir's, when the generator is the one it was trained on)")
+    engine: Literal["transformers", "vllm"] = Field("transformers", description="generator engine; vllm needs a GPU")
     max_tokens: int = Field(128, ge=1, le=1024, description="answer length when a request names none")
+    context_words: int = Field(120, ge=8, description="each retrieved chunk is cut to this many words in the prompt "
+                               "(a trained generator's own setting wins)")
     reload_s: float = Field(2.0, gt=0, description="how often replicas look for a new index version")
     api_key_env: str = Field("RAGWORKS_API_KEY", description="environment variable holding the API key (unset: open)")
     max_body_bytes: int = Field(1_000_000, ge=1024)
@@ -27,12 +35,47 @@ class ServeOptions(BaseModel):
                                    "defaults (RagAPI 0.1, Embedder 0.5, Retriever 0.25, Generator 1)")
 
 
+def check_vllm() -> None:
+    """Fail before deploying: a vLLM replica would otherwise wait for a GPU forever."""
+    import importlib.util
+
+    import ray
+
+    from ..synth.engines import EngineUnavailable
+
+    if importlib.util.find_spec("vllm") is None:
+        raise EngineUnavailable("serve engine 'vllm' needs vLLM, which is not installed: pip install 'ragworks[vllm]' "
+                                "(GPU machines only); on CPU use engine: transformers")
+    gpus = ray.cluster_resources().get("GPU", 0) if ray.is_initialized() else 0
+    if gpus < 1:
+        raise EngineUnavailable(f"serve engine 'vllm' needs a GPU, and this Ray cluster has {gpus:g}; "
+                                "use engine: transformers on CPU")
+    raise EngineUnavailable("serve engine 'vllm' (ray.serve.llm) is not wired into the RAG app yet; "
+                            "use engine: transformers")
+
+
+def choose_generator(opts: ServeOptions, workdir: Path) -> tuple[str, str | None, int]:
+    """(model, adapter, context words per chunk): a job that trained a generator serves it, in the layout it
+    trained on, unless the options name another model."""
+    from ..manifest import read_manifest
+    from ..models import DEFAULT_GENERATOR
+
+    trained = read_manifest(workdir / "train_generator")
+    if opts.adapter or trained is None or opts.generator not in (None, trained["model"], trained["base_model"]):
+        return opts.generator or DEFAULT_GENERATOR, opts.adapter, opts.context_words
+    words = (trained.get("config") or {}).get("max_context_words", opts.context_words)
+    return trained["base_model"], trained["outputs"]["adapter"], words
+
+
 def build(args: dict):
     """Embedder, retriever and generator bound under the FastAPI ingress."""
     opts = ServeOptions(**args)
+    if opts.engine == "vllm":
+        check_vllm()
     workdir = Path(opts.workdir).resolve()
     if not (workdir / "index" / "manifest.json").exists():
         raise FileNotFoundError(f"{workdir}: no finished index stage to serve; run the job first")
+    generator, adapter, words = choose_generator(opts, workdir)
     env = {opts.api_key_env: os.environ[opts.api_key_env]} if os.environ.get(opts.api_key_env) else {}
 
     def sized(deployment, **actor_options):
@@ -51,4 +94,6 @@ def build(args: dict):
     ingress = sized(RagAPI, **({"runtime_env": {"env_vars": env}} if env else {}))
     return ingress.bind(sized(Embedder).bind(str(workdir), opts.reload_s),
                         sized(Retriever).bind(str(workdir), opts.reload_s),
-                        sized(Generator).bind(opts.generator), {**opts.model_dump(), "workdir": str(workdir)})
+                        sized(Generator).bind(generator, adapter),
+                        {**opts.model_dump(), "workdir": str(workdir), "generator": generator, "adapter": adapter,
+                         "context_words": words})

@@ -102,14 +102,14 @@ class Retriever:
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=4,
                   autoscaling_config={"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 2})
 class Generator:
-    """A causal LM (transformers engine) answering from the retrieved chunks."""
+    """A causal LM (transformers engine) answering from the retrieved chunks; a trained LoRA adapter merged in."""
 
-    def __init__(self, model: str):
+    def __init__(self, model: str, adapter: str | None = None):
         from ..models import load_causal_lm
 
         limit_torch_threads()
-        self.name = model
-        self.model, self.tok = load_causal_lm(model)
+        self.name, self.adapter = model, adapter
+        self.model, self.tok = load_causal_lm(model, adapter=adapter)
 
     def _inputs(self, messages: list[dict]):
         text = self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)

@@ -51,7 +51,7 @@ class HFGenerate:
 
         limit_torch_threads()
         self.cfg = cfg
-        self.model, self.tok = load_causal_lm(cfg.model, torch_device(cfg.num_gpus))
+        self.model, self.tok = load_causal_lm(cfg.model, torch_device(cfg.num_gpus), adapter=cfg.adapter)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"  # which actor wrote a row: debugging, pool size
         self.prefix: tuple[list[int], object] | None = None  # (token ids, KV cache of batch size 1)
         self.cache_kw = _cache_keyword()

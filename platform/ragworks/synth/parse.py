@@ -20,5 +20,6 @@ def parse_qa(text: str) -> tuple[str, str] | None:
     m = re.search(r"^(.*?)\n+\s*Answer\s*:\s*(.+)", text.strip(), re.S | re.I)
     if not m:
         return None
-    question, answer = clean_query(m.group(1)), " ".join(m.group(2).split())
+    # The answer's first line: small models go on with another passage or repeat themselves.
+    question, answer = clean_query(m.group(1)), " ".join(m.group(2).strip().splitlines()[0].split())
     return (question, answer) if question and answer else None

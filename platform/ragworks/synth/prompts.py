@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from ..answers import cut_words
 from ..config import PromptConfig
 
 GENERIC_INSTRUCTION = "Write a short search query that the document answers."
@@ -24,11 +25,6 @@ GENERIC_EXAMPLES = [
                  "states against raids and invasions from the northern steppe.",
      "query": "why was the great wall of china built"},
 ]
-
-
-def cut_words(text: str, n: int) -> str:
-    words = text.split()
-    return " ".join(words[:n]) + (" ..." if len(words) > n else "")
 
 
 class QueryPrompt:
@@ -61,9 +57,21 @@ class QueryPrompt:
         return f"{self.head}\n\nDocument: {self.show(title, text)}\nQuery:"
 
 
-RAG_INSTRUCTION = ("Read the passage and write one question that it answers, then the answer in one or two "
-                   "sentences using only the passage.")
+RAG_INSTRUCTION = ("Read the passage and write one question that it answers, then the answer in one sentence "
+                   "using only the passage.")
+# A 135M instruct model given only the instruction loops on "What is the answer to the question ...";
+# with three worked examples it writes a grounded question and a short answer.
+RAG_EXAMPLES = [
+    {"passage": GENERIC_EXAMPLES[0]["document"], "question": "Where does most of the cell's ATP come from?",
+     "answer": "The mitochondrion produces most of it through oxidative phosphorylation."},
+    {"passage": GENERIC_EXAMPLES[1]["document"], "question": "How much does aerobic exercise lower blood pressure?",
+     "answer": "Regular aerobic exercise lowers systolic blood pressure by about 5 mmHg in adults with hypertension."},
+    {"passage": GENERIC_EXAMPLES[2]["document"], "question": "Why was the Great Wall of China built?",
+     "answer": "To protect Chinese states against raids and invasions from the northern steppe."},
+]
+_RAG_HEAD = "\n\n".join([RAG_INSTRUCTION] + [f"Passage: {e['passage']}\nQuestion: {e['question']}\nAnswer: {e['answer']}"
+                                            for e in RAG_EXAMPLES])
 
 
 def rag_prompt(text: str, max_words: int) -> str:
-    return (f"{RAG_INSTRUCTION}\n\nPassage: {cut_words(text, max_words)}\n\nQuestion:")
+    return f"{_RAG_HEAD}\n\nPassage: {cut_words(text, max_words)}\nQuestion:"

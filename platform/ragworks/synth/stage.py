@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 import ray
 from ray.data import ActorPoolStrategy
 
+from ..answers import ABSTAIN
 from ..config import JobSpec, SynthesizeConfig
 from ..index import IndexActor
 from ..incremental import done_keys, drop_partial_files, read_columns, skip_done
@@ -27,12 +28,11 @@ from .parse import clean_query, parse_qa
 from .prompts import QueryPrompt, rag_prompt
 
 LIGHT_CPUS = 0.25
-ABSTAIN = "The context does not contain the answer."
 TASK_DEFAULTS = {"queries": {"max_tokens": 32, "stop": ["\n"]}, "rag_examples": {"max_tokens": 128, "stop": ["\n\n"]}}
 
 
-def external_inputs(spec: JobSpec) -> dict:
-    ex = spec.synthesize.prompt.examples
+def external_inputs(spec: JobSpec, section: str = "synthesize") -> dict:
+    ex = getattr(spec, section).prompt.examples
     return {"examples": files_fingerprint(ex) if ex else None}
 
 
@@ -123,7 +123,7 @@ def run(cfg: SynthesizeConfig, ctx) -> dict:
         ctx.console.print(f"resuming: {len(done):,} rows already written"
                           + (f", {len(dropped)} partial files removed" if dropped else ""))
 
-    chunks = ray.data.read_parquet(ctx.inputs["corpus"]["outputs"]["chunks"]).select_columns(["id", "doc_id", "title", "text"])
+    chunks = ray.data.read_parquet(ctx.inputs["corpus"]["outputs"]["chunks"], num_cpus=LIGHT_CPUS).select_columns(["id", "doc_id", "title", "text"])
     if cfg.limit:
         chunks = chunks.limit(cfg.limit)
     # Light per-row steps take a quarter CPU, so the engine pool can grow into the rest.

@@ -9,16 +9,12 @@ model) keeps gradients in sync without touching how the loss calls the model.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-import time
 from pathlib import Path
 
 import ray.train
 
 from ..config import TrainRetrieverConfig
-from ..runtime import limit_torch_threads
+from .steps import checkpointer, make_optimizer, restore, run_steps, start_worker
 from .validation import dev_metrics, heldout_metrics, load_dev
 
 COLUMNS = ["query", "positive", "positive_id", "negatives", "negative_ids"]  # a training row
@@ -80,119 +76,49 @@ def collect(iterator) -> dict[str, list]:
     return cols
 
 
-def save_checkpoint(model, state: dict, metrics: dict) -> None:
-    """Rank 0 writes the model in sentence-transformers format plus optimizer (and LoRA adapter) state."""
-    import torch
-
-    with tempfile.TemporaryDirectory() as tmp:
-        model.save(str(Path(tmp) / "model"))
-        torch.save(state, Path(tmp) / "state.pt")
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-
-
 def train_loop(config: dict) -> None:
-    import torch
-    from transformers import get_linear_schedule_with_warmup
-
     cfg = TrainRetrieverConfig(**config["cfg"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    limit_torch_threads()
-    torch.manual_seed(cfg.seed)
-    device = ray.train.torch.get_device()
+    rank, world, device = start_worker(cfg)
+    def from_checkpoint(folder: Path, saved: dict):
+        if cfg.lora is None:
+            return load_model(str(folder / "model"), cfg, str(device))
+        from peft import set_peft_model_state_dict  # the saved model has the adapters merged: reload them
 
-    state: dict = {"step": 0, "epoch": 0, "batches_done": 0, "train_seconds": 0.0, "history": []}
-    start = ray.train.get_checkpoint()
-    if start is not None:
-        with start.as_directory() as d:
-            saved = torch.load(Path(d) / "state.pt", weights_only=False)
-            if cfg.lora is None:
-                model = load_model(str(Path(d) / "model"), cfg, str(device))
-            else:  # the saved model has the adapters merged: start from the base and load them back
-                from peft import set_peft_model_state_dict
-
-                model = load_model(config["model_path"], cfg, str(device))
-                set_peft_model_state_dict(model[0].model, saved["adapter"])
-        state.update({k: saved[k] for k in state})
-    else:
         model = load_model(config["model_path"], cfg, str(device))
+        set_peft_model_state_dict(model[0].model, saved["adapter"])
+        return model
+
+    model, state, saved = restore(lambda: load_model(config["model_path"], cfg, str(device)), from_checkpoint)
     loss = ray.train.torch.prepare_model(build_loss(model, cfg, world),
                                          parallel_strategy_kwargs={"find_unused_parameters": True})
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    optimizer, scheduler = make_optimizer(params, cfg, config, saved, state, rank)
     total = config["total_steps"]
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
-    if start is not None:
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        _progress(config, rank, {"event": "resumed", "step": state["step"]})
 
     val = collect(ray.train.get_dataset_shard("val")) if rank == 0 else None
     dev = load_dev(cfg.dev, cfg.seed) if rank == 0 and cfg.dev else None
 
-    last = {"step": -1}
+    def score() -> dict:
+        model.eval()
+        metrics = heldout_metrics(model, val)
+        if dev is not None:
+            metrics.update(dev_metrics(model, dev))
+        model.train()
+        return metrics
 
-    def checkpoint() -> None:
-        if last["step"] == state["step"]:
-            return  # an epoch that ends on a checkpoint_every step
-        last["step"] = state["step"]
-        metrics = {"step": state["step"], "epoch": state["epoch"], "train_seconds": round(state["train_seconds"], 3)}
-        if rank == 0:
-            model.eval()
-            metrics.update(heldout_metrics(model, val))
-            if dev is not None:
-                metrics.update(dev_metrics(model, dev))
-            model.train()
-            state["history"].append(metrics)
-            full = {**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "adapter": adapter_state(model, cfg)}
-            save_checkpoint(exportable(model, cfg), full, {**metrics, "history": json.dumps(state["history"])})
-        else:
-            ray.train.report(metrics)
-
-    if start is None:
+    checkpoint = checkpointer(
+        state, rank, score, write=lambda folder: exportable(model, cfg).save(str(folder / "model")),
+        extra=lambda: {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                       "adapter": adapter_state(model, cfg)})
+    if saved is None:
         checkpoint()  # the base model is a candidate too: training must beat it on held-out pairs
 
-    per_worker = cfg.batch_size // world
-    shard = ray.train.get_dataset_shard("train")
+    def loss_of(batch):
+        texts = [batch.column("query").to_pylist(), batch.column("positive").to_pylist()]
+        negs = batch.column("negatives").to_pylist()
+        texts += [[n[k] for n in negs] for k in range(cfg.negatives)]
+        features = [{k: v.to(device) if hasattr(v, "to") else v for k, v in model.preprocess(t).items()} for t in texts]
+        return loss(features, None)
+
     model.train()
-    tick = time.perf_counter()  # step time includes waiting for data, not checkpoints
-    while state["epoch"] < cfg.epochs and state["step"] < total:
-        batches = shard.iter_batches(batch_size=per_worker, drop_last=True, batch_format="pyarrow",
-                                     local_shuffle_buffer_size=per_worker * 8, local_shuffle_seed=cfg.seed + state["epoch"])
-        for i, batch in enumerate(batches):
-            if i < state["batches_done"]:
-                continue  # done before the restart
-            texts = [batch.column("query").to_pylist(), batch.column("positive").to_pylist()]
-            negs = batch.column("negatives").to_pylist()
-            texts += [[n[k] for n in negs] for k in range(cfg.negatives)]
-            features = [{k: v.to(device) if hasattr(v, "to") else v for k, v in model.preprocess(t).items()} for t in texts]
-            value = loss(features, None)
-            value.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step(), scheduler.step(), optimizer.zero_grad()
-            state["train_seconds"] += time.perf_counter() - tick
-            state["step"] += 1
-            state["batches_done"] = i + 1
-            _progress(config, rank, {"step": state["step"], "total": total, "epoch": state["epoch"],
-                                     "loss": round(float(value), 4),
-                                     "pairs_per_s": round(state["step"] * cfg.batch_size / state["train_seconds"], 2)})
-            every = cfg.checkpoint_every
-            if state["step"] >= total:
-                break
-            if every and state["step"] % every == 0:
-                checkpoint()
-            tick = time.perf_counter()
-        state["epoch"] += 1
-        state["batches_done"] = 0
-        checkpoint()
-        tick = time.perf_counter()
-
-
-def _progress(config: dict, rank: int, record: dict) -> None:
-    """One line per step in progress.jsonl (rank 0's, with each worker's pid): for `logs` and tests."""
-    path = config.get("progress")
-    if not path:
-        return
-    with open(path, "a") as f:
-        f.write(json.dumps({"rank": rank, "pid": os.getpid(), "time": time.time(), **record}) + "\n")
+    run_steps(cfg, config, state, total, loss_of, (params, optimizer, scheduler), checkpoint, unit="pairs")

@@ -23,6 +23,7 @@ from rich.table import Table
 from ..config import JobSpec, TrainRetrieverConfig
 from ..manifest import files_fingerprint
 from ..models import resolve_embedder
+from . import steps
 from .loop import COLUMNS, selection_metric, train_loop
 
 
@@ -49,33 +50,13 @@ def take_split(batch: pa.Table, split: str) -> pa.Table:
     return batch.filter(pc.equal(batch["split"], split)).select(COLUMNS)
 
 
-def worker_cpus(cfg: TrainRetrieverConfig) -> float:
-    """All the cluster's CPUs shared by the workers, less half a CPU for the data tasks feeding them."""
-    if cfg.cpus_per_worker:
-        return cfg.cpus_per_worker
-    total = ray.cluster_resources().get("CPU", 1)
-    return max(0.5, (total - 0.5) / cfg.workers)
-
-
 def make_trainer(cfg: TrainRetrieverConfig, model_path: str, total_steps: int, train: ray.data.Dataset,
                  val: ray.data.Dataset, storage: Path, progress: Path | None = None):
-    """A TorchTrainer running `train_loop`: train is split across workers, every worker sees all of val."""
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    return TorchTrainer(
-        train_loop,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "model_path": model_path, "total_steps": total_steps,
-                           "progress": str(progress) if progress else None},
-        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker={"CPU": worker_cpus(cfg)}),
-        run_config=RunConfig(name="train", storage_path=str(storage),
-                             failure_config=FailureConfig(max_failures=cfg.max_failures),
-                             checkpoint_config=CheckpointConfig(checkpoint_score_attribute=selection_metric(cfg),
-                                                                checkpoint_score_order="max")),
-        datasets={"train": train, "val": val},
-        dataset_config=DataConfig(datasets_to_split=["train"]),
-    )
+    """A TorchTrainer running `train_loop` (the benchmark builds the same one)."""
+    return steps.make_trainer(
+        train_loop, {"cfg": cfg.model_dump(mode="json"), "model_path": model_path, "total_steps": total_steps,
+                     "progress": str(progress) if progress else None},
+        cfg, {"train": train, "val": val}, storage, selection_metric(cfg), "max")
 
 
 def run(cfg: TrainRetrieverConfig, ctx) -> dict:
@@ -92,7 +73,7 @@ def run(cfg: TrainRetrieverConfig, ctx) -> dict:
                          f"(batch_size {cfg.batch_size}); generate more queries or lower the batch size")
     steps_per_epoch = counts["train"] // cfg.batch_size
     total = min(cfg.max_steps or math.inf, steps_per_epoch * cfg.epochs)
-    cpus = worker_cpus(cfg)
+    cpus = steps.worker_cpus(cfg)
     base = resolve_embedder(cfg.model)
     ctx.console.print(f"training {base} on {counts['train']:,} pairs ({counts['val']:,} held out, {counts['short']:,} "
                       f"with fewer than {cfg.negatives} hard negatives left out): {total} steps of {cfg.batch_size}, "
@@ -102,14 +83,11 @@ def run(cfg: TrainRetrieverConfig, ctx) -> dict:
     result = make_trainer(cfg, base, int(total), train, val, ctx.stage_dir / "ray_train", progress).fit()
 
     metric = selection_metric(cfg)
-    scored = [(c, m) for c, m in (result.best_checkpoints or []) if metric in m]
-    best_ckpt, best = max(scored, key=lambda cm: (cm[1][metric], cm[1]["step"]))
-    final = max(scored, key=lambda cm: cm[1]["step"])[1]
+    best_ckpt, best, final = steps.best_and_final(result, metric, higher_is_better=True)
     history = json.loads(final["history"])
     target = ctx.stage_dir / "model"
     with best_ckpt.as_directory() as d:
         shutil.copytree(Path(d) / "model", target)
-    resumed = [json.loads(line) for line in progress.read_text().splitlines() if '"resumed"' in line]
 
     ctx.console.print(history_table(history, best["step"], metric))
     return {
@@ -119,7 +97,7 @@ def run(cfg: TrainRetrieverConfig, ctx) -> dict:
         "best": {k: v for k, v in best.items() if k != "history"},
         "selected_on": metric,
         "history": history,
-        "resumed_from_steps": sorted({r["step"] for r in resumed}),
+        "resumed_from_steps": steps.resumed_steps(progress),
         "throughput": {"pairs_per_s": round(final["step"] * cfg.batch_size / max(final["train_seconds"], 1e-9), 2),
                        "train_seconds": final["train_seconds"]},
     }

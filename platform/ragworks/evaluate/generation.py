@@ -1,0 +1,64 @@
+"""Answer quality: the base and the tuned generator answer the same held-out RAG examples.
+
+Prompts are the chat layout the generator trained on (`ragworks.answers`),
+generated through the synthesize stage's engine (an actor pool, the adapter
+merged at load); the scores are citation accuracy, abstention without the
+oracle chunk, and answer F1 against the reference.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import ray
+from ray.data import ActorPoolStrategy
+
+from ..answers import messages, score_answers
+from ..config import EngineConfig, GenerationEvalConfig, SamplingConfig
+from ..synth.engines import generate
+
+
+class ChatPrompts:
+    """Ray Data callable class: the model's chat template around each example (tokenizer loaded once)."""
+
+    def __init__(self, model: str, max_words: int):
+        from transformers import AutoTokenizer
+
+        self.tok = AutoTokenizer.from_pretrained(model)
+        self.max_words = max_words
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        prompts = [self.tok.apply_chat_template(messages(q, json.loads(c), max_words=self.max_words),
+                                                add_generation_prompt=True, tokenize=False)
+                   for q, c in zip(batch["query"].to_pylist(), batch["context"].to_pylist())]
+        return batch.append_column("prompt", pa.array(prompts, pa.string()))
+
+
+def context_ids(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    ids = [json.dumps([c["id"] for c in json.loads(x)]) for x in batch["context"]]
+    return {"answer": batch["generated_text"], "reference": batch["answer"], "oracle_id": batch["oracle_id"],
+            "context_ids": np.array(ids, dtype=object), "query": batch["query"], "gen_error": batch["gen_error"]}
+
+
+def answer_metrics(cfg: GenerationEvalConfig, trained: dict, console) -> tuple[dict, dict]:
+    """({'base': metrics, 'tuned': metrics}, {label: a few answers to show})."""
+    base, adapter = trained["base_model"], trained["outputs"]["adapter"]
+    max_words = trained["config"]["max_context_words"]
+    examples = ray.data.read_parquet(trained["outputs"]["heldout"], num_cpus=0.25).limit(cfg.max_examples)
+    prompts = examples.map_batches(ChatPrompts, fn_constructor_args=(base, max_words), batch_format="pyarrow",
+                                   compute=ActorPoolStrategy(size=1), num_cpus=0.25).materialize()
+    metrics, samples = {}, {}
+    for label, lora in (("base", None), ("tuned", adapter)):
+        engine = EngineConfig(kind="transformers", model=base, adapter=lora, batch_size=cfg.batch_size,
+                              concurrency=cfg.concurrency, num_cpus=cfg.num_cpus,
+                              sampling=SamplingConfig(max_tokens=cfg.max_tokens))
+        console.print(f"answering {prompts.count()} held-out examples with the {label} generator")
+        answered = generate(prompts, engine).map_batches(context_ids, batch_format="numpy", num_cpus=0.25)
+        rows = answered.take_all()  # at most max_examples short rows
+        for r in rows:
+            r["context_ids"] = json.loads(r["context_ids"])
+        metrics[label] = {**score_answers(rows), "errors": sum(bool(r["gen_error"]) for r in rows)}
+        samples[label] = [{k: r[k] for k in ("query", "answer", "reference", "oracle_id")} for r in rows[:5]]
+    return metrics, samples

@@ -1,0 +1,116 @@
+"""Stage `train_generator`: RAFT examples -> train/held-out split -> Ray Train LoRA -> adapter.
+
+The held-out slice is split by source chunk, so no held-out passage is trained
+on; every checkpoint's loss on it picks the exported adapter (the untouched
+base model at step 0 is a candidate), and the evaluate stage answers the same
+held-out questions with the base and the tuned model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import zlib
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+from ray.data.expressions import col
+from rich.table import Table
+
+from ..config import TrainGeneratorConfig
+from ..models import causal_lm_source
+from . import steps
+from .generator_loop import COLUMNS, train_loop
+
+METRIC = "val_loss"
+
+
+def assign_split(batch: pa.Table, fraction: float) -> pa.Table:
+    held = [zlib.crc32(c.encode()) % 10_000 < fraction * 10_000 for c in batch["id"].to_pylist()]
+    return batch.select(COLUMNS).append_column("split", pa.array(["val" if h else "train" for h in held], pa.string()))
+
+
+def take_split(batch: pa.Table, split: str) -> pa.Table:
+    return batch.filter(pc.equal(batch["split"], split)).select(COLUMNS)
+
+
+def split_examples(cfg: TrainGeneratorConfig, examples: str) -> tuple[ray.data.Dataset, ray.data.Dataset, dict]:
+    """(train, held-out, counts) of the rag_examples output; the held-out slice is materialised (it is small)."""
+    ds = ray.data.read_parquet(examples, num_cpus=0.25)
+    ds = ds.map_batches(assign_split, fn_kwargs={"fraction": cfg.validation_fraction}, batch_format="pyarrow",
+                        num_cpus=0.25).materialize()
+    light = {"batch_format": "pyarrow", "num_cpus": 0.25}
+    train = ds.map_batches(take_split, fn_kwargs={"split": "train"}, **light)
+    val = ds.map_batches(take_split, fn_kwargs={"split": "val"}, **light).limit(cfg.validation_max).materialize()
+    return train, val, {"train": ds.filter(expr=col("split") == "train").count(), "val": val.count()}
+
+
+def trainer(cfg: TrainGeneratorConfig, base: str, total: int, train, val, storage: Path, progress: Path | None = None):
+    """A TorchTrainer running the LoRA loop (the workers benchmark builds the same one)."""
+    return steps.make_trainer(
+        train_loop, {"cfg": cfg.model_dump(mode="json"), "model_path": base, "total_steps": total,
+                     "progress": str(progress) if progress else None},
+        cfg, {"train": train, "val": val}, storage, METRIC, "min")
+
+
+def run(cfg: TrainGeneratorConfig, ctx) -> dict:
+    train, val, counts = split_examples(cfg, ctx.inputs["rag_examples"]["outputs"]["generated"])
+    heldout = ctx.stage_dir / "heldout"
+    val.write_parquet(str(heldout))  # the evaluate stage answers these
+    if counts["train"] < cfg.batch_size:
+        raise ValueError(f"train_generator: {counts['train']} training examples, fewer than one batch "
+                         f"(batch_size {cfg.batch_size}); generate more rag_examples or lower the batch size")
+    if counts["val"] == 0:
+        raise ValueError("train_generator: no held-out examples; raise validation_fraction or generate more rag_examples")
+    total = int(min(cfg.max_steps or math.inf, counts["train"] // cfg.batch_size * cfg.epochs))
+    base = causal_lm_source(cfg.model)  # a GGUF is converted once, here, not by every worker
+    ctx.console.print(f"LoRA (r={cfg.lora.r}) on {cfg.model} with {counts['train']:,} examples ({counts['val']:,} "
+                      f"held out): {total} steps of {cfg.batch_size}, {cfg.workers} worker(s) x "
+                      f"{steps.worker_cpus(cfg):g} CPU")
+
+    progress = ctx.stage_dir / "progress.jsonl"
+    result = trainer(cfg, base, total, train, val, ctx.stage_dir / "ray_train", progress).fit()
+    best_ckpt, best, final = steps.best_and_final(result, METRIC, higher_is_better=False)
+    history = json.loads(final["history"])
+
+    adapter = ctx.stage_dir / "adapter"
+    with best_ckpt.as_directory() as d:
+        shutil.copytree(Path(d) / "adapter", adapter)
+    outputs = {"adapter": str(adapter), "heldout": str(heldout)}
+    if cfg.merged:
+        outputs["merged"] = str(export_merged(base, adapter, ctx.stage_dir / "merged"))
+    ctx.console.print(history_table(history, best["step"]))
+    return {
+        "outputs": outputs,
+        "base_model": base,
+        "model": cfg.model,
+        "counts": {"train_examples": counts["train"], "val_examples": counts["val"], "steps": final["step"]},
+        "best": {k: v for k, v in best.items() if k != "history"},
+        "history": history,
+        "resumed_from_steps": steps.resumed_steps(progress),
+        "throughput": {"examples_per_s": round(final["step"] * cfg.batch_size / max(final["train_seconds"], 1e-9), 3),
+                       "train_seconds": final["train_seconds"]},
+    }
+
+
+def export_merged(base: str, adapter: Path, target: Path) -> Path:
+    """The base model with the adapter merged in: loadable with no peft, by any runtime."""
+    from ..models import load_causal_lm
+
+    model, tok = load_causal_lm(base, adapter=str(adapter))
+    model.save_pretrained(target)
+    tok.save_pretrained(target)
+    return target
+
+
+def history_table(history: list[dict], best_step: int) -> Table:
+    table = Table(title="checkpoints (the lowest held-out loss is exported)")
+    for name in ("step", "epoch", "held-out loss", "perplexity", ""):
+        table.add_column(name, justify="right")
+    for h in history:
+        table.add_row(str(h["step"]), str(h["epoch"]), f"{h['val_loss']:.4f}", f"{h['val_perplexity']:.2f}",
+                      "best" if h["step"] == best_step else "")
+    return table

@@ -1,0 +1,195 @@
+"""What every Ray Train stage shares: the trainer, the step loop, checkpoints, progress.
+
+A training stage supplies a `step(batch) -> loss` and a `checkpoint()`; this
+module runs epochs over the worker's shard, skips the batches a restarted run
+already did, checkpoints every N steps and at each epoch's end, and logs one
+line per step, so the retriever and the generator resume the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import ray
+import ray.train
+
+from ..config import TrainerConfig
+
+
+def worker_cpus(cfg: TrainerConfig) -> float:
+    """All the cluster's CPUs shared by the workers, less half a CPU for the data tasks feeding them."""
+    if cfg.cpus_per_worker:
+        return cfg.cpus_per_worker
+    total = ray.cluster_resources().get("CPU", 1)
+    return max(0.5, (total - 0.5) / cfg.workers)
+
+
+def make_trainer(loop: Callable, loop_config: dict, cfg: TrainerConfig, datasets: dict, storage: Path,
+                 metric: str, order: str):
+    """A TorchTrainer: `train` is split across workers, every worker sees all of `val`; the best `metric` is kept."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    return TorchTrainer(
+        loop,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker={"CPU": worker_cpus(cfg)}),
+        run_config=RunConfig(name="train", storage_path=str(storage),
+                             failure_config=FailureConfig(max_failures=cfg.max_failures),
+                             checkpoint_config=CheckpointConfig(checkpoint_score_attribute=metric,
+                                                                checkpoint_score_order=order)),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+    )
+
+
+def start_worker(cfg: TrainerConfig):
+    """(rank, world size, device) of this worker, its torch threads set to the CPUs Ray gave it."""
+    import torch
+
+    from ..runtime import limit_torch_threads
+
+    ctx = ray.train.get_context()
+    limit_torch_threads()
+    torch.manual_seed(cfg.seed)
+    return ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device()
+
+
+def make_optimizer(params: list, cfg: TrainerConfig, config: dict, saved: dict | None, state: dict, rank: int):
+    """AdamW with linear warm-up and decay over the run's steps; a resumed run gets its saved state back."""
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    total = config["total_steps"]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
+    if saved is not None:
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        progress(config, rank, {"event": "resumed", "step": state["step"]})
+    return optimizer, scheduler
+
+
+def new_state() -> dict:
+    return {"step": 0, "epoch": 0, "batches_done": 0, "train_seconds": 0.0, "history": []}
+
+
+def load_state(folder: Path) -> dict:
+    import torch
+
+    return torch.load(Path(folder) / "state.pt", weights_only=False)
+
+
+def restore(fresh: Callable[[], object], from_checkpoint: Callable[[Path, dict], object]) -> tuple:
+    """(model, state, saved state or None): the last checkpoint's when Ray Train restarted the group."""
+    state = new_state()
+    start = ray.train.get_checkpoint()
+    if start is None:
+        return fresh(), state, None
+    with start.as_directory() as d:
+        saved = load_state(d)
+        model = from_checkpoint(Path(d), saved)
+    state.update({k: saved[k] for k in state})
+    return model, state, saved
+
+
+def report_checkpoint(write: Callable[[Path], None], state: dict, metrics: dict) -> None:
+    """Rank 0: `write` puts the model files in a folder; the training state goes beside them."""
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write(Path(tmp))
+        torch.save(state, Path(tmp) / "state.pt")
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def checkpointer(state: dict, rank: int, score: Callable[[], dict], write: Callable[[Path], None],
+                 extra: Callable[[], dict]) -> Callable[[], None]:
+    """checkpoint(): rank 0 scores the model, writes it (`write`) with the state and `extra()` (optimizer...),
+    and reports both; other ranks report the step. Once per step: an epoch may end on a checkpoint_every step."""
+    last = {"step": -1}
+
+    def checkpoint() -> None:
+        if last["step"] == state["step"]:
+            return
+        last["step"] = state["step"]
+        metrics = {"step": state["step"], "epoch": state["epoch"], "train_seconds": round(state["train_seconds"], 3)}
+        if rank != 0:
+            ray.train.report(metrics)
+            return
+        metrics.update(score())
+        state["history"].append(metrics)
+        report_checkpoint(write, {**state, **extra()}, {**metrics, "history": json.dumps(state["history"])})
+
+    return checkpoint
+
+
+def run_steps(cfg: TrainerConfig, config: dict, state: dict, total: int, loss_of: Callable, optim: tuple,
+              checkpoint: Callable[[], None], unit: str) -> None:
+    """Epochs over this worker's shard of `train` until `total` steps.
+
+    `loss_of(batch)` returns the loss tensor; `optim` is (params, optimizer, scheduler): each step
+    back-propagates, clips the gradient norm to 1 and steps both.
+    """
+    import torch
+
+    params, optimizer, scheduler = optim
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    per_worker = max(1, cfg.batch_size // world)
+    shard = ray.train.get_dataset_shard("train")
+    tick = time.perf_counter()  # step time includes waiting for data, not checkpoints
+    while state["epoch"] < cfg.epochs and state["step"] < total:
+        batches = shard.iter_batches(batch_size=per_worker, drop_last=True, batch_format="pyarrow",
+                                     local_shuffle_buffer_size=per_worker * 8, local_shuffle_seed=cfg.seed + state["epoch"])
+        for i, batch in enumerate(batches):
+            if i < state["batches_done"]:
+                continue  # done before the restart
+            loss = loss_of(batch)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step(), scheduler.step(), optimizer.zero_grad()
+            state["train_seconds"] += time.perf_counter() - tick
+            state["step"] += 1
+            state["batches_done"] = i + 1
+            progress(config, rank, {"step": state["step"], "total": total, "epoch": state["epoch"],
+                                    "loss": round(float(loss), 4),
+                                    f"{unit}_per_s": round(state["step"] * cfg.batch_size / state["train_seconds"], 2)})
+            if state["step"] >= total:
+                break
+            if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0:
+                checkpoint()
+            tick = time.perf_counter()
+        state["epoch"] += 1
+        state["batches_done"] = 0
+        checkpoint()
+        tick = time.perf_counter()
+
+
+def progress(config: dict, rank: int, record: dict) -> None:
+    """One line per step in progress.jsonl (each worker's, with its pid): for `logs` and tests."""
+    path = config.get("progress")
+    if not path:
+        return
+    with open(path, "a") as f:
+        f.write(json.dumps({"rank": rank, "pid": os.getpid(), "time": time.time(), **record}) + "\n")
+
+
+def best_and_final(result, metric: str, higher_is_better: bool) -> tuple:
+    """(best checkpoint, its metrics, the last report's metrics) of a finished fit()."""
+    scored = [(c, m) for c, m in (result.best_checkpoints or []) if metric in m]
+    sign = 1 if higher_is_better else -1
+    best_ckpt, best = max(scored, key=lambda cm: (sign * cm[1][metric], cm[1]["step"]))
+    final = max(scored, key=lambda cm: cm[1]["step"])[1]
+    return best_ckpt, best, final
+
+
+def resumed_steps(progress_file: Path) -> list[int]:
+    lines = progress_file.read_text().splitlines() if progress_file.exists() else []
+    return sorted({json.loads(line)["step"] for line in lines if '"resumed"' in line})

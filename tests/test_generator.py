@@ -1,0 +1,124 @@
+"""Generator fine-tuning: the shared answer format, label masking, the LoRA stage with a killed worker, answer metrics."""
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import write_jsonl
+from fake_llm import FakeLLM
+from rich.console import Console
+
+from ragworks.answers import ABSTAIN, abstains, cited_ids, messages, numbered, score_answers, token_f1
+from ragworks.config import TrainGeneratorConfig, parse_spec
+from ragworks.runner import run_job
+
+QUIET = Console(quiet=True)
+
+# (doc id, a word only its passage has, passage)
+FACTS = [
+    ("photo", "chloroplasts", "Plants convert sunlight water and carbon dioxide into glucose and oxygen inside their chloroplasts"),
+    ("volcano", "Magma", "Magma rises through the crust and erupts as lava ash and gases from active volcanoes"),
+    ("vaccine", "antigen", "A vaccine trains the immune system to recognise a pathogen by showing it an antigen"),
+    ("hole", "spacetime", "A black hole is a region of spacetime where gravity stops even light from escaping"),
+    ("bread", "Yeast", "Yeast ferments sugars in dough and the carbon dioxide makes bread rise in the oven"),
+    ("tide", "tides", "Ocean tides come from the gravitational pull of the moon and the sun on the seas"),
+    ("dna", "helix", "DNA stores genetic information as a sequence of four bases along a double helix"),
+    ("quake", "Earthquakes", "Earthquakes happen when tectonic plates slip suddenly along a fault in the crust"),
+]
+
+
+def test_answer_scoring_by_hand():
+    assert cited_ids("Lava [d2#0] and ash [d9#0], see [d2#0, d1#0].", ["d1#0", "d2#0"]) == ["d2#0", "d1#0"]
+    assert cited_ids("Lava [2], ash [1, 7] and [3].", ["d1#0", "d2#0", "d3#0"]) == ["d2#0", "d1#0", "d3#0"]
+    context = [{"id": "d1#0", "text": "x"}, {"id": "d2#0", "text": "y"}]
+    assert numbered("Magma rises [d2#0].", context) == "Magma rises [2]." and numbered(ABSTAIN, context) == ABSTAIN
+    assert abstains(ABSTAIN) and not abstains("Magma rises [d2#0].")
+    # pred words {magma, rises, through, crust} vs ref {magma, rises, from, mantle}: 2 shared -> P = R = 0.5
+    assert token_f1("Magma rises through the crust [d2#0].", "Magma rises from the mantle.") == pytest.approx(0.5)
+    assert token_f1("", "") == 1.0 and token_f1("x", "") == 0.0
+    rows = [
+        {"answer": "Magma rises [a].", "reference": "Magma rises. [a]", "oracle_id": "a", "context_ids": ["a", "b"]},
+        {"answer": "It is [b].", "reference": "Lava flows. [a]", "oracle_id": "a", "context_ids": ["a", "b"]},
+        {"answer": ABSTAIN, "reference": ABSTAIN, "oracle_id": None, "context_ids": ["b", "c"]},
+        {"answer": "Maybe [b].", "reference": ABSTAIN, "oracle_id": None, "context_ids": ["b", "c"]},
+    ]
+    s = score_answers(rows)
+    assert (s["citation_accuracy"], s["cites_context"], s["abstention"], s["false_abstention"]) == (0.5, 1.0, 0.5, 0.0)
+    assert s["answer_f1"] == pytest.approx(0.5) and s["examples"] == 4
+
+
+def test_labels_cover_only_the_answer_and_long_prompts_lose_their_start():
+    from transformers import AutoTokenizer
+
+    from ragworks.models import causal_lm_source
+    from ragworks.train.generator_loop import IGNORE, encode
+
+    tok = AutoTokenizer.from_pretrained(causal_lm_source("bundled:smollm2-135m-instruct"))
+    context = [{"id": f"d{i}#0", "text": " ".join(f"word{i}x{j}" for j in range(20))} for i in range(3)]
+    row = {"query": "what rises?", "answer": "Magma rises [d1#0].", "context": json.dumps(context)}
+    ids, labels = encode(tok, row, TrainGeneratorConfig())
+    answer = [t for t, lab in zip(ids, labels) if lab != IGNORE]
+    assert tok.decode(answer).startswith("Magma rises [2].") and "<|im_end|>" in tok.decode(answer)  # d1#0 is shown 2nd
+    first = next(i for i, lab in enumerate(labels) if lab != IGNORE)
+    assert all(lab == IGNORE for lab in labels[:first]) and ids[first:] == answer  # the answer comes last, whole
+    short_ids, short_labels = encode(tok, row, TrainGeneratorConfig(max_seq_length=64))
+    assert len(short_ids) == 64 and [t for t, lab in zip(short_ids, short_labels) if lab != IGNORE] == answer
+    prompt_text = tok.apply_chat_template(messages(row["query"], context), add_generation_prompt=True, tokenize=False)
+    assert tok.decode(ids[:first]) == prompt_text  # the layout the evaluate stage and Serve prompt with
+
+
+@pytest.fixture
+def facts_dir(tmp_path) -> Path:
+    root = tmp_path / "facts"
+    write_jsonl(root / "corpus.jsonl", [{"_id": k, "title": k, "text": v} for k, _, v in FACTS])
+    write_jsonl(root / "queries.jsonl", [{"_id": f"q-{k}", "text": w} for k, w, _ in FACTS])
+    (root / "qrels").mkdir()
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"q-{k}\t{k}\t1\n" for k, _, _ in FACTS))
+    return root
+
+
+def rag_spec(facts_dir, url, **train):
+    return parse_spec({
+        "corpus": {"source": {"path": str(facts_dir)}, "chunking": {"title": False}},
+        "index": {"concurrency": [1, 1]},
+        "rag_examples": {"per_chunk": 4, "engine": {"kind": "openai", "base_url": url, "model": "fake", "batch_size": 8},
+                         "rag": {"distractors": 2, "no_oracle_fraction": 0.25, "mode": "fulltext"}},
+        "train_generator": {"batch_size": 4, "max_seq_length": 192, "max_context_words": 24, "lora": {"r": 4, "alpha": 8},
+                            "validation_fraction": 0.3, "validation_max": 8, "cpus_per_worker": 1, **train},
+        "evaluate": {"dataset": str(facts_dir), "modes": ["fulltext"],
+                     "generation": {"max_examples": 4, "max_tokens": 8, "batch_size": 4}},
+    })
+
+
+def answers_for_facts() -> dict:
+    return {word: f" What does the passage say about {word}?\nAnswer: {text.split(' and ')[0]}."
+            for _, word, text in FACTS}
+
+
+def test_lora_job_resumes_after_a_killed_worker_and_reports_answers(ray_local, tmp_path, facts_dir):
+    """Two workers; one is SIGKILLed once Ray Train holds a checkpoint past the base one."""
+    from peft import PeftConfig
+
+    from test_train import worker_killer
+
+    workdir = tmp_path / "wd"
+    thread, killed = worker_killer(workdir, "train_generator")
+    with FakeLLM(answers_for_facts()) as llm:
+        spec = rag_spec(facts_dir, llm.url, workers=2, cpus_per_worker=0.5, epochs=2, checkpoint_every=2)
+        thread.start()
+        ms = run_job(spec, workdir=workdir, console=QUIET)
+    thread.join(timeout=5)
+    m = ms["train_generator"]
+    assert killed, "the worker was never killed"
+    assert m["counts"]["steps"] == 2 * (m["counts"]["train_examples"] // 4)  # every step done after the restart
+    assert m["resumed_from_steps"] and killed["checkpoint"] <= m["resumed_from_steps"][0] <= killed["step"]
+    assert m["resumed_from_steps"][0] % 2 == 0
+    adapter = Path(m["outputs"]["adapter"])
+    assert PeftConfig.from_pretrained(str(adapter)).peft_type == "LORA" and (adapter / "adapter_model.safetensors").exists()
+    losses = [h["val_loss"] for h in m["history"]]
+    assert m["best"]["val_loss"] == min(losses) < losses[0]  # training lowered the held-out loss of the base model
+
+    gen = ms["evaluate"]["generation"]
+    assert set(gen) == {"base", "tuned"} and gen["tuned"]["examples"] == 4 and gen["tuned"]["errors"] == 0
+    report = Path(ms["evaluate"]["outputs"]["markdown"]).read_text()
+    assert "Answers: 4 held-out RAG examples" in report and Path(ms["evaluate"]["outputs"]["answers_chart"]).exists()
