@@ -104,7 +104,7 @@ def test_lora_job_resumes_after_a_killed_worker_and_reports_answers(ray_local, t
     workdir = tmp_path / "wd"
     thread, killed = worker_killer(workdir, "train_generator")
     with FakeLLM(answers_for_facts()) as llm:
-        spec = rag_spec(facts_dir, llm.url, workers=2, cpus_per_worker=0.5, epochs=2, checkpoint_every=2)
+        spec = rag_spec(facts_dir, llm.url, workers=2, cpus_per_worker=0.5, epochs=2, checkpoint_every=2, merged=True)
         thread.start()
         ms = run_job(spec, workdir=workdir, console=QUIET)
     thread.join(timeout=5)
@@ -115,6 +115,8 @@ def test_lora_job_resumes_after_a_killed_worker_and_reports_answers(ray_local, t
     assert m["resumed_from_steps"][0] % 2 == 0
     adapter = Path(m["outputs"]["adapter"])
     assert PeftConfig.from_pretrained(str(adapter)).peft_type == "LORA" and (adapter / "adapter_model.safetensors").exists()
+    merged = Path(m["outputs"]["merged"])
+    assert (merged / "config.json").exists() and not (merged / "adapter_config.json").exists()  # plain weights
     losses = [h["val_loss"] for h in m["history"]]
     assert m["best"]["val_loss"] == min(losses) < losses[0]  # training lowered the held-out loss of the base model
 

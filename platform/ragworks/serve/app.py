@@ -70,6 +70,9 @@ def choose_generator(opts: ServeOptions, workdir: Path) -> tuple[str, str | None
 def build(args: dict):
     """Embedder, retriever and generator bound under the FastAPI ingress."""
     opts = ServeOptions(**args)
+    unknown = (set(opts.cpus) | set(opts.min_replicas)) - {"RagAPI", "Embedder", "Retriever", "Generator"}
+    if unknown:
+        raise ValueError(f"cpus / min_replicas: unknown deployments {sorted(unknown)}; known: RagAPI, Embedder, Retriever, Generator")
     if opts.engine == "vllm":
         check_vllm()
     workdir = Path(opts.workdir).resolve()
@@ -88,9 +91,6 @@ def build(args: dict):
             scaling["max_replicas"] = max(scaling["max_replicas"], scaling["min_replicas"])
         return deployment.options(ray_actor_options=options, autoscaling_config=scaling)
 
-    unknown = (set(opts.cpus) | set(opts.min_replicas)) - {"RagAPI", "Embedder", "Retriever", "Generator"}
-    if unknown:
-        raise ValueError(f"cpus / min_replicas: unknown deployments {sorted(unknown)}; known: RagAPI, Embedder, Retriever, Generator")
     ingress = sized(RagAPI, **({"runtime_env": {"env_vars": env}} if env else {}))
     return ingress.bind(sized(Embedder).bind(str(workdir), opts.reload_s),
                         sized(Retriever).bind(str(workdir), opts.reload_s),
