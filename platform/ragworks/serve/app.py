@@ -36,20 +36,10 @@ class ServeOptions(BaseModel):
 
 
 def check_vllm() -> None:
-    """Fail before deploying: a vLLM replica would otherwise wait for a GPU forever."""
-    import importlib.util
+    """Fail before deploying: the synthesize stage's vLLM checks, then say what is missing here."""
+    from ..synth.engines import EngineUnavailable, require_vllm
 
-    import ray
-
-    from ..synth.engines import EngineUnavailable
-
-    if importlib.util.find_spec("vllm") is None:
-        raise EngineUnavailable("serve engine 'vllm' needs vLLM, which is not installed: pip install 'ragworks[vllm]' "
-                                "(GPU machines only); on CPU use engine: transformers")
-    gpus = ray.cluster_resources().get("GPU", 0) if ray.is_initialized() else 0
-    if gpus < 1:
-        raise EngineUnavailable(f"serve engine 'vllm' needs a GPU, and this Ray cluster has {gpus:g}; "
-                                "use engine: transformers on CPU")
+    require_vllm("serve engine")
     raise EngineUnavailable("serve engine 'vllm' (ray.serve.llm) is not wired into the RAG app yet; "
                             "use engine: transformers")
 

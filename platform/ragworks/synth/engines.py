@@ -151,15 +151,19 @@ def _transformers(ds: ray.data.Dataset, cfg: EngineConfig) -> ray.data.Dataset:
 
 
 # -------------------------------------------------------------------- vllm
-def check_vllm(cfg: EngineConfig) -> None:
-    """Fail at once: Ray's vLLM processor otherwise waits forever for a GPU node."""
+def require_vllm(field: str, gpus: float = 1) -> None:
+    """Fail at once: a vLLM engine (Ray Data's processor, a Serve replica) otherwise waits forever for a GPU."""
     if importlib.util.find_spec("vllm") is None:
-        raise EngineUnavailable("synthesize.engine.kind 'vllm' needs vLLM, which is not installed: "
-                                "pip install 'ragworks[vllm]' (GPU machines only); on CPU use kind: transformers")
-    gpus = ray.cluster_resources().get("GPU", 0)
-    if gpus < max(cfg.num_gpus, 1):
-        raise EngineUnavailable(f"synthesize.engine.kind 'vllm' needs a GPU, and this Ray cluster has {gpus:g} "
-                                "(add a GPU worker group, or use kind: transformers on CPU)")
+        raise EngineUnavailable(f"{field} 'vllm' needs vLLM, which is not installed: pip install 'ragworks[vllm]' "
+                                "(GPU machines only); on CPU use transformers")
+    have = ray.cluster_resources().get("GPU", 0) if ray.is_initialized() else 0
+    if have < max(gpus, 1):
+        raise EngineUnavailable(f"{field} 'vllm' needs a GPU, and this Ray cluster has {have:g} "
+                                "(add a GPU worker group, or use transformers on CPU)")
+
+
+def check_vllm(cfg: EngineConfig) -> None:
+    require_vllm("synthesize.engine.kind", cfg.num_gpus)
 
 
 def _vllm(ds: ray.data.Dataset, cfg: EngineConfig) -> ray.data.Dataset:  # pragma: no cover - GPU only
