@@ -15,7 +15,6 @@ import zlib
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import ray
 from ray.data.expressions import col
 from rich.table import Table
@@ -33,18 +32,13 @@ def assign_split(batch: pa.Table, fraction: float) -> pa.Table:
     return batch.select(COLUMNS).append_column("split", pa.array(["val" if h else "train" for h in held], pa.string()))
 
 
-def take_split(batch: pa.Table, split: str) -> pa.Table:
-    return batch.filter(pc.equal(batch["split"], split)).select(COLUMNS)
-
-
 def split_examples(cfg: TrainGeneratorConfig, examples: str) -> tuple[ray.data.Dataset, ray.data.Dataset, dict]:
     """(train, held-out, counts) of the rag_examples output; the held-out slice is materialised (it is small)."""
     ds = ray.data.read_parquet(examples, num_cpus=0.25)
     ds = ds.map_batches(assign_split, fn_kwargs={"fraction": cfg.validation_fraction}, batch_format="pyarrow",
                         num_cpus=0.25).materialize()
-    light = {"batch_format": "pyarrow", "num_cpus": 0.25}
-    train = ds.map_batches(take_split, fn_kwargs={"split": "train"}, **light)
-    val = ds.map_batches(take_split, fn_kwargs={"split": "val"}, **light).limit(cfg.validation_max).materialize()
+    train, val = steps.train_and_val(ds, COLUMNS, cfg.validation_max)
+    val = val.materialize()
     return train, val, {"train": ds.filter(expr=col("split") == "train").count(), "val": val.count()}
 
 

@@ -46,10 +46,6 @@ def assign_split(batch: pa.Table, cfg: TrainRetrieverConfig) -> pa.Table:
     return batch.append_column("split", pa.array(split, pa.string()))
 
 
-def take_split(batch: pa.Table, split: str) -> pa.Table:
-    return batch.filter(pc.equal(batch["split"], split)).select(COLUMNS)
-
-
 def make_trainer(cfg: TrainRetrieverConfig, model_path: str, total_steps: int, train: ray.data.Dataset,
                  val: ray.data.Dataset, storage: Path, progress: Path | None = None):
     """A TorchTrainer running `train_loop` (the benchmark builds the same one)."""
@@ -64,10 +60,7 @@ def run(cfg: TrainRetrieverConfig, ctx) -> dict:
     ds = ray.data.read_parquet(pairs, num_cpus=0.25).select_columns(COLUMNS)
     ds = ds.map_batches(assign_split, fn_kwargs={"cfg": cfg}, batch_format="pyarrow", num_cpus=0.25).materialize()
     counts = {s: ds.filter(expr=col("split") == s).count() for s in ("train", "val", "short")}
-    # Quarter-CPU tasks: the workers hold the rest of the CPUs, and the shards stream through these.
-    light = {"batch_format": "pyarrow", "num_cpus": 0.25}
-    train = ds.map_batches(take_split, fn_kwargs={"split": "train"}, **light)
-    val = ds.map_batches(take_split, fn_kwargs={"split": "val"}, **light).limit(cfg.validation_max)
+    train, val = steps.train_and_val(ds, COLUMNS, cfg.validation_max)
     if counts["train"] < cfg.batch_size:
         raise ValueError(f"train_retriever: {counts['train']} training pairs, fewer than one batch "
                          f"(batch_size {cfg.batch_size}); generate more queries or lower the batch size")

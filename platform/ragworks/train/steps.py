@@ -76,6 +76,23 @@ def make_optimizer(params: list, cfg: TrainerConfig, config: dict, saved: dict |
     return optimizer, scheduler
 
 
+def take_split(batch, split: str, columns: list[str]):
+    import pyarrow.compute as pc
+
+    return batch.filter(pc.equal(batch["split"], split)).select(columns)
+
+
+def train_and_val(ds: "ray.data.Dataset", columns: list[str], validation_max: int) -> tuple:
+    """The rows marked `split` train and val (the first `validation_max`), as the training loop reads them.
+
+    Quarter-CPU tasks: the workers hold the rest of the CPUs, and the shards stream through these.
+    """
+    light = {"batch_format": "pyarrow", "num_cpus": 0.25}
+    train = ds.map_batches(take_split, fn_kwargs={"split": "train", "columns": columns}, **light)
+    val = ds.map_batches(take_split, fn_kwargs={"split": "val", "columns": columns}, **light).limit(validation_max)
+    return train, val
+
+
 def new_state() -> dict:
     return {"step": 0, "epoch": 0, "batches_done": 0, "train_seconds": 0.0, "history": []}
 
