@@ -24,6 +24,10 @@ STAGES_HELP = ("Stage to re-run even if its manifest matches (corpus, index, syn
                "train_retriever, index_tuned, rag_examples, train_generator, evaluate, or all); repeatable.")
 
 
+SET_HELP = "Override a spec field, KEY=VALUE with a dotted key and a YAML value (synthesize.limit=16); repeatable"
+ADDRESS_HELP = "Ray Jobs API of the cluster's head [default: $RAY_ADDRESS, else a cluster started on this machine]"
+
+
 def _fail(err: Exception) -> None:
     console.print(f"[red]error:[/] {err}", highlight=False)
     raise typer.Exit(2)
@@ -36,7 +40,7 @@ def _run(spec, workdir, force, address) -> None:
         manifests = run_job(spec, workdir=workdir, force=force, address=address, console=console)
     except (SpecError, FileNotFoundError) as err:
         _fail(err)
-    console.print(f"[green]done[/]: workdir {Path(workdir or spec.resolved_workdir()).resolve()} "
+    console.print(f"[green]done[/]: workdir {spec.resolved_workdir(workdir).resolve()} "
                   f"({', '.join(manifests)})")
 
 
@@ -46,16 +50,17 @@ def run(
     workdir: Optional[Path] = typer.Option(None, help="Where artifacts go (default: the spec's workdir, else runs/NAME)"),
     address: Optional[str] = typer.Option(None, help="Ray cluster address ('auto', ray://HOST:10001); default: embedded local Ray"),
     force: list[str] = typer.Option([], help=STAGES_HELP),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
 ) -> None:
     """Run the stages a job spec enables, in order.
 
     Each stage writes its artifacts and a manifest.json under WORKDIR/STAGE; a
     re-run skips every stage whose config and inputs are unchanged. The spec is
     checked before any work starts: unknown keys, wrong types and missing files
-    are reported with the field's name.
+    are reported with the field's name. On a cluster, use `ragworks submit`.
     """
     try:
-        spec = load_spec(job)
+        spec = load_spec(job, set_)
     except SpecError as err:
         _fail(err)
     _run(spec, workdir, force, address)
@@ -130,10 +135,121 @@ def serve(
     if address:
         ray.init(address=address)
     else:
-        ray.init(dashboard_host="127.0.0.1")  # the dashboard stays on loopback
+        ray.init(address="local", dashboard_host="127.0.0.1")  # its own Ray; the dashboard stays on loopback
     ray_serve.start(http_options={"host": host, "port": port})
     console.print(f"serving {Path(workdir).resolve()} at http://{host}:{port} (Ctrl-C stops)")
     ray_serve.run(application, name="rag", route_prefix="/", blocking=True)
+
+
+@app.command()
+def submit(
+    job: Path = typer.Argument(..., help="Job spec (YAML) inside the project folder, e.g. jobs/quickstart.yaml",
+                               show_default=False),
+    address: Optional[str] = typer.Option(None, help=ADDRESS_HELP + ", e.g. http://HEAD:8265"),
+    workdir: Optional[str] = typer.Option(None, help="Where artifacts go; every node must see it (a shared mount) "
+                                          "[default: the spec's workdir, as an absolute path here]"),
+    project: Optional[Path] = typer.Option(None, help="Folder uploaded as the job's working directory "
+                                           "[default: the current directory]"),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    force: list[str] = typer.Option([], help=STAGES_HELP),
+    follow_: bool = typer.Option(False, "--follow", help="Stream the job's log until it ends; exit 1 if it fails"),
+) -> None:
+    """Run a job spec on a Ray cluster through the Jobs API.
+
+    The spec is validated here first. The project folder (less runs/ and .git/) and
+    this ragworks package travel with the job, and the cluster runs the same
+    `ragworks run` as a laptop, with the same manifests, skips and resumes.
+    Inputs inside the project travel with it; paths outside it must exist on the
+    cluster. Then: `ragworks logs --follow ID`, `ragworks status ID`, `ragworks stop ID`.
+
+    Try it on this machine:  cluster/local.sh up && ragworks submit jobs/quickstart.yaml --follow
+    """
+    from .submission import submit as submit_job
+
+    try:
+        job_id = submit_job(job, address=address, workdir=workdir, overrides=set_, project=project, force=force,
+                            console=console)
+    except (SpecError, ConnectionError) as err:
+        _fail(err)
+    if follow_:
+        _follow(job_id, address)
+
+
+def _follow(job_id: str, address: Optional[str]) -> None:
+    from .submission import follow
+
+    try:
+        final = follow(job_id, address)
+    except ConnectionError as err:
+        _fail(err)
+    console.print(f"job {job_id}: {final}")
+    if final != "SUCCEEDED":
+        raise typer.Exit(1)
+
+
+@app.command()
+def logs(
+    job_id: str = typer.Argument(..., help="Submission id printed by `ragworks submit`", show_default=False),
+    follow_: bool = typer.Option(False, "--follow", "-f", help="Keep streaming until the job ends; exit 1 if it fails"),
+    address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
+) -> None:
+    """Print a submitted job's driver log (every stage's progress and tables)."""
+    if follow_:
+        _follow(job_id, address)
+        return
+    from .submission import client
+
+    try:
+        sys.stdout.write(client(address).get_job_logs(job_id))
+    except ConnectionError as err:
+        _fail(err)
+
+
+@app.command()
+def status(
+    job_id: Optional[str] = typer.Argument(None, help="Submission id; none: list the cluster's jobs"),
+    address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
+) -> None:
+    """A submitted job's status and, when this machine sees its workdir, each stage's manifest."""
+    from rich.table import Table
+
+    from .submission import client, status_rows
+
+    try:
+        if job_id is None:
+            table = Table("job", "status", "ragworks job", "started")
+            for info in client(address).list_jobs():
+                table.add_row(info.submission_id or info.job_id or "", str(info.status.value),
+                              (info.metadata or {}).get("ragworks_job", ""), str(info.start_time or ""))
+            console.print(table)
+            return
+        fields, rows = status_rows(job_id, address)
+    except ConnectionError as err:
+        _fail(err)
+    for k, v in fields.items():
+        console.print(f"[bold]{k}[/]: {v}", highlight=False)
+    if rows:
+        table = Table("stage", "time", "finished", "counts")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    if fields["status"] == "FAILED":
+        raise typer.Exit(1)
+
+
+@app.command()
+def stop(
+    job_id: str = typer.Argument(..., help="Submission id", show_default=False),
+    address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
+) -> None:
+    """Stop a submitted job; a later submit of the same spec and workdir resumes where it stopped."""
+    from .submission import client
+
+    try:
+        stopped = client(address).stop_job(job_id)
+    except ConnectionError as err:
+        _fail(err)
+    console.print(f"job {job_id}: " + ("stop requested" if stopped else "already finished"))
 
 
 def main() -> None:

@@ -23,6 +23,10 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+RESOURCES_HELP = ("custom Ray resources each actor or worker needs, e.g. {synth: 1}: it runs only on nodes that "
+                  "advertise them, and an autoscaler adds such nodes (cluster/README.md)")
+
+
 class RayConfig(Section):
     address: str | None = Field(None, description="null: start an embedded local Ray; 'auto' or ray://host:10001 on a cluster")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded Ray (default: all of this machine's)")
@@ -103,6 +107,7 @@ class IndexConfig(Section):
     concurrency: tuple[int, int] = Field((1, 2), description="embedder actor pool: (min, max)")
     num_cpus: float = Field(1.0, gt=0, description="CPUs per embedder actor; torch gets as many threads")
     num_gpus: float = Field(0.0, ge=0)
+    resources: dict[str, float] = Field(default_factory=dict, description=RESOURCES_HELP)
     metric: Literal["cosine", "dot", "l2"] = "cosine"
     ann: AnnConfig = Field(default_factory=AnnConfig)
     fulltext: FulltextConfig = Field(default_factory=FulltextConfig)
@@ -134,6 +139,7 @@ class EngineConfig(Section):
     concurrency: tuple[int, int] = Field((1, 2), description="engine actor pool: (min, max); the pool grows under load")
     num_cpus: float = Field(1.0, gt=0, description="CPUs per engine actor; torch gets as many threads")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per engine actor (vllm: per engine replica, default 1)")
+    resources: dict[str, float] = Field(default_factory=dict, description=RESOURCES_HELP)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     base_url: str | None = Field(None, description="openai: e.g. http://127.0.0.1:8000/v1")
     api_key_env: str = Field("OPENAI_API_KEY", description="openai: environment variable holding the API key")
@@ -244,6 +250,7 @@ class TrainerConfig(Section):
     use_gpu: bool = False
     cpus_per_worker: float | None = Field(None, gt=0, description="default: the cluster's CPUs / workers, less a "
                                                                      "share for the data tasks that feed them")
+    resources: dict[str, float] = Field(default_factory=dict, description=RESOURCES_HELP)
     checkpoint_every: int | None = Field(None, ge=1, description="steps between checkpoints (default: every epoch)")
     max_failures: int = Field(2, ge=0, description="worker failures to survive, resuming from the last checkpoint")
     seed: int = 0
@@ -321,8 +328,8 @@ class JobSpec(Section):
     train_generator: TrainGeneratorConfig | None = None
     evaluate: EvaluateConfig | None = None
 
-    def resolved_workdir(self) -> Path:
-        return Path(self.workdir or f"runs/{self.name}")
+    def resolved_workdir(self, override: str | Path | None = None) -> Path:
+        return workdir_path(override or self.workdir or f"runs/{self.name}")
 
     @property
     def index_tuned(self) -> IndexConfig | None:
@@ -338,6 +345,14 @@ class JobSpec(Section):
             raise ValueError("index.embedder 'trained' needs a train_retriever section (or a finished one: "
                              "name its model folder instead)")
         return self
+
+
+def workdir_path(value: str | Path) -> Path:
+    """A workdir is a folder path; on a multi-node cluster, one every node sees (a shared mount)."""
+    if "://" in str(value) and not str(value).startswith("file://"):
+        raise SpecError(f"workdir {value}: object-store URIs (s3://, gs://) are not supported yet; use a path every "
+                        "node sees (a shared mount such as NFS, EFS or Filestore)")
+    return Path(str(value).removeprefix("file://")).expanduser()
 
 
 # ---------------------------------------------------------------- loading
@@ -435,9 +450,37 @@ def check_paths(spec: JobSpec, spec_dir: Path, source: str) -> JobSpec:
     return spec
 
 
-def parse_spec(data: dict[str, Any], source: str = "<spec>", spec_dir: Path | None = None) -> JobSpec:
+def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...], source: str) -> dict[str, Any]:
+    """`section.field=value` pairs (values read as YAML) set on a copy of the spec, torchtune-style."""
+    import copy
+
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise SpecError(f"{source}: override {item!r} is not KEY=VALUE (e.g. synthesize.limit=16)")
+        *parents, leaf = key.strip().split(".")
+        node = data
+        for i, part in enumerate(parents):
+            child = node.setdefault(part, {})
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise SpecError(f"{source}: override {key}: {'.'.join(parents[:i + 1])} is not a section")
+            node = child
+        try:
+            node[leaf] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as err:
+            raise SpecError(f"{source}: override {key}: value is not valid YAML: {err}") from None
+    return data
+
+
+def parse_spec(data: dict[str, Any], source: str = "<spec>", spec_dir: Path | None = None,
+               overrides: list[str] | tuple[str, ...] = ()) -> JobSpec:
     if not isinstance(data, dict):
         raise SpecError(f"{source}: a job spec is a mapping of sections, got {type(data).__name__}")
+    if overrides:
+        data = apply_overrides(data, overrides, source)
     try:
         spec = JobSpec.model_validate(data)
     except ValidationError as err:
@@ -445,7 +488,7 @@ def parse_spec(data: dict[str, Any], source: str = "<spec>", spec_dir: Path | No
     return check_paths(spec, spec_dir or Path.cwd(), source)
 
 
-def load_spec(path: str | Path) -> JobSpec:
+def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> JobSpec:
     path = Path(path)
     if not path.exists():
         raise SpecError(f"{path}: no such job spec")
@@ -453,4 +496,4 @@ def load_spec(path: str | Path) -> JobSpec:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise SpecError(f"{path}: not valid YAML: {err}") from None
-    return parse_spec(data, str(path), path.parent)
+    return parse_spec(data, str(path), path.parent, overrides)

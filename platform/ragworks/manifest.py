@@ -21,6 +21,19 @@ def stable_hash(obj: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def portable(obj: Any, root: str | Path) -> Any:
+    """Paths under `root` made relative, so a stage's key stays the same when the project runs from
+    another folder: `ragworks submit` runs it from the cluster's copy of the project."""
+    prefix = str(root).rstrip("/") + "/"
+    if isinstance(obj, str):
+        return obj[len(prefix):] if obj.startswith(prefix) else obj
+    if isinstance(obj, dict):
+        return {k: portable(v, root) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [portable(v, root) for v in obj]
+    return obj
+
+
 def files_fingerprint(path: str | Path) -> str:
     """Names, sizes and mtimes of every file under `path`: cheap, and changes when the data does."""
     path = Path(path)

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from . import __version__
 from .config import JobSpec, SpecError
-from .manifest import now, read_manifest, stable_hash, write_manifest
+from .manifest import now, portable, read_manifest, stable_hash, write_manifest
 from .runtime import init_ray
 
 
@@ -89,7 +89,7 @@ def run_job(
 ) -> dict[str, dict]:
     """Run every stage the spec enables; return each stage's manifest."""
     console = console or Console()
-    workdir = Path(workdir or spec.resolved_workdir()).resolve()
+    workdir = spec.resolved_workdir(workdir).resolve()
     enabled = [s for s in STAGE_ORDER if getattr(spec, s) is not None]
     if not enabled:
         raise SpecError("the job spec enables no stage (add a corpus, index or evaluate section)")
@@ -114,7 +114,8 @@ def run_job(
                 manifests[need] = found
         inputs = {n: _upstream_fingerprint(manifests[n]) for n in needs}
         external = stage.external(spec)
-        key = stable_hash({"config": cfg.model_dump(mode="json"), "inputs": inputs, "external": external})
+        key = stable_hash(portable({"config": cfg.model_dump(mode="json"), "inputs": inputs, "external": external},
+                                   Path.cwd()))
         stage_dir = workdir / name
         old = read_manifest(stage_dir)
         if old is not None and old.get("key") == key and name not in forced:

@@ -17,12 +17,17 @@ def init_ray(cfg: RayConfig, address: str | None = None) -> None:
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     if ray.is_initialized():
         return
-    address = address or cfg.address
+    # A driver started by the Jobs API (`ray job submit`) finds its cluster's GCS in RAY_ADDRESS; an
+    # http:// RAY_ADDRESS is a Jobs API address for `ragworks submit`, not one to connect to.
+    env = os.environ.get("RAY_ADDRESS", "")
+    address = address or cfg.address or (env if env and not env.startswith(("http://", "https://")) else None)
     kwargs: dict = {"logging_level": logging.WARNING, "log_to_driver": True}
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=cfg.num_cpus, dashboard_host=cfg.dashboard_host, include_dashboard=False, **kwargs)
+        # "local": always a Ray of its own, even beside a cluster started on this machine with `ray start`.
+        ray.init(address="local", num_cpus=cfg.num_cpus, dashboard_host=cfg.dashboard_host, include_dashboard=False,
+                 **kwargs)
 
 
 def single_ordered_actor() -> dict:
@@ -34,6 +39,20 @@ def single_ordered_actor() -> dict:
     from ray.data import ActorPoolStrategy
 
     return {"compute": ActorPoolStrategy(size=1), "allow_out_of_order_execution": False}
+
+
+def actor_pool(concurrency: tuple[int, int], num_cpus: float, num_gpus: float = 0.0,
+               resources: dict[str, float] | None = None) -> dict:
+    """map_batches kwargs for an autoscaling actor pool: (min, max) actors, each with what it declares.
+
+    Custom resources pin the actors to the nodes that advertise them; on an
+    autoscaling cluster, a pending actor that needs them makes the autoscaler add such a node.
+    """
+    from ray.data import ActorPoolStrategy
+
+    lo, hi = concurrency
+    return {"compute": ActorPoolStrategy(min_size=lo, max_size=hi), "num_cpus": num_cpus,
+            "num_gpus": num_gpus or None, "resources": dict(resources) if resources else None}
 
 
 def assigned_cpus(default: int = 1) -> int:

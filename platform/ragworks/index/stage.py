@@ -7,9 +7,9 @@ import itertools
 import lancedb
 import pyarrow as pa
 import ray
-from ray.data import ActorPoolStrategy
 
 from ..config import IndexConfig, JobSpec
+from ..runtime import actor_pool
 from .embed import Embed
 
 TABLE_COLUMNS = ["id", "doc_id", "chunk_index", "n_tokens", "title", "text", "source", "line", "metadata"]
@@ -58,8 +58,8 @@ def run(cfg: IndexConfig, ctx, tuned: bool = False) -> dict:
     # Small blocks so every actor in the pool gets work (a file is otherwise one block).
     ds = ray.data.read_parquet(chunks_dir).select_columns(TABLE_COLUMNS).repartition(target_num_rows_per_block=cfg.batch_size * 4)
     ds = ds.map_batches(Embed, fn_constructor_args=(embedder, cfg.batch_size, cfg.num_gpus),
-                        batch_size=cfg.batch_size, compute=ActorPoolStrategy(min_size=cfg.concurrency[0], max_size=cfg.concurrency[1]),
-                        num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus or None, batch_format="pyarrow")
+                        batch_size=cfg.batch_size, batch_format="pyarrow",
+                        **actor_pool(cfg.concurrency, cfg.num_cpus, cfg.num_gpus, cfg.resources))
     table = write_table(lancedb.connect(str(db_dir)), cfg.table, ds)
     rows = table.count_rows()
     indexes = []

@@ -13,10 +13,9 @@ import zlib
 
 import numpy as np
 import ray
-from ray.data import ActorPoolStrategy
 
 from ..config import EngineConfig
-from ..runtime import limit_torch_threads, torch_device
+from ..runtime import actor_pool, limit_torch_threads, torch_device
 
 OUTPUT_COLUMNS = ("generated_text", "gen_error", "gen_tokens")
 
@@ -144,10 +143,8 @@ class HFGenerate:
 
 
 def _transformers(ds: ray.data.Dataset, cfg: EngineConfig) -> ray.data.Dataset:
-    lo, hi = cfg.concurrency
     return ds.map_batches(HFGenerate, fn_constructor_args=(cfg,), batch_size=cfg.batch_size,
-                          compute=ActorPoolStrategy(min_size=lo, max_size=hi),
-                          num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus or None)
+                          **actor_pool(cfg.concurrency, cfg.num_cpus, cfg.num_gpus, cfg.resources))
 
 
 # -------------------------------------------------------------------- vllm
@@ -173,10 +170,12 @@ def _vllm(ds: ray.data.Dataset, cfg: EngineConfig) -> ray.data.Dataset:  # pragm
 
     check_vllm(cfg)
     s = cfg.sampling
+    # Custom resources ride on each engine's GPU bundle, so the autoscaler adds the nodes that have both.
+    placement = {"placement_group_config": {"bundle_per_worker": {"GPU": max(cfg.num_gpus, 1), **cfg.resources}}}
     processor = build_processor(
         vLLMEngineProcessorConfig(model_source=resolve_model(cfg.model), engine_kwargs=cfg.engine_kwargs,
                                   batch_size=cfg.batch_size, concurrency=cfg.concurrency[1],
-                                  should_continue_on_error=True),
+                                  should_continue_on_error=True, **(placement if cfg.resources else {})),
         preprocess=lambda row: {"prompt": row["prompt"], "sampling_params": {
             "temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens, "stop": s.stop or None,
             "seed": s.seed}},
@@ -245,10 +244,9 @@ class OpenAIGenerate:
 
 
 def _openai(ds: ray.data.Dataset, cfg: EngineConfig) -> ray.data.Dataset:
-    lo, hi = cfg.concurrency
     # I/O bound: a fraction of a CPU per actor, so the pool never starves the tasks around it.
     return ds.map_batches(OpenAIGenerate, fn_constructor_args=(cfg,), batch_size=cfg.batch_size,
-                          compute=ActorPoolStrategy(min_size=lo, max_size=hi), num_cpus=0.25)
+                          **actor_pool(cfg.concurrency, 0.25, resources=cfg.resources))
 
 
 ENGINES = {"transformers": _transformers, "vllm": _vllm, "openai": _openai}

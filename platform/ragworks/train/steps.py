@@ -39,7 +39,7 @@ def make_trainer(loop: Callable, loop_config: dict, cfg: TrainerConfig, datasets
         loop,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker={"CPU": worker_cpus(cfg)}),
+                                     resources_per_worker={"CPU": worker_cpus(cfg), **cfg.resources}),
         run_config=RunConfig(name="train", storage_path=str(storage),
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
                              checkpoint_config=CheckpointConfig(checkpoint_score_attribute=metric,

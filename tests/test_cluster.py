@@ -1,0 +1,251 @@
+"""ragworks on a real multi-node Ray cluster: three nodes on 127.0.0.1 started by
+`cluster/local.sh`, jobs submitted through the Jobs API, a worker node killed mid-run,
+and the cluster manifests checked against Ray's own schemas.
+
+Runs before the modules that start an embedded Ray in this process (`ray stop` in
+`local.sh down` would take that Ray down too)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from conftest import write_jsonl
+from fake_llm import FakeLLM
+
+ROOT = Path(__file__).resolve().parents[1]
+DASHBOARD_PORT = 8275  # not Ray's default 8265: a developer's own cluster may hold that
+HEAD_PORT = 6395
+ADDRESS = f"http://127.0.0.1:{DASHBOARD_PORT}"
+ENV = {**os.environ, "RAGWORKS_DASHBOARD_PORT": str(DASHBOARD_PORT), "RAGWORKS_HEAD_PORT": str(HEAD_PORT),
+       "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_ADDRESS": ADDRESS, "RAY_AUTH_MODE": "token"}
+
+
+def cli(*args, timeout=600, cwd=ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ragworks.cli", *args], cwd=cwd, env=ENV, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def submitted_id(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return re.search(r"submitted (ragworks-[\w.-]+-[0-9a-f]{8})", proc.stdout).group(1)
+
+
+# ------------------------------------------------------------------ manifests
+def kuberay_docs() -> dict[str, dict]:
+    docs = {}
+    for path in sorted((ROOT / "cluster" / "kuberay").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            docs[f"{path.name}:{doc['kind']}"] = doc
+    return docs
+
+
+def cluster_specs(docs: dict) -> dict[str, dict]:
+    """The RayCluster spec inside each KubeRay resource."""
+    out = {}
+    for name, doc in docs.items():
+        spec = doc["spec"]
+        inner = {"RayCluster": spec, "RayJob": spec.get("rayClusterSpec"), "RayService": spec.get("rayClusterConfig")}
+        if doc["kind"] in inner:
+            out[name] = inner[doc["kind"]]
+    return out
+
+
+def test_cluster_manifests_are_valid():
+    import ray
+    from ray.autoscaler._private.util import prepare_config, validate_config
+    from ray.serve.schema import ServeDeploySchema
+
+    from ragworks.config import JobSpec, apply_overrides
+    from ragworks.serve.app import ServeOptions
+
+    docs = kuberay_docs()
+    assert {d["kind"] for d in docs.values()} >= {"RayCluster", "RayJob", "RayService", "PersistentVolumeClaim"}
+    clusters = cluster_specs(docs)
+    assert len(clusters) == 3
+    for name, spec in clusters.items():
+        assert docs[name]["apiVersion"] == "ray.io/v1", name
+        assert spec["rayVersion"] == ray.__version__, f"{name}: the image must run the Ray the project is tested on"
+        assert spec["enableInTreeAutoscaling"] is True, name
+        head = spec["headGroupSpec"]
+        assert head["rayStartParams"]["dashboard-host"] == "0.0.0.0", name  # reached through the pod network only
+        groups = {g["groupName"]: g for g in spec["workerGroupSpecs"]}
+        assert "cpu-worker" in groups, name
+        pods = [head["template"]["spec"]] + [g["template"]["spec"] for g in groups.values()]
+        for g in groups.values():
+            assert 0 <= g["minReplicas"] <= g["replicas"] <= g["maxReplicas"], (name, g["groupName"])
+            # KubeRay passes rayStartParams.resources to `ray start --resources` as a quoted JSON string.
+            resources = json.loads(json.loads(g["rayStartParams"]["resources"]))
+            assert resources == {g["groupName"]: 1}, (name, g["groupName"])
+            limits = g["template"]["spec"]["containers"][0]["resources"]["limits"]
+            assert ("nvidia.com/gpu" in limits) == (g["groupName"] == "gpu-worker"), (name, g["groupName"])
+        if "gpu-worker" in groups:
+            assert groups["gpu-worker"]["minReplicas"] == 0, f"{name}: GPU nodes scale from zero"
+        for pod in pods:  # one shared workdir volume, mounted at the same path on every node
+            mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
+            claim = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]}
+            assert claim[mounts["/mnt/ragworks"]] == "ragworks-workdir", name
+
+    # RayJob: the entrypoint is a `ragworks run` of a spec in the repo, valid with its overrides.
+    job = next(d for d in docs.values() if d["kind"] == "RayJob")
+    argv = shlex.split(job["spec"]["entrypoint"])
+    assert argv[:2] == ["ragworks", "run"] and (ROOT / argv[2]).is_file()
+    sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+    data = apply_overrides(yaml.safe_load((ROOT / argv[2]).read_text()), sets, "rayjob")
+    spec = JobSpec.model_validate(data)  # paths live on the cluster's volume: types and keys only here
+    assert spec.corpus.source.path.startswith("/mnt/ragworks/")
+    assert argv[argv.index("--workdir") + 1].startswith("/mnt/ragworks/")
+
+    # RayService: Serve's own schema, and the app's arguments as the app reads them.
+    service = next(d for d in docs.values() if d["kind"] == "RayService")
+    serve_config = ServeDeploySchema.model_validate(yaml.safe_load(service["spec"]["serveConfigV2"]))
+    app = serve_config.applications[0]
+    assert app.import_path == "ragworks.serve:build"
+    assert ServeOptions(**app.args).workdir.startswith("/mnt/ragworks/")
+    assert {d.name for d in app.deployments} == {"RagAPI", "Embedder", "Retriever", "Generator"}
+
+    # Cluster launcher: Ray's own config schema, after Ray fills its defaults.
+    launcher = yaml.safe_load((ROOT / "cluster" / "launcher.yaml").read_text())
+    validate_config(prepare_config(launcher))
+    types = launcher["available_node_types"]
+    assert types["head"]["resources"] == {"CPU": 0}
+    assert types["cpu-worker"]["resources"] == {"cpu-worker": 1} and types["gpu-worker"]["min_workers"] == 0
+    broken = yaml.safe_load((ROOT / "cluster" / "launcher.yaml").read_text())
+    broken["available_node_types"]["gpu-worker"]["max_worker"] = 2  # a typo must not pass
+    with pytest.raises(Exception, match="max_worker"):
+        validate_config(prepare_config(broken))
+
+
+# ------------------------------------------------------- a three-node cluster
+@pytest.fixture(scope="module")
+def local_cluster():
+    import ray
+
+    assert not ray.is_initialized(), "cluster tests must run before any test starts Ray in this process"
+    up = subprocess.run(["bash", "cluster/local.sh", "up"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                        timeout=240)
+    assert up.returncode == 0, up.stdout + up.stderr
+    from ragworks.submission import use_token_if_any
+
+    use_token_if_any()  # local.sh's cluster asks every client for Ray's token, as `ragworks submit` sends it
+    try:
+        yield ADDRESS
+    finally:
+        subprocess.run(["bash", "cluster/local.sh", "down"], cwd=ROOT, env=ENV, capture_output=True, timeout=120)
+
+
+def alive_nodes(address: str) -> list:
+    from ray.util.state import list_nodes
+
+    return [n for n in list_nodes(address=address, detail=True) if n.state == "ALIVE"]
+
+
+def test_local_cluster_has_three_nodes_and_a_loopback_dashboard(local_cluster):
+    nodes = alive_nodes(local_cluster)
+    assert len(nodes) == 3
+    assert sorted(n.resources_total.get("cpu-worker", 0) for n in nodes) == [0, 1, 1]
+    listening = [c.laddr for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN
+                 and c.laddr.port == DASHBOARD_PORT]
+    assert listening and all(a.ip == "127.0.0.1" for a in listening), listening
+
+
+def metrics(workdir: Path) -> dict:
+    report = json.loads((workdir / "evaluate" / "report.json").read_text())
+    counts = {s: json.loads((workdir / s / "manifest.json").read_text())["counts"]
+              for s in ("corpus", "synthesize", "filters", "negatives")}
+    return {"report": report["metrics"], "counts": counts}
+
+
+def test_submitted_quickstart_equals_a_local_run(local_cluster, tmp_path):
+    from ray.util.state import list_tasks
+
+    sets = ["--set", "synthesize.limit=16"]
+    local = cli("run", "jobs/quickstart.yaml", "--workdir", str(tmp_path / "local"), *sets)
+    assert local.returncode == 0, local.stdout[-3000:] + local.stderr[-3000:]
+
+    job_id = submitted_id(cli("submit", "jobs/quickstart.yaml", "--workdir", str(tmp_path / "cluster"), *sets))
+    logs = cli("logs", job_id, "--follow")
+    assert logs.returncode == 0, logs.stdout[-3000:] + logs.stderr[-3000:]
+    for stage in ("corpus", "index", "synthesize", "filters", "negatives", "evaluate"):
+        assert f"{stage}: done in" in logs.stdout, stage  # streamed from the cluster's driver
+    assert f"job {job_id}: SUCCEEDED" in logs.stdout
+
+    status = cli("status", job_id)
+    assert status.returncode == 0 and "SUCCEEDED" in status.stdout and "synthesize" in status.stdout, status.stdout
+    assert metrics(tmp_path / "cluster") == metrics(tmp_path / "local")
+    # The work really spread over the cluster: tasks ran on more than one node.
+    nodes = {t.node_id for t in list_tasks(address=local_cluster, limit=10_000, raise_on_missing_output=False)
+             if t.node_id}
+    assert len(nodes) >= 2, nodes
+
+
+def test_a_bad_spec_fails_before_submission(local_cluster, tmp_path):
+    bad = cli("submit", "jobs/quickstart.yaml", "--set", "synthesize.engine.bach_size=4")
+    assert bad.returncode == 2 and "did you mean 'batch_size'" in bad.stdout
+    assert "submitted" not in bad.stdout
+
+
+def raylet_of(pid: int) -> psutil.Process:
+    """The raylet that started a worker process: killing it takes its whole node down."""
+    proc = psutil.Process(pid)
+    while proc is not None and "raylet" not in proc.name():
+        proc = proc.parent()
+    assert proc is not None, f"no raylet above worker {pid}"
+    return proc
+
+
+def test_a_killed_worker_node_loses_no_row_and_duplicates_none(local_cluster, tmp_path):
+    from ray.util.state import list_actors
+
+    project = tmp_path / "project"
+    docs = [{"_id": f"d{i}", "title": f"topic {i}", "text": f"document {i} is about subject {i} " * 6} for i in range(48)]
+    write_jsonl(project / "corpus" / "corpus.jsonl", docs)
+    spec = {
+        "name": "killed-node",
+        "corpus": {"source": {"path": "corpus"}, "chunking": {"max_tokens": None}},
+        "index": {"concurrency": [1, 1]},
+        "synthesize": {"per_chunk": 2, "engine": {
+            "kind": "openai", "model": "fake", "batch_size": 2, "concurrency": [2, 2],
+            # one engine actor per worker node: a node's death takes an actor and its in-flight rows with it
+            "resources": {"cpu-worker": 0.6}}},
+    }
+    with FakeLLM(delay=0.2) as llm:
+        spec["synthesize"]["engine"]["base_url"] = llm.url
+        (project / "job.yaml").write_text(yaml.safe_dump(spec))
+        workdir = tmp_path / "wd"
+        job_id = submitted_id(cli("submit", "job.yaml", "--workdir", str(workdir), cwd=project))
+        out = workdir / "synthesize" / "generated"
+        deadline = time.time() + 240
+        while time.time() < deadline and len(list(out.rglob("*.parquet"))) < 4:
+            time.sleep(0.2)
+        assert list(out.rglob("*.parquet")), "synthesize never wrote a file"
+        engines = [a for a in list_actors(address=local_cluster, filters=[("state", "=", "ALIVE")], detail=True)
+                   if "OpenAIGenerate" in (a.repr_name or "") + (a.class_name or "")
+                   or a.class_name == "_MapWorker"]
+        assert engines, "no engine actor alive"
+        victim = raylet_of(engines[0].pid)
+        victim.send_signal(signal.SIGKILL)
+        assert not (workdir / "synthesize" / "manifest.json").exists(), "synthesize finished before the kill"
+        logs = cli("logs", job_id, "--follow")
+        assert logs.returncode == 0, logs.stdout[-4000:] + logs.stderr[-3000:]
+        requests = llm.requests
+
+    assert len(alive_nodes(local_cluster)) == 2  # the node stayed dead; the job finished without it
+    rows = [r for f in sorted(out.rglob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    keys = [r["key"] for r in rows]
+    assert len(keys) == len(set(keys)) == 2 * len(docs)  # every row once
+    manifest = json.loads((workdir / "synthesize" / "manifest.json").read_text())
+    assert manifest["counts"]["rows"] == 2 * len(docs) and manifest["counts"]["ok"] == 2 * len(docs)
+    assert requests >= len(keys)
