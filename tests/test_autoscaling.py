@@ -53,7 +53,9 @@ def autoscaling_cluster():
         head_resources={"CPU": 2},
         worker_node_types={"synth-worker": {"resources": {"CPU": 1, "synth": 1, "object_store_memory": 200 * 2**20},
                                             "node_config": {}, "min_workers": 0, "max_workers": 2}},
-        idle_timeout_minutes=0.1)
+        # Long enough that a node is never taken away between two of a stage's tasks (at 6 s, Ray Data's
+        # Parquet footer reader once landed on a node the autoscaler was removing), short for a test.
+        idle_timeout_minutes=0.5)
     cluster.start()
     try:
         ray.init(address="auto", logging_level="ERROR")
@@ -100,7 +102,7 @@ def test_synthesize_scales_its_worker_type_from_zero_and_back(autoscaling_cluste
             for r in pq.read_table(f).to_pylist()]
     assert len({r["key"] for r in rows}) == len(rows) == 2 * len(docs)
 
-    deadline = time.time() + 180  # idle_timeout_minutes 0.1: idle synth workers go away
+    deadline = time.time() + 180  # idle_timeout_minutes 0.5: idle synth workers go away
     while synth_nodes(ray) and time.time() < deadline:
         time.sleep(1)
     assert synth_nodes(ray) == 0, "idle synth workers were not removed"

@@ -171,8 +171,8 @@ def metrics(workdir: Path) -> dict:
 def test_submitted_quickstart_equals_a_local_run(local_cluster, tmp_path):
     from ray.util.state import list_tasks
 
-    sets = ["--set", "synthesize.limit=16"]
-    local = cli("run", "jobs/quickstart.yaml", "--workdir", str(tmp_path / "local"), *sets)
+    sets = ["--set", "synthesize.limit=16"]  # the whole quickstart, generating for 16 chunks instead of 48
+    local = cli("run", "jobs/quickstart.yaml", "--workdir", str(tmp_path / "local"), *sets)  # an embedded Ray
     assert local.returncode == 0, local.stdout[-3000:] + local.stderr[-3000:]
 
     job_id = submitted_id(cli("submit", "jobs/quickstart.yaml", "--workdir", str(tmp_path / "cluster"), *sets))
@@ -197,6 +197,17 @@ def test_a_bad_spec_fails_before_submission(local_cluster, tmp_path):
     assert "submitted" not in bad.stdout
 
 
+def test_stop_ends_a_submitted_job(local_cluster, tmp_path):
+    job_id = submitted_id(cli("submit", "jobs/quickstart.yaml", "--workdir", str(tmp_path / "wd")))
+    stopped = cli("stop", job_id)
+    assert stopped.returncode == 0 and "stop requested" in stopped.stdout, stopped.stdout + stopped.stderr
+    deadline = time.time() + 60
+    while time.time() < deadline and "STOPPED" not in (status := cli("status", job_id)).stdout:
+        time.sleep(1)
+    assert "STOPPED" in status.stdout, status.stdout
+    assert job_id in cli("status").stdout  # the job list
+
+
 def raylet_of(pid: int) -> psutil.Process:
     """The raylet that started a worker process: killing it takes its whole node down."""
     proc = psutil.Process(pid)
@@ -210,7 +221,7 @@ def test_a_killed_worker_node_loses_no_row_and_duplicates_none(local_cluster, tm
     from ray.util.state import list_actors
 
     project = tmp_path / "project"
-    docs = [{"_id": f"d{i}", "title": f"topic {i}", "text": f"document {i} is about subject {i} " * 6} for i in range(48)]
+    docs = [{"_id": f"d{i}", "title": f"topic {i}", "text": f"document {i} is about subject {i} " * 6} for i in range(32)]
     write_jsonl(project / "corpus" / "corpus.jsonl", docs)
     spec = {
         "name": "killed-node",

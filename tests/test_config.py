@@ -67,6 +67,32 @@ def test_paths_resolve_against_the_spec_folder(beir_dir, tmp_path, monkeypatch):
     assert load_spec(job).corpus.source.path == str(beir_dir)
 
 
+def test_overrides_set_fields_and_are_checked_like_the_file(beir_dir, tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(spec(beir_dir, index={}, synthesize={"limit": 4}, filters={})))
+    s = load_spec(job, ["synthesize.limit=16", "synthesize.engine.concurrency=[1, 4]",
+                        "synthesize.engine.resources={gpu-worker: 1}", "filters=null", "workdir=/tmp/elsewhere"])
+    assert s.synthesize.limit == 16 and s.synthesize.engine.concurrency == (1, 4)
+    assert s.synthesize.engine.resources == {"gpu-worker": 1.0}
+    assert s.filters is None and s.workdir == "/tmp/elsewhere"
+    assert load_spec(job).synthesize.limit == 4  # the file is untouched
+    with pytest.raises(SpecError, match=r"synthesize.engine.bach_size: unknown key \(did you mean 'batch_size'\?\)"):
+        load_spec(job, ["synthesize.engine.bach_size=4"])
+    with pytest.raises(SpecError, match="synthesize.limit: Input should be a valid integer"):
+        load_spec(job, ["synthesize.limit=many"])
+    with pytest.raises(SpecError, match="not KEY=VALUE"):
+        load_spec(job, ["synthesize.limit"])
+    with pytest.raises(SpecError, match="synthesize.limit is not a section"):
+        load_spec(job, ["synthesize.limit.x=1"])
+
+
+def test_object_store_workdirs_are_refused_by_name(beir_dir, tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(spec(beir_dir)))
+    result = CliRunner().invoke(app, ["run", str(job), "--workdir", "s3://bucket/runs/x"])
+    assert result.exit_code == 2 and "s3://bucket/runs/x" in result.output and "shared mount" in result.output
+
+
 def test_cli_rejects_a_bad_spec_before_any_work(tmp_path):
     job = tmp_path / "bad.yaml"
     job.write_text("corpus:\n  source: {path: missing-folder}\n  chunking: {max_tokens: lots}\n")

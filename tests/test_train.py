@@ -156,14 +156,14 @@ def test_a_killed_worker_resumes_from_its_checkpoint(ray_local, tmp_path, facts_
     workdir = tmp_path / "wd"
     thread, killed = worker_killer(workdir, "train_retriever")
     with FakeLLM(echo_words=8) as llm:
-        spec = train_spec(facts_dir, llm.url, evaluate=False, epochs=6, checkpoint_every=2, workers=2,
+        spec = train_spec(facts_dir, llm.url, evaluate=False, epochs=3, checkpoint_every=2, workers=2,
                           cpus_per_worker=0.5, batch_size=4)
         thread.start()
         m = run_job(spec, workdir=workdir, console=QUIET)["train_retriever"]
     thread.join(timeout=5)
     assert killed, "the worker was never killed"
     steps_per_epoch = m["counts"]["train_pairs"] // 4
-    assert m["counts"]["steps"] == 6 * steps_per_epoch  # finished every step after the restart
+    assert m["counts"]["steps"] == 3 * steps_per_epoch  # finished every step after the restart
     assert m["resumed_from_steps"] and killed["checkpoint"] <= m["resumed_from_steps"][0] <= killed["step"]
     assert m["resumed_from_steps"][0] % 2 == 0  # from a checkpoint, not from scratch
     assert Path(m["outputs"]["model"], "config.json").exists()

@@ -47,7 +47,7 @@ def _run(spec, workdir, force, address) -> None:
 @app.command()
 def run(
     job: Path = typer.Argument(..., help="Job spec (YAML), e.g. jobs/quickstart.yaml", show_default=False),
-    workdir: Optional[Path] = typer.Option(None, help="Where artifacts go (default: the spec's workdir, else runs/NAME)"),
+    workdir: Optional[str] = typer.Option(None, help="Where artifacts go (default: the spec's workdir, else runs/NAME)"),
     address: Optional[str] = typer.Option(None, help="Ray cluster address ('auto', ray://HOST:10001); default: embedded local Ray"),
     force: list[str] = typer.Option([], help=STAGES_HELP),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
@@ -72,7 +72,7 @@ def eval_(
     split: str = typer.Option("test", help="Which qrels/SPLIT.tsv to score"),
     embedder: str = typer.Option("base", help="'base' (bundled all-MiniLM-L6-v2), a Hugging Face id or a local path"),
     max_tokens: Optional[int] = typer.Option(None, help="Chunk size in tokens (default: one chunk per document, as BEIR does)"),
-    workdir: Optional[Path] = typer.Option(None, help="Where artifacts go (default: runs/eval-DATASET)"),
+    workdir: Optional[str] = typer.Option(None, help="Where artifacts go (default: runs/eval-DATASET)"),
     address: Optional[str] = typer.Option(None, help="Ray cluster address; default: embedded local Ray"),
     force: list[str] = typer.Option([], help=STAGES_HELP),
 ) -> None:

@@ -81,6 +81,7 @@ class CorpusConfig(Section):
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     chunking: ChunkingConfig = Field(default_factory=ChunkingConfig)
     concurrency: tuple[int, int] = Field((1, 2), description="chunker actor pool: (min, max)")
+    resources: dict[str, float] = Field(default_factory=dict, description=RESOURCES_HELP)
 
 
 # ------------------------------------------------------------------ index
@@ -207,6 +208,7 @@ class FiltersConfig(Section):
     min_score: float | None = Field(None, description="drop queries whose cosine similarity to their own chunk is lower")
     batch_size: int = Field(64, ge=1)
     concurrency: tuple[int, int] = Field((1, 2), description="retrieval actor pool: (min, max)")
+    resources: dict[str, float] = Field(default_factory=dict, description=RESOURCES_HELP)
 
     @field_validator("consistency", mode="before")
     @classmethod
@@ -222,6 +224,7 @@ class NegativesConfig(Section):
     mode: Mode = "hybrid"
     batch_size: int = Field(64, ge=1)
     concurrency: tuple[int, int] = Field((1, 2))
+    resources: dict[str, float] = Field(default_factory=dict, description=RESOURCES_HELP)
 
 
 # -------------------------------------------------------- train_retriever

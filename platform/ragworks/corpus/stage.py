@@ -10,14 +10,13 @@ import shutil
 from pathlib import Path
 
 import ray
-from ray.data import ActorPoolStrategy
 from ray.data.expressions import col
 from rich.table import Table
 
 from ..config import CorpusConfig, JobSpec
 from ..manifest import files_fingerprint
 from ..models import DEFAULT_EMBEDDER
-from ..runtime import single_ordered_actor
+from ..runtime import actor_pool, single_ordered_actor
 from .chunking import Chunk
 from .dedup import Deduplicate
 from .normalize import normalize_batch
@@ -47,7 +46,7 @@ def run(cfg: CorpusConfig, ctx) -> dict:
     ds = ds.map_batches(Deduplicate, fn_constructor_args=(cfg.dedup,), num_cpus=0.25, **single_ordered_actor(),
                         batch_format="pyarrow")
     ds = ds.map_batches(Chunk, fn_constructor_args=(cfg.chunking, tokenizer_name(ctx.spec)),
-                        compute=ActorPoolStrategy(min_size=cfg.concurrency[0], max_size=cfg.concurrency[1]), num_cpus=0.5, batch_format="pyarrow")
+                        batch_format="pyarrow", **actor_pool(cfg.concurrency, 0.5, resources=cfg.resources))
 
     parts = ctx.stage_dir / "_parts"
     ds.write_parquet(str(parts), partition_cols=["kind"])

@@ -9,13 +9,12 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import ray
-from ray.data import ActorPoolStrategy
 from rich.table import Table
 
 from ..config import FiltersConfig
 from ..incremental import read_columns
 from ..index import IndexActor, unit
-from ..runtime import single_ordered_actor
+from ..runtime import actor_pool, single_ordered_actor
 from .parse import clean_query
 
 ORDER = ("cleanup", "length", "dedup", "consistency", "min_score")
@@ -92,10 +91,9 @@ def run(cfg: FiltersConfig, ctx) -> dict:
     if cfg.dedup:
         ds = ds.map_batches(DropRepeats, num_cpus=0, **single_ordered_actor(), batch_format="pyarrow")
     if cfg.consistency.enabled or cfg.min_score is not None:
-        lo, hi = cfg.concurrency
         ds = ds.map_batches(RoundTrip, fn_constructor_args=(str(ctx.input_dir("index")), cfg),
-                            batch_size=cfg.batch_size, compute=ActorPoolStrategy(min_size=lo, max_size=hi),
-                            num_cpus=1, batch_format="pyarrow")
+                            batch_size=cfg.batch_size, batch_format="pyarrow",
+                            **actor_pool(cfg.concurrency, 1, resources=cfg.resources))
     ds = ds.map_batches(lambda b: b.append_column("status", pa.array(
         ["kept" if d is None else "dropped" for d in b["dropped_by"].to_pylist()], pa.string())), batch_format="pyarrow")
     out = ctx.stage_dir / "queries"

@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import ray
-from ray.data import ActorPoolStrategy
 
 from ..config import NegativesConfig
 from ..incremental import read_columns
 from ..index import IndexActor, unit
+from ..runtime import actor_pool
 
 
 class MineNegatives(IndexActor):
@@ -55,10 +55,9 @@ class MineNegatives(IndexActor):
 
 
 def run(cfg: NegativesConfig, ctx) -> dict:
-    lo, hi = cfg.concurrency
     ds = ray.data.read_parquet(ctx.inputs["filters"]["outputs"]["kept"]).select_columns(["key", "id", "doc_id", "text", "query"])
     ds = ds.map_batches(MineNegatives, fn_constructor_args=(str(ctx.input_dir("index")), cfg), batch_size=cfg.batch_size,
-                        compute=ActorPoolStrategy(min_size=lo, max_size=hi), num_cpus=1, batch_format="pyarrow")
+                        batch_format="pyarrow", **actor_pool(cfg.concurrency, 1, resources=cfg.resources))
     out = ctx.stage_dir / "pairs"
     ds.write_parquet(str(out))
     rows = short = 0
