@@ -164,21 +164,23 @@ def test_local_cluster_has_three_nodes_and_a_loopback_dashboard(local_cluster):
 def metrics(workdir: Path) -> dict:
     report = json.loads((workdir / "evaluate" / "report.json").read_text())
     counts = {s: json.loads((workdir / s / "manifest.json").read_text())["counts"]
-              for s in ("corpus", "synthesize", "filters", "negatives")}
+              for s in ("corpus", "index", "synthesize")}
     return {"report": report["metrics"], "counts": counts}
 
 
 def test_submitted_quickstart_equals_a_local_run(local_cluster, tmp_path):
     from ray.util.state import list_tasks
 
-    sets = ["--set", "synthesize.limit=16"]  # the whole quickstart, generating for 16 chunks instead of 48
+    # The quickstart with its LLM stage cut to 16 chunks, and without filters and negatives (per-stage start-up
+    # costs dominate this small a run; those stages' own tests cover them).
+    sets = ["--set", "synthesize.limit=16", "--set", "filters=null", "--set", "negatives=null"]
     local = cli("run", "jobs/quickstart.yaml", "--workdir", str(tmp_path / "local"), *sets)  # an embedded Ray
     assert local.returncode == 0, local.stdout[-3000:] + local.stderr[-3000:]
 
     job_id = submitted_id(cli("submit", "jobs/quickstart.yaml", "--workdir", str(tmp_path / "cluster"), *sets))
     logs = cli("logs", job_id, "--follow")
     assert logs.returncode == 0, logs.stdout[-3000:] + logs.stderr[-3000:]
-    for stage in ("corpus", "index", "synthesize", "filters", "negatives", "evaluate"):
+    for stage in ("corpus", "index", "synthesize", "evaluate"):
         assert f"{stage}: done in" in logs.stdout, stage  # streamed from the cluster's driver
     assert f"job {job_id}: SUCCEEDED" in logs.stdout
 

@@ -95,27 +95,6 @@ def test_train_reindex_and_report_base_vs_tuned(ray_local, tmp_path, facts_qrels
     assert "dense (tuned)" in Path(m["evaluate"]["outputs"]["markdown"]).read_text()
 
 
-def test_lora_trains_adapters_and_exports_merged_weights(ray_local, tmp_path, facts_dir):
-    with FakeLLM(echo_words=8) as llm:
-        spec = train_spec(facts_dir, llm.url, evaluate=False, epochs=2, learning_rate=1e-3,
-                          lora={"r": 4, "alpha": 8, "dropout": 0.0})
-        m = run_job(spec, workdir=tmp_path / "wd", console=QUIET)
-    from sentence_transformers import SentenceTransformer
-
-    from ragworks.models import resolve_embedder
-
-    exported = Path(m["train_retriever"]["outputs"]["model"])
-    runs = tmp_path / "wd" / "train_retriever" / "ray_train" / "train"
-    last = max(d for d in runs.glob("checkpoint_*") if d.is_dir()) / "model"  # named by time: the last step
-    base = SentenceTransformer(resolve_embedder("base"))
-    texts = [FACTS[0][1], "how do plants make sugar"]
-    for folder in (exported, last):
-        assert not (folder / "adapter_config.json").exists()  # merged: loads without peft
-        assert type(SentenceTransformer(str(folder))[0].model) is type(base[0].model)
-    assert abs(SentenceTransformer(str(last)).encode(texts) - base.encode(texts)).max() > 1e-4  # the adapters learnt
-    assert m["index_tuned"]["counts"]["rows"] == m["index"]["counts"]["rows"]
-
-
 def registered_checkpoint_step(workdir: Path, stage: str = "train_retriever") -> int:
     """The step of the newest checkpoint Ray Train's controller has registered (-1: none yet).
 
@@ -151,19 +130,36 @@ def worker_killer(workdir: Path, stage: str) -> tuple[threading.Thread, dict]:
     return threading.Thread(target=killer, daemon=True), killed
 
 
-def test_a_killed_worker_resumes_from_its_checkpoint(ray_local, tmp_path, facts_dir):
-    """Two workers (gloo, negatives gathered across them); one is SIGKILLed after the first checkpoint."""
+def test_a_killed_lora_worker_resumes_from_its_checkpoint_and_exports_merged_weights(ray_local, tmp_path, facts_dir):
+    """Two workers (gloo, negatives gathered across them) training LoRA adapters; one is SIGKILLed after the
+    first checkpoint. The run resumes from it, and the exported model has the adapters merged in."""
+    from sentence_transformers import SentenceTransformer
+
+    from ragworks.models import resolve_embedder
+
     workdir = tmp_path / "wd"
     thread, killed = worker_killer(workdir, "train_retriever")
     with FakeLLM(echo_words=8) as llm:
         spec = train_spec(facts_dir, llm.url, evaluate=False, epochs=3, checkpoint_every=2, workers=2,
-                          cpus_per_worker=0.5, batch_size=4)
+                          cpus_per_worker=0.5, batch_size=4, learning_rate=1e-3,
+                          lora={"r": 4, "alpha": 8, "dropout": 0.0})
         thread.start()
-        m = run_job(spec, workdir=workdir, console=QUIET)["train_retriever"]
+        ms = run_job(spec, workdir=workdir, console=QUIET)
+    m = ms["train_retriever"]
     thread.join(timeout=5)
     assert killed, "the worker was never killed"
     steps_per_epoch = m["counts"]["train_pairs"] // 4
     assert m["counts"]["steps"] == 3 * steps_per_epoch  # finished every step after the restart
     assert m["resumed_from_steps"] and killed["checkpoint"] <= m["resumed_from_steps"][0] <= killed["step"]
     assert m["resumed_from_steps"][0] % 2 == 0  # from a checkpoint, not from scratch
-    assert Path(m["outputs"]["model"], "config.json").exists()
+
+    exported = Path(m["outputs"]["model"])
+    runs = workdir / "train_retriever" / "ray_train" / "train"
+    last = max(d for d in runs.glob("checkpoint_*") if d.is_dir()) / "model"  # named by time: the last step
+    base = SentenceTransformer(resolve_embedder("base"))
+    texts = [FACTS[0][1], "how do plants make sugar"]
+    for folder in (exported, last):
+        assert not (folder / "adapter_config.json").exists()  # merged: loads without peft
+        assert type(SentenceTransformer(str(folder))[0].model) is type(base[0].model)
+    assert abs(SentenceTransformer(str(last)).encode(texts) - base.encode(texts)).max() > 1e-4  # the adapters learnt
+    assert ms["index_tuned"]["counts"]["rows"] == ms["index"]["counts"]["rows"]
