@@ -406,6 +406,10 @@ def _resolve_path(value: str, spec_dir: Path) -> Path | None:
     return None
 
 
+# The input paths a spec may name: check_paths resolves each; `ragworks submit` re-points them for the cluster.
+PATH_FIELDS = ("corpus.source.path", "evaluate.dataset", "synthesize.prompt.examples", "rag_examples.prompt.examples")
+
+
 def check_paths(spec: JobSpec, spec_dir: Path, source: str) -> JobSpec:
     """Every input file must exist before any work starts; paths become absolute."""
     problems = []

@@ -14,10 +14,8 @@ import sys
 import uuid
 from pathlib import Path
 
-from .config import SpecError, load_spec
+from .config import PATH_FIELDS, SpecError, load_spec
 
-# Input paths a spec may name; each must be readable where the job's driver runs.
-PATH_FIELDS = ("corpus.source.path", "evaluate.dataset", "synthesize.prompt.examples", "rag_examples.prompt.examples")
 EXCLUDES = ["runs/", ".git/", "**/__pycache__/", "*.egg-info/", ".pytest_cache/", ".venv/"]
 NO_CLUSTER = ("no Ray Jobs API at {address}: start a cluster (`cluster/local.sh up` on this machine) or pass "
               "--address http://HEAD:8265 (or set RAY_ADDRESS)")
