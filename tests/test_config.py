@@ -93,6 +93,18 @@ def test_object_store_workdirs_are_refused_by_name(beir_dir, tmp_path):
     assert result.exit_code == 2 and "s3://bucket/runs/x" in result.output and "shared mount" in result.output
 
 
+def test_cluster_commands_name_what_is_wrong(beir_dir, tmp_path, monkeypatch):
+    result = CliRunner().invoke(app, ["status", "--address", "http://127.0.0.1:1"])  # nothing listens there
+    assert result.exit_code == 2 and "no Ray Jobs API at http://127.0.0.1:1" in result.output
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(spec(beir_dir)))
+    project = tmp_path / "project"
+    project.mkdir()
+    monkeypatch.chdir(project)
+    result = CliRunner().invoke(app, ["submit", str(job), "--address", "http://127.0.0.1:1"])
+    assert result.exit_code == 2 and "must sit inside the project folder" in " ".join(result.output.split())
+
+
 def test_cli_rejects_a_bad_spec_before_any_work(tmp_path):
     job = tmp_path / "bad.yaml"
     job.write_text("corpus:\n  source: {path: missing-folder}\n  chunking: {max_tokens: lots}\n")
