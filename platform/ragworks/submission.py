@@ -113,7 +113,7 @@ def follow(job_id: str, address: str | None, out=sys.stdout) -> str:
 def status_rows(job_id: str, address: str | None) -> tuple[dict, list[tuple]]:
     """(the job's info, one row per finished stage from the workdir's manifests when this machine sees it)."""
     from .manifest import read_manifest
-    from .runner import STAGE_ORDER
+    from .runner import PROGRESS, STAGE_ORDER
 
     info = client(address).get_job_info(job_id)
     fields = {"job": job_id, "status": str(info.status.value), "message": info.message or "",
@@ -126,6 +126,6 @@ def status_rows(job_id: str, address: str | None) -> tuple[dict, list[tuple]]:
             if m is not None:
                 counts = ", ".join(f"{k} {v:,}" for k, v in (m.get("counts") or {}).items() if isinstance(v, int))
                 rows.append((stage, f"{m['seconds']:.1f}s", m["finished"], counts))
-            elif (Path(workdir) / stage / "_in_progress.json").exists():
+            elif (Path(workdir) / stage / PROGRESS).exists():
                 rows.append((stage, "running", "", ""))
     return fields, rows
