@@ -56,3 +56,52 @@ def beir_dir(tmp_path) -> Path:
     lines = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t{g}" for q, _, rel in QUERIES for d, g in rel.items()]
     (root / "qrels" / "test.tsv").write_text("\n".join(lines) + "\n")
     return root
+
+
+# ------------------------------------------------------ a retriever-training job
+FACTS = [
+    ("photo", "Plants convert sunlight water and carbon dioxide into glucose and oxygen inside their chloroplasts"),
+    ("volcano", "Magma rises through the crust and erupts as lava ash and gases from active volcanoes"),
+    ("vaccine", "A vaccine trains the immune system to recognise a pathogen by showing it an antigen"),
+    ("hole", "A black hole is a region of spacetime where gravity stops even light from escaping"),
+    ("bread", "Yeast ferments sugars in dough and the carbon dioxide makes bread rise in the oven"),
+    ("tide", "Ocean tides come from the gravitational pull of the moon and the sun on the seas"),
+    ("dna", "DNA stores genetic information as a sequence of four bases along a double helix"),
+    ("quake", "Earthquakes happen when tectonic plates slip suddenly along a fault in the crust"),
+    ("rain", "Water vapour condenses into droplets around dust in clouds and falls as rain"),
+    ("heart", "The heart pumps blood through arteries to the organs and it returns through veins"),
+    ("copper", "Copper conducts electricity well so it is used for wires in homes and machines"),
+    ("bee", "Bees carry pollen between flowers while they collect nectar to make their honey"),
+]
+
+
+@pytest.fixture
+def facts_dir(tmp_path) -> Path:
+    docs = [{"_id": k, "title": k, "text": f"{v}. " + " ".join(reversed(v.lower().split()))} for k, v in FACTS]
+    write_jsonl(tmp_path / "facts" / "corpus.jsonl", docs)
+    return tmp_path / "facts"
+
+
+def train_job(facts_dir, url, evaluate=True, **train) -> dict:
+    """A job that trains the retriever on queries from a fake LLM at `url` and re-indexes with it."""
+    data = {
+        "corpus": {"source": {"path": str(facts_dir)}, "chunking": {"max_tokens": 24, "overlap": 4, "title": False}},
+        "index": {"concurrency": [1, 1], "embedder": "trained"},
+        "synthesize": {"engine": {"kind": "openai", "base_url": url, "model": "fake", "batch_size": 8}},
+        "filters": {"consistency": False, "length": {"min_words": 3}},
+        "negatives": {"per_query": 2, "skip_top": 0, "candidates": 20, "mode": "dense"},
+        "train_retriever": {"batch_size": 4, "negatives": 1, "max_seq_length": 32, "learning_rate": 5e-5,
+                            "validation_fraction": 0.2, "workers": 1, "cpus_per_worker": 1, **train},
+    }
+    if evaluate:
+        data["evaluate"] = {"dataset": str(facts_dir), "modes": ["fulltext", "dense"]}
+    return data
+
+
+@pytest.fixture
+def facts_qrels(facts_dir):
+    write_jsonl(facts_dir / "queries.jsonl", [{"_id": f"q-{k}", "text": " ".join(v.split()[2:9])} for k, v in FACTS])
+    (facts_dir / "qrels").mkdir()
+    (facts_dir / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"q-{k}\t{k}\t1\n" for k, _ in FACTS))
+    return facts_dir

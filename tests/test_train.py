@@ -7,8 +7,7 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-from conftest import write_jsonl
+from conftest import FACTS, train_job
 from fake_llm import FakeLLM
 from rich.console import Console
 
@@ -17,57 +16,10 @@ from ragworks.runner import run_job
 
 QUIET = Console(quiet=True)
 
-FACTS = [
-    ("photo", "Plants convert sunlight water and carbon dioxide into glucose and oxygen inside their chloroplasts"),
-    ("volcano", "Magma rises through the crust and erupts as lava ash and gases from active volcanoes"),
-    ("vaccine", "A vaccine trains the immune system to recognise a pathogen by showing it an antigen"),
-    ("hole", "A black hole is a region of spacetime where gravity stops even light from escaping"),
-    ("bread", "Yeast ferments sugars in dough and the carbon dioxide makes bread rise in the oven"),
-    ("tide", "Ocean tides come from the gravitational pull of the moon and the sun on the seas"),
-    ("dna", "DNA stores genetic information as a sequence of four bases along a double helix"),
-    ("quake", "Earthquakes happen when tectonic plates slip suddenly along a fault in the crust"),
-    ("rain", "Water vapour condenses into droplets around dust in clouds and falls as rain"),
-    ("heart", "The heart pumps blood through arteries to the organs and it returns through veins"),
-    ("copper", "Copper conducts electricity well so it is used for wires in homes and machines"),
-    ("bee", "Bees carry pollen between flowers while they collect nectar to make their honey"),
-]
-
-
-@pytest.fixture
-def facts_dir(tmp_path) -> Path:
-    docs = [{"_id": k, "title": k, "text": f"{v}. " + " ".join(reversed(v.lower().split()))} for k, v in FACTS]
-    write_jsonl(tmp_path / "facts" / "corpus.jsonl", docs)
-    return tmp_path / "facts"
-
-
-def train_spec(facts_dir, url, evaluate=True, **train):
-    data = {
-        "corpus": {"source": {"path": str(facts_dir)}, "chunking": {"max_tokens": 24, "overlap": 4, "title": False}},
-        "index": {"concurrency": [1, 1], "embedder": "trained"},
-        "synthesize": {"engine": {"kind": "openai", "base_url": url, "model": "fake", "batch_size": 8}},
-        "filters": {"consistency": False, "length": {"min_words": 3}},
-        "negatives": {"per_query": 2, "skip_top": 0, "candidates": 20, "mode": "dense"},
-        "train_retriever": {"batch_size": 4, "negatives": 1, "max_seq_length": 32, "learning_rate": 5e-5,
-                            "validation_fraction": 0.2, "workers": 1, "cpus_per_worker": 1, **train},
-    }
-    if evaluate:
-        data["evaluate"] = {"dataset": str(facts_dir), "modes": ["fulltext", "dense"]}
-    return parse_spec(data)
-
-
-@pytest.fixture
-def facts_qrels(facts_dir):
-    write_jsonl(facts_dir / "queries.jsonl", [{"_id": f"q-{k}", "text": " ".join(v.split()[2:9])} for k, v in FACTS])
-    (facts_dir / "qrels").mkdir()
-    (facts_dir / "qrels" / "test.tsv").write_text(
-        "query-id\tcorpus-id\tscore\n" + "".join(f"q-{k}\t{k}\t1\n" for k, _ in FACTS))
-    return facts_dir
-
-
 def test_train_reindex_and_report_base_vs_tuned(ray_local, tmp_path, facts_qrels):
     with FakeLLM(echo_words=8) as llm:
-        spec = train_spec(facts_qrels, llm.url, epochs=2, select_on="dev",
-                          dev={"dataset": str(facts_qrels), "split": "test", "max_corpus": 8})
+        spec = parse_spec(train_job(facts_qrels, llm.url, epochs=2, select_on="dev",
+                                    dev={"dataset": str(facts_qrels), "split": "test", "max_corpus": 8}))
         m = run_job(spec, workdir=tmp_path / "wd", console=QUIET)
     t = m["train_retriever"]
     assert t["counts"]["train_pairs"] >= 8 and t["counts"]["val_pairs"] >= 1
@@ -140,9 +92,9 @@ def test_a_killed_lora_worker_resumes_from_its_checkpoint_and_exports_merged_wei
     workdir = tmp_path / "wd"
     thread, killed = worker_killer(workdir, "train_retriever")
     with FakeLLM(echo_words=8) as llm:
-        spec = train_spec(facts_dir, llm.url, evaluate=False, epochs=3, checkpoint_every=2, workers=2,
-                          cpus_per_worker=0.5, batch_size=4, learning_rate=1e-3,
-                          lora={"r": 4, "alpha": 8, "dropout": 0.0})
+        spec = parse_spec(train_job(facts_dir, llm.url, evaluate=False, epochs=3, checkpoint_every=2, workers=2,
+                                    cpus_per_worker=0.5, batch_size=4, learning_rate=1e-3,
+                                    lora={"r": 4, "alpha": 8, "dropout": 0.0}))
         thread.start()
         ms = run_job(spec, workdir=workdir, console=QUIET)
     m = ms["train_retriever"]

@@ -40,14 +40,15 @@ def _run(spec, workdir, force, address) -> None:
         manifests = run_job(spec, workdir=workdir, force=force, address=address, console=console)
     except (SpecError, FileNotFoundError) as err:
         _fail(err)
-    console.print(f"[green]done[/]: workdir {spec.resolved_workdir(workdir).resolve()} "
+    console.print(f"[green]done[/]: workdir {spec.resolved_workdir(workdir)} "
                   f"({', '.join(manifests)})")
 
 
 @app.command()
 def run(
     job: Path = typer.Argument(..., help="Job spec (YAML), e.g. jobs/quickstart.yaml", show_default=False),
-    workdir: Optional[str] = typer.Option(None, help="Where artifacts go (default: the spec's workdir, else runs/NAME)"),
+    workdir: Optional[str] = typer.Option(None, help="Where artifacts go: a folder, s3://BUCKET/PREFIX or "
+                                          "gs://BUCKET/PREFIX (default: the spec's workdir, else runs/NAME)"),
     address: Optional[str] = typer.Option(None, help="Ray cluster address ('auto', ray://HOST:10001); default: embedded local Ray"),
     force: list[str] = typer.Option([], help=STAGES_HELP),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
@@ -98,7 +99,8 @@ def eval_(
 
 @app.command()
 def serve(
-    target: Path = typer.Argument(..., help="A job spec (its workdir is served) or a workdir", show_default=False),
+    target: str = typer.Argument(..., help="A job spec (its workdir is served) or a workdir (a path, s3:// or gs://)",
+                                 show_default=False),
     host: str = typer.Option("127.0.0.1", help="HTTP host; 0.0.0.0 exposes the API to the network"),
     port: int = typer.Option(8000, help="HTTP port"),
     generator: Optional[str] = typer.Option(None, help="Chat model: 'bundled:NAME', a Hugging Face id or a path "
@@ -122,9 +124,9 @@ def serve(
     from .serve import build
 
     workdir = target
-    if target.is_file():
+    if Path(target).is_file():
         try:
-            workdir = Path(load_spec(target).resolved_workdir())
+            workdir = load_spec(Path(target)).resolved_workdir()
         except SpecError as err:
             _fail(err)
     try:
@@ -137,7 +139,7 @@ def serve(
     else:
         ray.init(address="local", dashboard_host="127.0.0.1")  # its own Ray; the dashboard stays on loopback
     ray_serve.start(http_options={"host": host, "port": port})
-    console.print(f"serving {Path(workdir).resolve()} at http://{host}:{port} (Ctrl-C stops)")
+    console.print(f"serving {workdir} at http://{host}:{port} (Ctrl-C stops)")
     ray_serve.run(application, name="rag", route_prefix="/", blocking=True)
 
 
@@ -146,8 +148,8 @@ def submit(
     job: Path = typer.Argument(..., help="Job spec (YAML) inside the project folder, e.g. jobs/quickstart.yaml",
                                show_default=False),
     address: Optional[str] = typer.Option(None, help=ADDRESS_HELP + ", e.g. http://HEAD:8265"),
-    workdir: Optional[str] = typer.Option(None, help="Where artifacts go; every node must see it (a shared mount) "
-                                          "[default: the spec's workdir, as an absolute path here]"),
+    workdir: Optional[str] = typer.Option(None, help="Where artifacts go; every node must see it: a shared mount, "
+                                          "s3:// or gs:// [default: the spec's workdir, as an absolute path here]"),
     project: Optional[Path] = typer.Option(None, help="Folder uploaded as the job's working directory "
                                            "[default: the current directory]"),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),

@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .storage import Folder, is_uri
+
 
 class SpecError(ValueError):
     """A job spec that cannot run; the message names the file and the field."""
@@ -319,7 +321,7 @@ class EvaluateConfig(Section):
 # -------------------------------------------------------------------- job
 class JobSpec(Section):
     name: str = "job"
-    workdir: str | None = Field(None, description="default: runs/NAME")
+    workdir: str | None = Field(None, description="default: runs/NAME; a local or shared-mount path, s3:// or gs://")
     ray: RayConfig = Field(default_factory=RayConfig)
     corpus: CorpusConfig | None = None
     index: IndexConfig | None = None
@@ -331,8 +333,16 @@ class JobSpec(Section):
     train_generator: TrainGeneratorConfig | None = None
     evaluate: EvaluateConfig | None = None
 
-    def resolved_workdir(self, override: str | Path | None = None) -> Path:
-        return workdir_path(override or self.workdir or f"runs/{self.name}")
+    def workdir_location(self, override: str | Path | None = None) -> str:
+        """The workdir as a URI or an absolute path, checked without touching the storage."""
+        return workdir_location(override or self.workdir or f"runs/{self.name}")
+
+    def resolved_workdir(self, override: str | Path | None = None) -> Folder:
+        location = self.workdir_location(override)
+        try:
+            return Folder(location)
+        except OSError as err:  # a bucket pyarrow cannot reach, or no credentials for it
+            raise SpecError(f"workdir {location}: {err}") from None
 
     @property
     def index_tuned(self) -> IndexConfig | None:
@@ -350,12 +360,15 @@ class JobSpec(Section):
         return self
 
 
-def workdir_path(value: str | Path) -> Path:
-    """A workdir is a folder path; on a multi-node cluster, one every node sees (a shared mount)."""
-    if "://" in str(value) and not str(value).startswith("file://"):
-        raise SpecError(f"workdir {value}: object-store URIs (s3://, gs://) are not supported yet; use a path every "
-                        "node sees (a shared mount such as NFS, EFS or Filestore)")
-    return Path(str(value).removeprefix("file://")).expanduser()
+def workdir_location(value: str | Path) -> str:
+    """A local folder for one node; for many, a shared mount or an object store every node reaches."""
+    value = str(value)
+    if is_uri(value):
+        return value.rstrip("/")
+    if "://" in value and not value.startswith("file://"):
+        raise SpecError(f"workdir {value}: unsupported scheme; use a local or shared-mount path, file://, "
+                        "s3:// or gs://")
+    return str(Path(value.removeprefix("file://")).expanduser().resolve())
 
 
 # ---------------------------------------------------------------- loading

@@ -7,37 +7,38 @@ removed, and the keys in the whole ones are not generated again.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-
-def parquet_files(folder: str | Path) -> list[Path]:
-    folder = Path(folder)
-    return sorted(folder.rglob("*.parquet")) if folder.exists() else []
+from .storage import Folder
 
 
-def drop_partial_files(folder: str | Path) -> list[Path]:
-    """Delete files a kill left half-written (their footer is missing)."""
+def parquet_files(folder: str | Folder) -> list[Folder]:
+    return Folder(folder).files(".parquet")
+
+
+def drop_partial_files(folder: str | Folder) -> list[Folder]:
+    """Delete files a kill left half-written (their footer is missing). An object store never shows
+    a half-written object, so there this finds none."""
     dropped = []
     for f in parquet_files(folder):
         try:
-            pq.read_metadata(f)
+            pq.read_metadata(f.path, filesystem=f.fs)
         except Exception:  # noqa: BLE001 - any unreadable file is a partial one
             f.unlink()
             dropped.append(f)
     return dropped
 
 
-def read_columns(folder: str | Path, columns: list[str]) -> Iterator[tuple[Path, pa.Table]]:
+def read_columns(folder: str | Folder, columns: list[str]) -> Iterator[tuple[Folder, pa.Table]]:
     """Each written file's `columns`, one file at a time: counts without loading a dataset."""
     for f in parquet_files(folder):
-        yield f, pq.read_table(f, columns=columns)
+        yield f, pq.read_table(f.path, columns=columns, filesystem=f.fs)
 
 
-def done_keys(folder: str | Path, column: str = "key") -> set[str]:
+def done_keys(folder: str | Folder, column: str = "key") -> set[str]:
     """Keys already written; only the key column is read."""
     keys: set[str] = set()
     for _, t in read_columns(folder, [column]):

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
+
+from .storage import Folder
 
 MANIFEST = "manifest.json"
 
@@ -41,19 +42,16 @@ def files_fingerprint(path: str | Path) -> str:
     return stable_hash([(str(p.relative_to(path.parent)), p.stat().st_size, p.stat().st_mtime_ns) for p in files])
 
 
-def read_manifest(stage_dir: Path) -> dict | None:
+def read_manifest(stage_dir: str | Path | Folder) -> dict | None:
     try:
-        return json.loads((Path(stage_dir) / MANIFEST).read_text())
+        return json.loads((Folder(stage_dir) / MANIFEST).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
 
 
-def write_manifest(stage_dir: Path, manifest: dict) -> None:
-    """Written last and atomically: a manifest on disk means the stage finished."""
-    stage_dir = Path(stage_dir)
-    tmp = stage_dir / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, default=str))
-    os.replace(tmp, stage_dir / MANIFEST)
+def write_manifest(stage_dir: str | Path | Folder, manifest: dict) -> None:
+    """Written last and atomically: a manifest in the workdir means the stage finished."""
+    (Folder(stage_dir) / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
 
 
 def now() -> str:

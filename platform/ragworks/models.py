@@ -11,6 +11,8 @@ import importlib
 import importlib.util
 from pathlib import Path
 
+from .storage import fetch, is_uri
+
 DEFAULT_EMBEDDER = "bundled:all-minilm-l6-v2"
 DEFAULT_GENERATOR = "bundled:smollm2-135m-instruct"
 
@@ -34,7 +36,10 @@ def _package_dir(package: str, install: str, name: str) -> Path:
 
 
 def resolve_model(name: str) -> str:
-    """A loadable path or hub id for `name`; bundled models become their folder."""
+    """A loadable path or hub id for `name`; bundled models become their folder, and a model in an
+    object store (a job's exported model on s3:// or gs://) its copy in this node's cache."""
+    if is_uri(name):
+        return fetch(name)
     if not name.startswith("bundled:"):
         return name
     key = name.split(":", 1)[1]
@@ -100,6 +105,7 @@ def load_causal_lm(name: str, device: str = "cpu", adapter: str | None = None):
     if adapter:
         from peft import PeftModel
 
+        adapter = fetch(adapter)
         if not (Path(adapter) / "adapter_config.json").exists():
             raise ModelNotFound(f"{adapter}: not a PEFT adapter folder (no adapter_config.json)")
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()

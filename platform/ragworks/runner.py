@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -14,8 +13,9 @@ from rich.console import Console
 
 from . import __version__
 from .config import JobSpec, SpecError
-from .manifest import now, portable, read_manifest, stable_hash, write_manifest
+from .manifest import MANIFEST, now, portable, read_manifest, stable_hash, write_manifest
 from .runtime import init_ray
+from .storage import Folder
 
 
 @dataclass
@@ -23,13 +23,13 @@ class StageContext:
     """What a stage sees besides its own config: where to write, what upstream produced."""
 
     spec: JobSpec
-    workdir: Path
-    stage_dir: Path
+    workdir: Folder  # local, shared mount or object store: hand Ray Data, LanceDB and Ray Train str(folder)
+    stage_dir: Folder
     inputs: dict[str, dict]
     console: Console = field(default_factory=Console)
     started: float = field(default_factory=time.perf_counter)
 
-    def input_dir(self, stage: str) -> Path:
+    def input_dir(self, stage: str) -> Folder:
         return self.workdir / stage
 
 
@@ -89,7 +89,7 @@ def run_job(
 ) -> dict[str, dict]:
     """Run every stage the spec enables; return each stage's manifest."""
     console = console or Console()
-    workdir = spec.resolved_workdir(workdir).resolve()
+    workdir = spec.resolved_workdir(workdir)
     enabled = [s for s in STAGE_ORDER if getattr(spec, s) is not None]
     if not enabled:
         raise SpecError("the job spec enables no stage (add a corpus, index or evaluate section)")
@@ -99,7 +99,7 @@ def run_job(
     forced = set(STAGE_ORDER) if "all" in force else set(force)
 
     stages = _stages()
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir.mkdir()
     init_ray(spec.ray, address)
     manifests: dict[str, dict] = {}
     for name in enabled:
@@ -124,10 +124,10 @@ def run_job(
             continue
         marker = stage_dir / PROGRESS
         resume = stage.resumable and name not in forced and marker.exists() and json.loads(marker.read_text()).get("key") == key
-        if stage_dir.exists() and not resume:  # stale or half-done output: start the stage clean
-            shutil.rmtree(stage_dir)
-        stage_dir.mkdir(parents=True, exist_ok=True)
-        (stage_dir / "manifest.json").unlink(missing_ok=True)
+        if not resume:  # stale or half-done output: start the stage clean
+            stage_dir.remove()
+        stage_dir.mkdir()
+        (stage_dir / MANIFEST).unlink()
         marker.write_text(json.dumps({"key": key, "started": now()}))
         console.rule(f"[bold]{name}" + (" (resuming)" if resume else ""))
         started, t0 = now(), time.perf_counter()
@@ -148,7 +148,7 @@ def run_job(
             **result,
         }
         write_manifest(stage_dir, manifest)
-        marker.unlink(missing_ok=True)
+        marker.unlink()
         manifests[name] = manifest
         console.print(f"[bold]{name}[/]: done in {seconds:.1f}s")
     return manifests

@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 
 from .config import PATH_FIELDS, SpecError, load_spec
+from .storage import Folder
 
 EXCLUDES = ["runs/", ".git/", "**/__pycache__/", "*.egg-info/", ".pytest_cache/", ".venv/"]
 NO_CLUSTER = ("no Ray Jobs API at {address}: start a cluster (`cluster/local.sh up` on this machine) or pass "
@@ -81,7 +82,7 @@ def submit(job: Path, *, address: str | None, workdir: str | None, overrides: li
     except ValueError:
         raise SpecError(f"{job}: the job spec must sit inside the project folder that is uploaded ({project}); "
                         "run from the project's root or pass --project") from None
-    wd = str(spec.resolved_workdir(workdir).resolve())
+    wd = spec.workdir_location(workdir)  # the cluster writes there; this machine need not reach it
     paths, outside = path_overrides(spec, project)
     args = ["python", "-m", "ragworks.cli", "run", str(spec_path), "--workdir", wd, "--address", "auto"]
     args += [f"--set={o}" for o in [*overrides, *paths]] + [f"--force={f}" for f in force]
@@ -95,6 +96,14 @@ def submit(job: Path, *, address: str | None, workdir: str | None, overrides: li
     for line in outside:
         console.print(f"  outside the project, so read in place on the cluster: {line}")
     return submission_id
+
+
+def reachable(workdir: str) -> bool:
+    """Whether this machine sees the job's workdir (a shared mount it lacks, a bucket without credentials)."""
+    try:
+        return Folder(workdir).exists()
+    except OSError:
+        return False
 
 
 def follow(job_id: str, address: str | None, out=sys.stdout) -> str:
@@ -120,12 +129,12 @@ def status_rows(job_id: str, address: str | None) -> tuple[dict, list[tuple]]:
               "entrypoint": info.entrypoint, **(info.metadata or {})}
     rows = []
     workdir = (info.metadata or {}).get("workdir")
-    if workdir and Path(workdir).is_dir():
+    if workdir and reachable(workdir):
         for stage in STAGE_ORDER:
-            m = read_manifest(Path(workdir) / stage)
+            m = read_manifest(Folder(workdir) / stage)
             if m is not None:
                 counts = ", ".join(f"{k} {v:,}" for k, v in (m.get("counts") or {}).items() if isinstance(v, int))
                 rows.append((stage, f"{m['seconds']:.1f}s", m["finished"], counts))
-            elif (Path(workdir) / stage / PROGRESS).exists():
+            elif (Folder(workdir) / stage / PROGRESS).exists():
                 rows.append((stage, "running", "", ""))
     return fields, rows

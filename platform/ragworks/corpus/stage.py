@@ -6,9 +6,6 @@ duplicate, or a reject; so input = documents + duplicates + rejects, always.
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import ray
 from ray.data.expressions import col
 from rich.table import Table
@@ -17,6 +14,7 @@ from ..config import CorpusConfig, JobSpec
 from ..manifest import files_fingerprint
 from ..models import DEFAULT_EMBEDDER
 from ..runtime import actor_pool, single_ordered_actor
+from ..storage import Folder
 from .chunking import Chunk
 from .dedup import Deduplicate
 from .normalize import normalize_batch
@@ -54,11 +52,11 @@ def run(cfg: CorpusConfig, ctx) -> dict:
     for kind, name in OUTPUTS.items():
         target = ctx.stage_dir / name
         if (parts / f"kind={kind}").exists():
-            (parts / f"kind={kind}").rename(target)
+            (parts / f"kind={kind}").move_to(target)
         else:
             target.mkdir()
         outputs[name] = str(target)
-    shutil.rmtree(parts)
+    parts.remove()
 
     counts = count_outputs(outputs)
     print_counts(ctx.console, counts, outputs["rejects"])
@@ -66,7 +64,7 @@ def run(cfg: CorpusConfig, ctx) -> dict:
 
 
 def _read(path: str) -> ray.data.Dataset | None:
-    return ray.data.read_parquet(path) if any(Path(path).rglob("*.parquet")) else None
+    return ray.data.read_parquet(path) if Folder(path).files(".parquet") else None
 
 
 def count_outputs(outputs: dict[str, str]) -> dict[str, int]:

@@ -8,6 +8,7 @@ from ..config import EvaluateConfig, JobSpec
 from ..index import open_index
 from ..manifest import files_fingerprint
 from ..runtime import limit_torch_threads
+from ..storage import staged
 from .beir import load_qrels, load_queries
 from .generation import answer_metrics
 from .metrics import evaluate_run
@@ -76,7 +77,9 @@ def run(cfg: EvaluateConfig, ctx) -> dict:
         "timings": {name: m["seconds"] for name, m in ctx.inputs.items() if "seconds" in m},
         **({"generation": generation, "answer_samples": samples} if generation else {}),
     }
-    paths = write_report(report, ctx.stage_dir)
+    with staged(ctx.stage_dir) as local:
+        written = write_report(report, local)
+    paths = {k: str(ctx.stage_dir / Path(v).name) for k, v in written.items()}
     ctx.console.print(metrics_table(metrics, f"{report['dataset_name']} {cfg.split}: {len(qids)} queries"))
     if generation:
         ctx.console.print(metrics_table(generation, "answers on held-out RAG examples"))

@@ -102,7 +102,6 @@ class IndexActor:
 
 def open_index(index_dir: str | Path, **overrides) -> Searcher:
     """The searcher for an index stage's output, configured from its manifest."""
-    index_dir = Path(index_dir)
     manifest = read_manifest(index_dir)
     if manifest is None:
         raise FileNotFoundError(f"{index_dir}: no finished index (no manifest.json); run the index stage first")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from .api import RagAPI
+from ..storage import Folder
 from .deployments import Embedder, Generator, Retriever
 
 
@@ -44,7 +44,7 @@ def check_vllm() -> None:
                             "use engine: transformers")
 
 
-def choose_generator(opts: ServeOptions, workdir: Path) -> tuple[str, str | None, int]:
+def choose_generator(opts: ServeOptions, workdir: Folder) -> tuple[str, str | None, int]:
     """(model, adapter, context words per chunk): a job that trained a generator serves it, in the layout it
     trained on, unless the options name another model."""
     from ..manifest import read_manifest
@@ -65,7 +65,7 @@ def build(args: dict):
         raise ValueError(f"cpus / min_replicas: unknown deployments {sorted(unknown)}; known: RagAPI, Embedder, Retriever, Generator")
     if opts.engine == "vllm":
         check_vllm()
-    workdir = Path(opts.workdir).resolve()
+    workdir = Folder(opts.workdir)
     if not (workdir / "index" / "manifest.json").exists():
         raise FileNotFoundError(f"{workdir}: no finished index stage to serve; run the job first")
     generator, adapter, words = choose_generator(opts, workdir)

@@ -9,37 +9,40 @@ corpus goes live without restarting the application.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from threading import Thread
 
 import numpy as np
+from pyarrow.fs import FileType
 from ray import serve
 
+from ..manifest import MANIFEST
 from ..runtime import limit_torch_threads
+from ..storage import Folder
 
 
 class IndexWatch:
     """The workdir's current index (the tuned one when the job made it) and whether it changed."""
 
     def __init__(self, workdir: str, reload_s: float):
-        self.workdir, self.reload_s = Path(workdir), reload_s
+        self.workdir, self.reload_s = Folder(workdir), reload_s
         self.checked, self.stamp = 0.0, None
         self.changed()
 
     @property
-    def index_dir(self) -> Path:
+    def index_dir(self) -> Folder:
         tuned = self.workdir / "index_tuned"
-        return tuned if (tuned / "manifest.json").exists() else self.workdir / "index"
+        return tuned if (tuned / MANIFEST).exists() else self.workdir / "index"
 
     def changed(self) -> bool:
         now = time.monotonic()
         if self.stamp is not None and now - self.checked < self.reload_s:
             return False
         self.checked = now
-        manifest = self.index_dir / "manifest.json"
-        if not manifest.exists():
+        manifest = self.index_dir / MANIFEST
+        info = manifest.fs.get_file_info(manifest.path)
+        if info.type == FileType.NotFound:
             raise FileNotFoundError(f"{self.workdir}: no finished index (run a job with an index stage first)")
-        stamp = (str(manifest), manifest.stat().st_mtime_ns)
+        stamp = (str(manifest), info.mtime_ns)
         changed, self.stamp = stamp != self.stamp, stamp
         return changed
 

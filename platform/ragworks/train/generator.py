@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import zlib
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from rich.table import Table
 
 from ..config import TrainGeneratorConfig
 from ..models import causal_lm_source
+from ..storage import Folder, staged
 from . import steps
 from .generator_loop import COLUMNS, train_loop
 
@@ -42,7 +42,7 @@ def split_examples(cfg: TrainGeneratorConfig, examples: str) -> tuple[ray.data.D
     return train, val, {"train": ds.filter(expr=col("split") == "train").count(), "val": val.count()}
 
 
-def trainer(cfg: TrainGeneratorConfig, base: str, total: int, train, val, storage: Path, progress: Path | None = None):
+def trainer(cfg: TrainGeneratorConfig, base: str, total: int, train, val, storage, progress: Path | None = None):
     """A TorchTrainer running the LoRA loop (the workers benchmark builds the same one)."""
     return steps.make_trainer(
         train_loop, {"cfg": cfg.model_dump(mode="json"), "model_path": base, "total_steps": total,
@@ -65,17 +65,16 @@ def run(cfg: TrainGeneratorConfig, ctx) -> dict:
                       f"held out): {total} steps of {cfg.batch_size}, {cfg.workers} worker(s) x "
                       f"{steps.worker_cpus(cfg):g} CPU")
 
-    progress = ctx.stage_dir / "progress.jsonl"
+    progress = steps.progress_file(ctx.stage_dir)
+    progress.unlink(missing_ok=True)
     result = trainer(cfg, base, total, train, val, ctx.stage_dir / "ray_train", progress).fit()
     best_ckpt, best, final = steps.best_and_final(result, METRIC, higher_is_better=False)
     history = json.loads(final["history"])
 
-    adapter = ctx.stage_dir / "adapter"
-    with best_ckpt.as_directory() as d:
-        shutil.copytree(Path(d) / "adapter", adapter)
+    adapter = steps.export(best_ckpt, "adapter", ctx.stage_dir / "adapter")
     outputs = {"adapter": str(adapter), "heldout": str(heldout)}
     if cfg.merged:
-        outputs["merged"] = str(export_merged(base, adapter, ctx.stage_dir / "merged"))
+        outputs["merged"] = str(export_merged(base, str(adapter), ctx.stage_dir / "merged"))
     ctx.console.print(history_table(history, best["step"]))
     return {
         "outputs": outputs,
@@ -90,13 +89,14 @@ def run(cfg: TrainGeneratorConfig, ctx) -> dict:
     }
 
 
-def export_merged(base: str, adapter: Path, target: Path) -> Path:
+def export_merged(base: str, adapter: str, target: Folder) -> Folder:
     """The base model with the adapter merged in: loadable with no peft, by any runtime."""
     from ..models import load_causal_lm
 
-    model, tok = load_causal_lm(base, adapter=str(adapter))
-    model.save_pretrained(target)
-    tok.save_pretrained(target)
+    model, tok = load_causal_lm(base, adapter=adapter)
+    with staged(target) as local:
+        model.save_pretrained(local)
+        tok.save_pretrained(local)
     return target
 
 

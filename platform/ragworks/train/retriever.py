@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import zlib
 from pathlib import Path
 
@@ -47,7 +46,7 @@ def assign_split(batch: pa.Table, cfg: TrainRetrieverConfig) -> pa.Table:
 
 
 def make_trainer(cfg: TrainRetrieverConfig, model_path: str, total_steps: int, train: ray.data.Dataset,
-                 val: ray.data.Dataset, storage: Path, progress: Path | None = None):
+                 val: ray.data.Dataset, storage, progress: Path | None = None):
     """A TorchTrainer running `train_loop` (the benchmark builds the same one)."""
     return steps.make_trainer(
         train_loop, {"cfg": cfg.model_dump(mode="json"), "model_path": model_path, "total_steps": total_steps,
@@ -72,15 +71,14 @@ def run(cfg: TrainRetrieverConfig, ctx) -> dict:
                       f"with fewer than {cfg.negatives} hard negatives left out): {total} steps of {cfg.batch_size}, "
                       f"{cfg.workers} worker(s) x {cpus:g} CPU")
 
-    progress = ctx.stage_dir / "progress.jsonl"
+    progress = steps.progress_file(ctx.stage_dir)
+    progress.unlink(missing_ok=True)
     result = make_trainer(cfg, base, int(total), train, val, ctx.stage_dir / "ray_train", progress).fit()
 
     metric = selection_metric(cfg)
     best_ckpt, best, final = steps.best_and_final(result, metric, higher_is_better=True)
     history = json.loads(final["history"])
-    target = ctx.stage_dir / "model"
-    with best_ckpt.as_directory() as d:
-        shutil.copytree(Path(d) / "model", target)
+    target = steps.export(best_ckpt, "model", ctx.stage_dir / "model")
 
     ctx.console.print(history_table(history, best["step"], metric))
     return {

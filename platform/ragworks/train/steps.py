@@ -8,8 +8,10 @@ line per step, so the retriever and the generator resume the same way.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -19,6 +21,7 @@ import ray
 import ray.train
 
 from ..config import TrainerConfig
+from ..storage import Folder, staged
 
 
 def worker_cpus(cfg: TrainerConfig) -> float:
@@ -29,7 +32,7 @@ def worker_cpus(cfg: TrainerConfig) -> float:
     return max(0.5, (total - 0.5) / cfg.workers)
 
 
-def make_trainer(loop: Callable, loop_config: dict, cfg: TrainerConfig, datasets: dict, storage: Path,
+def make_trainer(loop: Callable, loop_config: dict, cfg: TrainerConfig, datasets: dict, storage: str | Folder,
                  metric: str, order: str):
     """A TorchTrainer: `train` is split across workers, every worker sees all of `val`; the best `metric` is kept."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
@@ -194,6 +197,7 @@ def progress(config: dict, rank: int, record: dict) -> None:
     path = config.get("progress")
     if not path:
         return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "a") as f:
         f.write(json.dumps({"rank": rank, "pid": os.getpid(), "time": time.time(), **record}) + "\n")
 
@@ -205,6 +209,23 @@ def best_and_final(result, metric: str, higher_is_better: bool) -> tuple:
     best_ckpt, best = max(scored, key=lambda cm: (sign * cm[1][metric], cm[1]["step"]))
     final = max(scored, key=lambda cm: cm[1]["step"])[1]
     return best_ckpt, best, final
+
+
+def progress_file(stage_dir: Folder) -> Path:
+    """Where workers append their step lines: the stage folder on disk or a shared mount. An object store
+    cannot append, so there each node keeps its own file under the temp dir and the manifest's
+    `resumed_from_steps` counts what this node's workers logged."""
+    if stage_dir.is_local:
+        return Path(stage_dir.path) / "progress.jsonl"
+    name = hashlib.sha256(str(stage_dir).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / "ragworks-progress" / f"{stage_dir.name}-{name}.jsonl"
+
+
+def export(checkpoint, name: str, target: Folder) -> Folder:
+    """A checkpoint's `name` folder copied to `target` in the workdir, wherever that is."""
+    with checkpoint.as_directory() as d, staged(target) as local:
+        shutil.copytree(Path(d) / name, local, dirs_exist_ok=True)
+    return target
 
 
 def resumed_steps(progress_file: Path) -> list[int]:

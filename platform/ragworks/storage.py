@@ -1,0 +1,166 @@
+"""Where a job's artifacts live: a local folder, a shared mount, or an object store (s3://, gs://).
+
+Ray Data, LanceDB and Ray Train read and write URIs themselves, so a stage hands them
+`str(folder)` and its output goes straight to the store from whichever node runs the work.
+This module covers the rest: what ragworks writes on its own (manifests, resume markers,
+reports) through pyarrow filesystems, and model folders, which transformers and
+sentence-transformers only load from local disk: they are written to a local folder and
+uploaded (`staged`), and fetched once per node into the cache (`fetch`).
+
+Credentials and endpoints come from the usual environment (AWS_*, GOOGLE_*, instance
+roles); an S3-compatible store such as MinIO needs AWS_ENDPOINT_URL (and AWS_ALLOW_HTTP=true
+for http), set on every node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow.fs as pafs
+
+SCHEMES = ("s3://", "gs://", "gcs://")
+
+
+def is_uri(value: str | os.PathLike) -> bool:
+    return str(value).startswith(SCHEMES)
+
+
+class Folder:
+    """A folder on any pyarrow filesystem. `str(folder)` is the absolute path or the URI: what Ray Data,
+    LanceDB and Ray Train take."""
+
+    def __init__(self, location: str | os.PathLike | Folder):
+        location = str(location)
+        if is_uri(location):
+            self.uri = location.rstrip("/")
+            self.fs, self.path = pafs.FileSystem.from_uri(self.uri)
+        else:
+            self.path = self.uri = str(Path(location.removeprefix("file://")).expanduser().resolve())
+            self.fs = pafs.LocalFileSystem()
+
+    # -- naming
+    def __truediv__(self, name: str) -> Folder:
+        return Folder(f"{self.uri}/{name}")
+
+    def __str__(self) -> str:
+        return self.uri
+
+    def __fspath__(self) -> str:
+        """Only local folders are paths; passing a URI where a local path is needed is a bug worth naming."""
+        if not self.is_local:
+            raise TypeError(f"{self.uri} is in an object store, not a local path")
+        return self.path
+
+    def __repr__(self) -> str:
+        return f"Folder({self.uri!r})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Folder) and other.uri == self.uri
+
+    def __hash__(self) -> int:
+        return hash(self.uri)
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+    @property
+    def name(self) -> str:
+        return self.uri.rsplit("/", 1)[-1]
+
+    # -- queries
+    def exists(self) -> bool:
+        return self.fs.get_file_info(self.path).type != pafs.FileType.NotFound
+
+    def files(self, suffix: str = "") -> list[Folder]:
+        """Every file below, sorted; none when the folder does not exist."""
+        if self.fs.get_file_info(self.path).type != pafs.FileType.Directory:
+            return []
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=True))
+        names = sorted(i.path[len(self.path.rstrip("/")) + 1:] for i in infos
+                       if i.type == pafs.FileType.File and i.path.endswith(suffix))
+        return [self / n for n in names]
+
+    def read_text(self) -> str:
+        with self.fs.open_input_stream(self.path) as f:
+            return f.read().decode()
+
+    # -- changes
+    def write_text(self, text: str) -> None:
+        """Atomic: a local file is written beside and renamed; an object-store put is atomic already."""
+        if self.is_local:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path + ".tmp"
+            Path(tmp).write_text(text)
+            os.replace(tmp, self.path)
+        else:
+            with self.fs.open_output_stream(self.path) as f:
+                f.write(text.encode())
+
+    def mkdir(self) -> None:
+        self.fs.create_dir(self.path, recursive=True)
+
+    def unlink(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.delete_file(self.path)
+
+    def remove(self) -> None:
+        """The folder and everything under it; nothing when it is absent."""
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.delete_dir(self.path)
+
+    def move_to(self, target: Folder) -> None:
+        """A rename on disk; object stores have no folder rename, so there it is a copy and a delete."""
+        if self.is_local and target.is_local:
+            os.rename(self.path, target.path)
+            return
+        pafs.copy_files(self.path, target.path, source_filesystem=self.fs, destination_filesystem=target.fs)
+        self.remove()
+
+
+@contextlib.contextmanager
+def staged(target: Folder) -> Iterator[Path]:
+    """A local folder whose files end up in `target`: `target` itself on disk, else a temporary folder
+    uploaded when the block ends. For writers that only know local paths (model exports, reports)."""
+    if target.is_local:
+        Path(target.path).mkdir(parents=True, exist_ok=True)
+        yield Path(target.path)
+        return
+    with tempfile.TemporaryDirectory(prefix="ragworks-stage-") as tmp:
+        yield Path(tmp)
+        pafs.copy_files(tmp, target.path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=target.fs)
+
+
+def fetch(location: str) -> str:
+    """A local path for `location`: itself when local, else a copy in this node's cache, downloaded once.
+
+    The copy is keyed by the URI and the listing's sizes and mtimes, so a re-exported model is fetched
+    again, and it is renamed into place whole, so actors starting together on one node never load half
+    a folder.
+    """
+    if not is_uri(location):
+        return location
+    from .models import cache_dir
+
+    folder = Folder(location)
+    infos = folder.fs.get_file_info(pafs.FileSelector(folder.path, recursive=True))
+    if not infos:
+        raise FileNotFoundError(f"{location}: nothing there to fetch")
+    stamp = hashlib.sha256(repr(sorted((i.path, i.size, i.mtime_ns) for i in infos)).encode()).hexdigest()[:16]
+    target = cache_dir() / "fetched" / f"{folder.name}-{stamp}"
+    if target.exists():
+        return str(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=target.parent, prefix=target.name + ".tmp")
+    pafs.copy_files(folder.path, tmp, source_filesystem=folder.fs, destination_filesystem=pafs.LocalFileSystem())
+    try:
+        os.rename(tmp, target)
+    except OSError:  # another actor on this node got there first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)
