@@ -8,9 +8,42 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
 
+S3_BUCKET = "ragworks-test"
+
+
 @pytest.fixture(scope="session")
-def ray_local():
-    """One real local Ray for the whole session, as the embedded default starts it."""
+def s3():
+    """S3 on 127.0.0.1 (moto), as a MinIO or S3 workdir would be reached: the endpoint and keys go in the
+    environment, where pyarrow, LanceDB and every Ray worker started afterwards read them."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
+           "AWS_ALLOW_HTTP": "true"}  # LanceDB's object store refuses plain http without it
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"]).create_bucket(Bucket=S3_BUCKET)
+        yield env
+    server.stop()
+
+
+def s3_keys(prefix: str) -> list[str]:
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=S3_BUCKET, Prefix=prefix)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3):
+    """One real local Ray for the whole session, as the embedded default starts it (after `s3`, so its
+    workers can reach the test bucket)."""
     import ray
 
     if not ray.is_initialized():

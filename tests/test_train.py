@@ -1,26 +1,39 @@
-"""Retriever fine-tuning on Ray Train: the stage, re-indexing with the tuned model, a killed worker."""
+"""Retriever fine-tuning on Ray Train: the stage, re-indexing with the tuned model (in an S3 workdir), a killed
+worker."""
 
 import json
 import os
+import shutil
 import signal
 import threading
 import time
 from pathlib import Path
 
-from conftest import FACTS, train_job
+from conftest import FACTS, S3_BUCKET, s3_keys, train_job
 from fake_llm import FakeLLM
 from rich.console import Console
 
 from ragworks.config import parse_spec
+from ragworks.models import cache_dir
 from ragworks.runner import run_job
+from ragworks.storage import Folder, fetch
 
 QUIET = Console(quiet=True)
 
-def test_train_reindex_and_report_base_vs_tuned(ray_local, tmp_path, facts_qrels):
+
+def test_train_reindex_and_report_base_vs_tuned_in_an_s3_workdir(ray_local, s3, facts_qrels):
+    """The whole chain with its workdir in S3 (127.0.0.1): Ray Train checkpoints there, the tuned model is
+    uploaded and fetched by the re-indexing actors, and a second run skips every stage from the manifests."""
+    workdir = f"s3://{S3_BUCKET}/train-reindex"
+    fetched_before = set(cache_dir().glob("fetched/*"))
     with FakeLLM(echo_words=8) as llm:
         spec = parse_spec(train_job(facts_qrels, llm.url, epochs=2, select_on="dev",
                                     dev={"dataset": str(facts_qrels), "split": "test", "max_corpus": 8}))
-        m = run_job(spec, workdir=tmp_path / "wd", console=QUIET)
+        m = run_job(spec, workdir=workdir, console=QUIET)
+        requests = llm.requests
+        again = run_job(spec, workdir=workdir, console=QUIET)
+    assert {k: v["run_id"] for k, v in again.items()} == {k: v["run_id"] for k, v in m.items()}  # all skipped
+    assert llm.requests == requests
     t = m["train_retriever"]
     assert t["counts"]["train_pairs"] >= 8 and t["counts"]["val_pairs"] >= 1
     steps_per_epoch = t["counts"]["train_pairs"] // 4
@@ -35,16 +48,25 @@ def test_train_reindex_and_report_base_vs_tuned(ray_local, tmp_path, facts_qrels
 
     from sentence_transformers import SentenceTransformer
 
-    model_dir = Path(t["outputs"]["model"])
-    tuned = SentenceTransformer(str(model_dir))  # sentence-transformers format
+    assert t["outputs"]["model"] == f"{workdir}/train_retriever/model"
+    tuned = SentenceTransformer(fetch(t["outputs"]["model"]))  # sentence-transformers format
     assert tuned.encode(["a query"]).shape == (1, 384)
 
-    assert m["index"]["embedder"] == "base" and m["index_tuned"]["embedder"] == str(model_dir)
+    assert m["index"]["embedder"] == "base" and m["index_tuned"]["embedder"] == t["outputs"]["model"]
     assert m["index_tuned"]["counts"]["rows"] == m["index"]["counts"]["rows"]
     assert set(m["evaluate"]["metrics"]) == {"fulltext", "dense (base)", "dense (tuned)"}
-    report = json.loads(Path(m["evaluate"]["outputs"]["json"]).read_text())
+    report = json.loads(Folder(m["evaluate"]["outputs"]["json"]).read_text())
     assert {"train_retriever", "index_tuned"} <= set(report["timings"])
-    assert "dense (tuned)" in Path(m["evaluate"]["outputs"]["markdown"]).read_text()
+    assert "dense (tuned)" in Folder(m["evaluate"]["outputs"]["markdown"]).read_text()
+
+    stored = s3_keys("train-reindex/")
+    assert all(f"train-reindex/{stage}/manifest.json" in stored for stage in m)
+    assert not [k for k in stored if k.endswith("_in_progress.json")]
+    assert any(k.startswith("train-reindex/train_retriever/ray_train/") for k in stored)  # Ray Train's checkpoints
+    assert any(k.startswith("train-reindex/index_tuned/lancedb/chunks.lance/") for k in stored)
+    assert "train-reindex/evaluate/report.png" in stored
+    for folder in set(cache_dir().glob("fetched/*")) - fetched_before:  # the tuned model, fetched to load it
+        shutil.rmtree(folder)
 
 
 def registered_checkpoint_step(workdir: Path, stage: str = "train_retriever") -> int:

@@ -60,12 +60,6 @@ class Folder:
     def __repr__(self) -> str:
         return f"Folder({self.uri!r})"
 
-    def __eq__(self, other) -> bool:
-        return isinstance(other, Folder) and other.uri == self.uri
-
-    def __hash__(self) -> int:
-        return hash(self.uri)
-
     @property
     def is_local(self) -> bool:
         return isinstance(self.fs, pafs.LocalFileSystem)
