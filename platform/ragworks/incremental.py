@@ -20,8 +20,8 @@ def parquet_files(folder: str | Folder) -> list[Folder]:
 
 
 def drop_partial_files(folder: str | Folder) -> list[Folder]:
-    """Delete files a kill left half-written (their footer is missing). An object store never shows
-    a half-written object, so there this finds none."""
+    """Delete files a kill left half-written (their footer is missing). An object store never shows a
+    half-uploaded object, so there only a corrupt one is found."""
     dropped = []
     for f in parquet_files(folder):
         try:
