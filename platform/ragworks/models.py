@@ -11,7 +11,7 @@ import importlib
 import importlib.util
 from pathlib import Path
 
-from .storage import fetch, is_uri
+from .storage import fetch, filled_atomically, is_uri
 
 DEFAULT_EMBEDDER = "bundled:all-minilm-l6-v2"
 DEFAULT_GENERATOR = "bundled:smollm2-135m-instruct"
@@ -113,10 +113,6 @@ def load_causal_lm(name: str, device: str = "cpu", adapter: str | None = None):
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
-    import os
-    import shutil
-    import tempfile
-
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -125,11 +121,6 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=target.name + ".tmp"))
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    try:
-        os.rename(tmp, target)  # atomic: several actors may convert at once; one wins
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with filled_atomically(target) as tmp:  # several actors may convert at once; one wins
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)

@@ -131,12 +131,28 @@ def staged(target: Folder) -> Iterator[Path]:
         pafs.copy_files(tmp, target.path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=target.fs)
 
 
+@contextlib.contextmanager
+def filled_atomically(target: Path) -> Iterator[Path]:
+    """A temporary folder beside `target`, renamed to it when the block ends: processes filling one cache
+    entry at once (actors starting together on a node) never see half of it, and the first rename wins."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=target.name + ".tmp"))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
+        os.rename(tmp, target)
+    except OSError:  # another process got there first
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def fetch(location: str) -> str:
     """A local path for `location`: itself when local, else a copy in this node's cache, downloaded once.
 
     The copy is keyed by the URI and the listing's sizes and mtimes, so a re-exported model is fetched
-    again, and it is renamed into place whole, so actors starting together on one node never load half
-    a folder.
+    again.
     """
     if not is_uri(location):
         return location
@@ -148,13 +164,8 @@ def fetch(location: str) -> str:
         raise FileNotFoundError(f"{location}: nothing there to fetch")
     stamp = hashlib.sha256(repr(sorted((i.path, i.size, i.mtime_ns) for i in infos)).encode()).hexdigest()[:16]
     target = cache_dir() / "fetched" / f"{folder.name}-{stamp}"
-    if target.exists():
-        return str(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=target.parent, prefix=target.name + ".tmp")
-    pafs.copy_files(folder.path, tmp, source_filesystem=folder.fs, destination_filesystem=pafs.LocalFileSystem())
-    try:
-        os.rename(tmp, target)
-    except OSError:  # another actor on this node got there first
-        shutil.rmtree(tmp, ignore_errors=True)
+    if not target.exists():
+        with filled_atomically(target) as tmp:
+            pafs.copy_files(folder.path, str(tmp), source_filesystem=folder.fs,
+                            destination_filesystem=pafs.LocalFileSystem())
     return str(target)
