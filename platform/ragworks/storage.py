@@ -36,6 +36,9 @@ class Folder:
     LanceDB and Ray Train take."""
 
     def __init__(self, location: str | os.PathLike | Folder):
+        if isinstance(location, Folder):  # already resolved: no second filesystem lookup
+            self.uri, self.fs, self.path = location.uri, location.fs, location.path
+            return
         location = str(location)
         if is_uri(location):
             self.uri = location.rstrip("/")
@@ -46,7 +49,11 @@ class Folder:
 
     # -- naming
     def __truediv__(self, name: str) -> Folder:
-        return Folder(f"{self.uri}/{name}")
+        """The same filesystem, one level down: resolving an s3:// URI asks the store for the bucket's
+        region, which a path join must not repeat."""
+        child = Folder(self)
+        child.uri, child.path = f"{self.uri}/{name}", f"{self.path}/{name}"
+        return child
 
     def __str__(self) -> str:
         return self.uri

@@ -98,12 +98,14 @@ def submit(job: Path, *, address: str | None, workdir: str | None, overrides: li
     return submission_id
 
 
-def reachable(workdir: str) -> bool:
-    """Whether this machine sees the job's workdir (a shared mount it lacks, a bucket without credentials)."""
+def reachable(workdir: str) -> Folder | None:
+    """The job's workdir when this machine sees it (not a shared mount it lacks, nor a bucket it has no
+    credentials for)."""
     try:
-        return Folder(workdir).exists()
+        folder = Folder(workdir)
+        return folder if folder.exists() else None
     except OSError:
-        return False
+        return None
 
 
 def follow(job_id: str, address: str | None, out=sys.stdout) -> str:
@@ -129,12 +131,13 @@ def status_rows(job_id: str, address: str | None) -> tuple[dict, list[tuple]]:
               "entrypoint": info.entrypoint, **(info.metadata or {})}
     rows = []
     workdir = (info.metadata or {}).get("workdir")
-    if workdir and reachable(workdir):
+    folder = reachable(workdir) if workdir else None
+    if folder is not None:
         for stage in STAGE_ORDER:
-            m = read_manifest(Folder(workdir) / stage)
+            m = read_manifest(folder / stage)
             if m is not None:
                 counts = ", ".join(f"{k} {v:,}" for k, v in (m.get("counts") or {}).items() if isinstance(v, int))
                 rows.append((stage, f"{m['seconds']:.1f}s", m["finished"], counts))
-            elif (Folder(workdir) / stage / PROGRESS).exists():
+            elif (folder / stage / PROGRESS).exists():
                 rows.append((stage, "running", "", ""))
     return fields, rows
