@@ -40,7 +40,7 @@ def _run(spec, workdir, force, address) -> None:
         manifests = run_job(spec, workdir=workdir, force=force, address=address, console=console)
     except (SpecError, FileNotFoundError) as err:
         _fail(err)
-    console.print(f"[green]done[/]: workdir {spec.resolved_workdir(workdir)} "
+    console.print(f"[green]done[/]: workdir {spec.workdir_location(workdir)} "
                   f"({', '.join(manifests)})")
 
 
