@@ -56,7 +56,11 @@ def test_train_reindex_and_report_base_vs_tuned_in_an_s3_workdir(ray_local, s3, 
     assert m["index_tuned"]["counts"]["rows"] == m["index"]["counts"]["rows"]
     assert set(m["evaluate"]["metrics"]) == {"fulltext", "dense (base)", "dense (tuned)"}
     report = json.loads(Folder(m["evaluate"]["outputs"]["json"]).read_text())
-    assert {"train_retriever", "index_tuned"} <= set(report["timings"])
+    stages = {r["stage"]: r for r in report["stages"]}
+    assert {"train_retriever", "index_tuned"} <= set(stages)
+    trained = t["counts"]["steps"] * t["config"]["batch_size"]
+    assert stages["train_retriever"]["work"] == trained and stages["train_retriever"]["unit"] == "pairs"
+    assert stages["index_tuned"]["work"] == m["index"]["counts"]["rows"] and stages["index_tuned"]["per_s"] > 0
     assert "dense (tuned)" in Folder(m["evaluate"]["outputs"]["markdown"]).read_text()
 
     stored = s3_keys("train-reindex/")

@@ -19,6 +19,34 @@ def metrics_table(metrics: dict[str, dict[str, float]], title: str = "retrieval"
     return table
 
 
+# What a stage's manifest counts as its work, for the report's throughput column: (count key, unit).
+# Training stages count the pairs or examples their steps saw (steps x batch), not the rows they were offered.
+WORK = {"corpus": ("chunks", "chunks"), "index": ("rows", "chunks"), "index_tuned": ("rows", "chunks"),
+        "synthesize": ("rows", "generations"), "rag_examples": ("rows", "generations"),
+        "filters": ("input", "queries"), "negatives": ("queries", "queries"),
+        "train_retriever": ("steps", "pairs"), "train_generator": ("steps", "examples")}
+
+
+def stage_rows(manifests: dict[str, dict]) -> list[dict]:
+    """Each finished stage's time, the work it did and its rate: where a job's hours go."""
+    rows = []
+    for name, m in manifests.items():
+        if "seconds" not in m:
+            continue
+        row = {"stage": name, "seconds": m["seconds"]}
+        key, unit = WORK.get(name, (None, None))
+        count = (m.get("counts") or {}).get(key)
+        if isinstance(count, int):
+            if name.startswith("train_"):
+                count *= m["config"]["batch_size"]
+            count -= m.get("resumed_from_rows", 0)  # a resumed stage's seconds are its own run's: so is its work
+            row.update(work=count, unit=unit, per_s=round(count / max(m["seconds"], 1e-9), 3))
+            if m.get("resumed_from_rows"):
+                row["unit"] += f" (after {m['resumed_from_rows']:,} before a restart)"
+        rows.append(row)
+    return rows
+
+
 def markdown(report: dict) -> str:
     metrics = report["metrics"]
     names = list(next(iter(metrics.values())))
@@ -37,9 +65,12 @@ def markdown(report: dict) -> str:
         lines += ["", "citation_accuracy: cites the oracle chunk when it is in the context; abstention: says the context "
                   "lacks the answer when the oracle is missing; answer_f1: words shared with the reference answer.",
                   "", "![answers](answers.png)", ""]
-    if report.get("timings"):
-        lines += ["| stage | seconds |", "|---|---:|"]
-        lines += [f"| {k} | {v:.1f} |" for k, v in report["timings"].items()]
+    if report.get("stages"):
+        total = sum(r["seconds"] for r in report["stages"])
+        lines += [f"## Stages: {total / 60:.1f} minutes in all", "",
+                  "| stage | minutes | work | per second |", "|---|---:|---:|---:|"]
+        lines += [f"| {r['stage']} | {r['seconds'] / 60:.1f} | " + (f"{r['work']:,} {r['unit']} | {r['per_s']:.2f} |"
+                                                                   if "work" in r else "| |") for r in report["stages"]]
     return "\n".join(lines) + "\n"
 
 

@@ -12,7 +12,7 @@ from ..storage import staged
 from .beir import load_qrels, load_queries
 from .generation import answer_metrics
 from .metrics import evaluate_run
-from .report import metrics_table, write_report
+from .report import metrics_table, stage_rows, write_report
 
 
 def external_inputs(spec: JobSpec) -> dict:
@@ -74,7 +74,7 @@ def run(cfg: EvaluateConfig, ctx) -> dict:
         "dataset": cfg.dataset, "dataset_name": Path(cfg.dataset).name, "split": cfg.split,
         "queries": len(qids), "chunks": ctx.inputs["index"]["counts"]["rows"],
         "embedder": ", ".join(f"{k}: {v}" for k, v in embedders.items()), "embedders": embedders, "metrics": metrics,
-        "timings": {name: m["seconds"] for name, m in ctx.inputs.items() if "seconds" in m},
+        "stages": stage_rows(ctx.inputs),
         **({"generation": generation, "answer_samples": samples} if generation else {}),
     }
     with staged(ctx.stage_dir) as local:

@@ -151,7 +151,7 @@ def run(cfg: SynthesizeConfig, ctx) -> dict:
     ctx.console.print(f"synthesize: {counts['ok']:,} ok, {counts['rejects']:,} rejected; "
                       f"{stats['tokens_per_s']:.1f} tokens/s, {stats['rows_per_s']:.2f} rows/s")
     return {"outputs": {"generated": str(out / "status=ok"), "rejects": str(out / "status=reject")},
-            "counts": counts, "throughput": stats}
+            "counts": counts, "throughput": stats, "resumed_from_rows": before["rows"]}
 
 
 def count_generated(out) -> tuple[dict, int]:
