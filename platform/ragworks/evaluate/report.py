@@ -84,14 +84,14 @@ def chart(metrics: dict[str, dict[str, float]], path: Path, title: str) -> None:
     modes, names = list(metrics), list(next(iter(metrics.values())))
     x = np.arange(len(names))
     width = 0.8 / len(modes)
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(8.5, 4))
     for i, mode in enumerate(modes):
         bars = ax.bar(x + i * width - 0.4 + width / 2, [metrics[mode][n] for n in names], width, label=mode)
         ax.bar_label(bars, fmt="%.3f", fontsize=7)
     ax.set_xticks(x, names)
     ax.set_ylim(0, 1)
     ax.set_title(title)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)  # beside the axes: bars reach the top
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
