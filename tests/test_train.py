@@ -141,3 +141,13 @@ def test_a_killed_lora_worker_resumes_from_its_checkpoint_and_exports_merged_wei
         assert type(SentenceTransformer(str(folder))[0].model) is type(base[0].model)
     assert abs(SentenceTransformer(str(last)).encode(texts) - base.encode(texts)).max() > 1e-4  # the adapters learnt
     assert ms["index_tuned"]["counts"]["rows"] == ms["index"]["counts"]["rows"]
+
+
+def test_training_workers_never_ask_for_more_cpus_than_one_node_has():
+    from ragworks.train.steps import share_cpus
+
+    assert share_cpus(1, [1.0, 1.0, 1.0]) == 1.0  # cluster/local.sh's nodes: 2.5 CPUs would wait forever
+    assert share_cpus(2, [2.0, 2.0, 2.0]) == 2.0
+    assert share_cpus(1, [4.0]) == 3.5  # one machine: all but half a CPU for the data tasks
+    assert share_cpus(2, [4.0]) == 1.75
+    assert share_cpus(4, [1.0]) == 0.5

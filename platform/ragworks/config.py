@@ -254,7 +254,7 @@ class TrainerConfig(Section):
     workers: int = Field(1, ge=1, description="Ray Train workers (one process each; gloo on CPU, nccl on GPU)")
     use_gpu: bool = False
     cpus_per_worker: float | None = Field(None, gt=0, description="default: the cluster's CPUs / workers, less a "
-                                                                     "share for the data tasks that feed them")
+                                                                     "share for the data tasks that feed them, at most one node's CPUs")
     resources: dict[str, float] = Field(default_factory=dict, description=RESOURCES_HELP)
     checkpoint_every: int | None = Field(None, ge=1, description="steps between checkpoints (default: every epoch)")
     max_failures: int = Field(2, ge=0, description="worker failures to survive, resuming from the last checkpoint")

@@ -24,12 +24,17 @@ from ..config import TrainerConfig
 from ..storage import Folder, staged
 
 
+def share_cpus(workers: int, node_cpus: list[float]) -> float:
+    """The cluster's CPUs shared by the workers, less half a CPU for the data tasks feeding them, but never more
+    than one node has: a worker is one process, and a request no node can meet waits forever."""
+    total = sum(node_cpus) or 1
+    return max(0.5, min((total - 0.5) / workers, max(node_cpus, default=total)))
+
+
 def worker_cpus(cfg: TrainerConfig) -> float:
-    """All the cluster's CPUs shared by the workers, less half a CPU for the data tasks feeding them."""
     if cfg.cpus_per_worker:
         return cfg.cpus_per_worker
-    total = ray.cluster_resources().get("CPU", 1)
-    return max(0.5, (total - 0.5) / cfg.workers)
+    return share_cpus(cfg.workers, [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]])
 
 
 def make_trainer(loop: Callable, loop_config: dict, cfg: TrainerConfig, datasets: dict, storage: str | Folder,
