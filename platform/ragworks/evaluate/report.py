@@ -42,7 +42,7 @@ def stage_rows(manifests: dict[str, dict]) -> list[dict]:
             count -= m.get("resumed_from_rows", 0)  # a resumed stage's seconds are its own run's: so is its work
             row.update(work=count, unit=unit, per_s=round(count / max(m["seconds"], 1e-9), 3))
             if m.get("resumed_from_rows"):
-                row["unit"] += f" (after {m['resumed_from_rows']:,} before a restart)"
+                row["unit"] += f" (+{m['resumed_from_rows']:,} before a restart)"
         rows.append(row)
     return rows
 
