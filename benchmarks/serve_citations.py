@@ -45,17 +45,24 @@ with socket.socket() as s:
 serve.start(http_options={"host": "127.0.0.1", "port": port})
 serve.run(build({"workdir": args.workdir, "api_key_env": "RAGWORKS_BENCH_NO_KEY"}), name="rag", route_prefix="/")
 
+
+
+def docs(chunk_ids: list[str]) -> set[str]:
+    """Chunk ids ("DOC#N") to the document ids the qrels judge."""
+    return {i.split("#")[0] for i in chunk_ids}
+
+
 in_context = cited = 0
 start = time.perf_counter()
 with httpx.Client(timeout=300) as client:
     for qid in claims:
+        question = args.template.format(claim=queries[qid].rstrip("."))
         r = client.post(f"http://127.0.0.1:{port}/v1/chat/completions",
-                        json={"messages": [{"role": "user", "content": args.template.format(claim=queries[qid].rstrip("."))}], "top_k": args.top_k,
+                        json={"messages": [{"role": "user", "content": question}], "top_k": args.top_k,
                               "max_tokens": args.max_tokens, "temperature": 0.0})
         r.raise_for_status()
         body = r.json()
         relevant = {d for d, grade in qrels[qid].items() if grade > 0}
-        docs = lambda ids: {i.split("#")[0] for i in ids}  # noqa: E731 - chunk id "DOC#N" -> document id
         hit, good = bool(docs(body["context"]) & relevant), bool(docs(body["citations"]) & relevant)
         in_context += hit
         cited += good
