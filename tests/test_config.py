@@ -50,6 +50,12 @@ def test_bad_enum_and_cross_field_rules(beir_dir):
         parse_spec(spec(beir_dir) | {"corpus": {"source": {"path": str(beir_dir)}, "chunking": {"max_tokens": 32, "overlap": 32}}})
     with pytest.raises(SpecError, match="evaluate: needs an index section"):
         parse_spec(spec(beir_dir, evaluate={}))
+    claims = {"rag": {"claims": 8}}
+    with pytest.raises(SpecError, match=r"rag_examples\.rag\.claims: needs a filters section"):
+        parse_spec(spec(beir_dir, index={}, rag_examples=claims))
+    with pytest.raises(SpecError, match=r"synthesize\.rag\.claims: .*set them in the rag_examples section"):
+        parse_spec(spec(beir_dir, index={}, synthesize=claims, filters={}))
+    assert parse_spec(spec(beir_dir, index={}, synthesize={}, filters={}, rag_examples=claims)).rag_examples.rag.claims == 8
 
 
 def test_missing_files_are_named(beir_dir, tmp_path):

@@ -1,6 +1,8 @@
 """corpus -> index -> evaluate on real Ray and a real LanceDB folder; resume and search."""
 
 import json
+import os
+import shutil
 
 import pytest
 from rich.console import Console
@@ -64,6 +66,8 @@ def test_search_modes_find_the_right_document(finished):
 
 def test_rerun_skips_finished_stages_and_reruns_what_changed(finished):
     beir, workdir, first = finished
+    for f in beir.rglob("*.*"):  # the same data with new file times (a copy, a new machine): still up to date
+        os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
     again = run_job(job(beir), workdir=workdir, console=QUIET)
     assert all(again[s]["run_id"] == first[s]["run_id"] for s in first)  # nothing re-ran
 
@@ -73,6 +77,21 @@ def test_rerun_skips_finished_stages_and_reruns_what_changed(finished):
     assert third["index"]["run_id"] == first["index"]["run_id"]
     assert third["evaluate"]["run_id"] != first["evaluate"]["run_id"]
     assert list(third["evaluate"]["metrics"]) == ["fulltext"]
+
+
+def test_input_fingerprints_follow_content_not_file_times(tmp_path):
+    from ragworks.manifest import files_fingerprint
+
+    (tmp_path / "a" / "data").mkdir(parents=True)
+    (tmp_path / "a" / "data" / "corpus.jsonl").write_text('{"_id": "1", "text": "cells"}\n')
+    shutil.copytree(tmp_path / "a" / "data", tmp_path / "b" / "data", copy_function=shutil.copy)  # new mtimes
+    same, copied = files_fingerprint(tmp_path / "a" / "data"), files_fingerprint(tmp_path / "b" / "data")
+    assert same == copied
+    f = tmp_path / "b" / "data" / "corpus.jsonl"
+    stat = f.stat()
+    f.write_text('{"_id": "1", "text": "CELLS"}\n')  # same size
+    os.utime(f, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    assert files_fingerprint(tmp_path / "b" / "data") != same
 
 
 def test_force_and_half_done_stage_rerun_downstream(ray_local, tmp_path, beir_dir):

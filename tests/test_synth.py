@@ -230,7 +230,10 @@ def test_filters_and_negatives_stages(ray_local, tmp_path, corpus_dir):
     with FakeLLM(answers) as llm:
         spec = spec_for(corpus_dir, llm.url, filters={"consistency": {"top_k": 3}, "length": {"min_words": 3}},
                         negatives={"per_query": 2, "skip_top": 0, "candidates": 20, "mode": "dense",
-                                   "max_score_ratio": 0.95})
+                                   "max_score_ratio": 0.95},
+                        rag_examples={"limit": 1, "engine": {"kind": "openai", "base_url": llm.url, "model": "fake"},
+                                      "prompt": {"max_doc_words": 12},
+                                      "rag": {"claims": 2, "distractors": 2, "no_oracle_fraction": 0.5, "mode": "dense"}})
         m = run_job(spec, workdir=tmp_path / "wd", console=QUIET)
     c = m["filters"]["counts"]
     gen = m["synthesize"]["counts"]["ok"]
@@ -250,6 +253,32 @@ def test_filters_and_negatives_stages(ray_local, tmp_path, corpus_dir):
         assert not any(n.split("#")[0] == p["positive_doc_id"] for n in p["negative_ids"])  # no sibling chunks
         assert all(s <= 0.95 * p["positive_score"] + 1e-6 for s in p["negative_scores"])
         assert len(p["negative_ids"]) == 2
+
+    # The first kept claims become RAG examples too: the claim is the question, its chunk's closest shown
+    # sentence the cited answer (or an abstention without the chunk); the stage reads filters only for them.
+    assert "filters" in m["rag_examples"]["inputs"]
+    examples = rows(m["rag_examples"]["outputs"]["generated"])
+    claims = [r for r in examples if r["key"].startswith("claim:")]
+    by_key = {f"claim:{r['key']}": r for r in kept}
+    rejects = rows(m["rag_examples"]["outputs"]["rejects"])
+    assert len(claims) == min(2, len(kept)) and len(examples) + len(rejects) == len(claims) + 1  # + one generated
+    for r in claims:
+        assert r["query"] == by_key[r["key"]]["query"] and r["gen_tokens"] == 0
+        if r["has_oracle"]:
+            sentence, cited = r["answer"].rsplit(" [", 1)
+            assert cited == f"{r['id']}]" and sentence in " ".join(r["text"].split()[:12])
+        else:
+            assert r["answer"] == "The context does not contain the answer." and r["oracle_id"] is None
+
+
+def test_claim_evidence_is_the_closest_sentence_the_prompt_shows():
+    from ragworks.synth.stage import evidence
+
+    text = "Statins and the heart\nStatins lower LDL cholesterol in adults. They also reduce strokes. Beyond the cut."
+    assert evidence(text, "Statins reduce LDL cholesterol.", 14) == "Statins lower LDL cholesterol in adults."
+    assert evidence(text, "Statins also reduce strokes.", 14) == "They also reduce strokes."
+    assert evidence(text, "Beyond the cut", 14) != "Beyond the cut."  # past max_words: not shown, not quoted
+    assert evidence(text, "Statins also reduce strokes.", 12) == "They also"  # as far as the prompt shows it
 
 
 def test_prompt_shows_text_title_or_both(tmp_path):

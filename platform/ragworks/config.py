@@ -174,6 +174,10 @@ class RagExamplesConfig(Section):
     distractors: int = Field(3, ge=0, description="distractor chunks taken from the index per example")
     no_oracle_fraction: float = Field(0.2, ge=0.0, le=1.0, description="share of examples without the oracle chunk")
     mode: Mode = "hybrid"
+    claims: int = Field(
+        0, ge=0, description="also make up to N examples from the claims the filters stage kept: the claim is the "
+                             "question, the cited answer its passage's closest sentence (no generation); a model "
+                             "served claims, like SciFact's, learns to cite for them (rag_examples section only)")
 
 
 class SynthesizeConfig(Section):
@@ -459,6 +463,11 @@ def check_paths(spec: JobSpec, spec_dir: Path, source: str) -> JobSpec:
                 problems.append(f"  {section}.prompt.examples: no such file: {synth.prompt.examples}")
             else:
                 synth.prompt.examples = str(found)
+    if spec.synthesize is not None and spec.synthesize.rag.claims:
+        problems.append("  synthesize.rag.claims: claim examples are read from the filters stage, which reads "
+                        "synthesize; set them in the rag_examples section")
+    if spec.rag_examples is not None and spec.rag_examples.rag.claims and spec.filters is None:
+        problems.append("  rag_examples.rag.claims: needs a filters section (its kept claims are the questions)")
     for stage, needs in (("synthesize", "index"), ("filters", "synthesize"), ("negatives", "filters"),
                          ("rag_examples", "index"), ("train_generator", "rag_examples")):
         if getattr(spec, stage) is not None and getattr(spec, needs) is None:

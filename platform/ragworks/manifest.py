@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -36,10 +38,31 @@ def portable(obj: Any, root: str | Path) -> Any:
 
 
 def files_fingerprint(path: str | Path) -> str:
-    """Names, sizes and mtimes of every file under `path`: cheap, and changes when the data does."""
+    """Names and contents of every file under `path`. Not file times: a copy of the same data (a new
+    machine, a restored backup, the package `ragworks submit` unpacks) must not re-run a finished job."""
     path = Path(path)
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    return stable_hash([(str(p.relative_to(path.parent)), p.stat().st_size, p.stat().st_mtime_ns) for p in files])
+    return stable_hash([(str(p.relative_to(path.parent)), content_hash(p)) for p in files])
+
+
+def content_hash(path: Path) -> str:
+    """A file's BLAKE2 digest, cached by path, size and mtime: an unchanged corpus is read once per machine."""
+    from .models import cache_dir
+
+    st = path.stat()
+    entry = cache_dir() / "file_hashes" / stable_hash([str(path.resolve()), st.st_size, st.st_mtime_ns])
+    if entry.exists():
+        return entry.read_text()
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=entry.parent)  # written whole, then renamed: a reader never sees half
+    with os.fdopen(fd, "w") as f:
+        f.write(digest.hexdigest())
+    os.replace(tmp, entry)
+    return digest.hexdigest()
 
 
 def read_manifest(stage_dir: str | Path | Folder) -> dict | None:

@@ -40,10 +40,10 @@ class StageDef:
     run: Callable[[Any, StageContext], dict]
     external: Callable[[JobSpec], dict] = lambda spec: {}
     resumable: bool = False  # keeps a half-done output folder with the same key and carries on
-    optional: tuple[str, ...] = ()  # read when the spec enables them
+    optional: Callable[[Any], tuple[str, ...]] = lambda cfg: ()  # read when the config uses them and the spec has them
 
-    def inputs(self, enabled: list[str]) -> tuple[str, ...]:
-        return self.needs + tuple(s for s in self.optional if s in enabled)
+    def inputs(self, enabled: list[str], cfg) -> tuple[str, ...]:
+        return self.needs + tuple(s for s in self.optional(cfg) if s in enabled)
 
 
 def _stages() -> dict[str, StageDef]:
@@ -62,10 +62,11 @@ def _stages() -> dict[str, StageDef]:
         "train_retriever": StageDef("train_retriever", ("negatives",), train.run_retriever, train.external_inputs),
         "index_tuned": StageDef("index_tuned", ("corpus", "train_retriever"), partial(index.run, tuned=True)),
         "rag_examples": StageDef("rag_examples", ("corpus", "index"), synth.run_synthesize,
-                                 partial(synth.external_inputs, section="rag_examples"), resumable=True),
+                                 partial(synth.external_inputs, section="rag_examples"), resumable=True,
+                                 optional=lambda cfg: ("filters",) if cfg.rag.claims else ()),
         "train_generator": StageDef("train_generator", ("rag_examples",), train.run_generator),
         "evaluate": StageDef("evaluate", ("index",), evaluate.run, evaluate.external_inputs,
-                             optional=("index_tuned", "train_generator")),
+                             optional=lambda cfg: ("index_tuned", "train_generator")),
     }
 
 
@@ -105,7 +106,7 @@ def run_job(
     for name in enabled:
         stage = stages[name]
         cfg = getattr(spec, name)
-        needs = stage.inputs(enabled)
+        needs = stage.inputs(enabled, cfg)
         for need in needs:
             if need not in manifests:
                 found = read_manifest(workdir / need)

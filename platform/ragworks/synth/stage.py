@@ -2,7 +2,9 @@
 
 task `queries`: InPars / Promptagator few-shot query generation.
 task `rag_examples`: RAFT-style examples: a question and answer from an oracle
-chunk, shown among distractor chunks from the index (some without the oracle).
+chunk, shown among distractor chunks from the index (some without the oracle);
+with `rag.claims`, also the filters stage's kept claims, each answered by its
+chunk's closest sentence (users who ask claims, like SciFact's, get cited answers).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 import time
 
 import numpy as np
@@ -18,7 +21,7 @@ import pyarrow.compute as pc
 import ray
 from ray.data import ActorPoolStrategy
 
-from ..answers import ABSTAIN
+from ..answers import ABSTAIN, token_f1
 from ..config import JobSpec, SynthesizeConfig
 from ..index import IndexActor
 from ..incremental import done_keys, drop_partial_files, read_columns, skip_done
@@ -79,6 +82,48 @@ class RagContext(IndexActor):
         return pa.Table.from_pylist(rows)
 
 
+def claim_keys(batch: pa.Table) -> pa.Table:
+    """A kept claim's row, keyed apart from the question generated from the same chunk."""
+    keys = pa.array([f"claim:{k}" for k in batch["key"].to_pylist()], pa.string())
+    return batch.set_column(batch.schema.get_field_index("key"), "key", keys)
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+def evidence(text: str, claim: str, max_words: int) -> str:
+    """The sentence closest to the claim (word F1) among those the prompt shows (the last one as far as
+    it is shown), so the answer quotes what the generator will see, not what lies beyond its cut."""
+    shown, room = [], max_words
+    for sentence in _SENTENCE_END.split(text):
+        words = sentence.split()[:room]
+        if words:
+            shown.append(" ".join(words))
+            room -= len(words)
+        if room <= 0:
+            break
+    return max(shown, key=lambda s: token_f1(s, claim), default="")
+
+
+def claim_answers(batch: pa.Table, max_words: int) -> pa.Table:
+    """Claim examples in the generated rows' columns: no generation, the answer cites the chunk it came from."""
+    rows = batch.to_pylist()
+    for r in rows:
+        r.pop("prompt", None)
+        found = evidence(r["text"], r["query"], max_words)
+        r.update(generated_text=None, gen_error="", gen_tokens=0, gen_worker=None, reason=None,
+                 answer=f"{found} [{r['id']}]" if r["has_oracle"] else ABSTAIN,
+                 oracle_id=r["id"] if r["has_oracle"] else None, status="ok" if found else "reject")
+        if not found:
+            r["reason"], r["answer"] = "no sentence in the shown passage", None
+    return string_columns(pa.Table.from_pylist(rows), ("generated_text", "gen_worker", "reason", "answer", "oracle_id"))
+
+
+def with_context(rows: ray.data.Dataset, cfg: SynthesizeConfig, ctx) -> ray.data.Dataset:
+    return rows.map_batches(RagContext, fn_constructor_args=(str(ctx.input_dir("index")), cfg),
+                            compute=ActorPoolStrategy(size=1), num_cpus=0.5, batch_size=32, batch_format="pyarrow")
+
+
 def parse_rows(batch: pa.Table, task: str, copies: frozenset = frozenset()) -> pa.Table:
     rows = batch.to_pylist()
     for r in rows:
@@ -123,18 +168,26 @@ def run(cfg: SynthesizeConfig, ctx) -> dict:
         ctx.console.print(f"resuming: {len(done):,} rows already written"
                           + (f", {len(dropped)} partial files removed" if dropped else ""))
 
+    # Light per-row steps take a quarter CPU, so the engine pool can grow into the rest.
+    light = {"batch_format": "pyarrow", "num_cpus": LIGHT_CPUS}
+    write = {"partition_cols": ["status"], "ray_remote_args": {"num_cpus": LIGHT_CPUS}}
+    if cfg.task == "rag_examples" and cfg.rag.claims:
+        claims = ray.data.read_parquet(ctx.inputs["filters"]["outputs"]["kept"], partitioning=None, num_cpus=LIGHT_CPUS)
+        claims = claims.select_columns(["id", "doc_id", "title", "text", "sample", "key", "query"]).limit(cfg.rag.claims)
+        claims = claims.map_batches(claim_keys, **light).map_batches(skip_done, fn_kwargs={"done": done}, **light)
+        claims = with_context(claims, cfg, ctx)
+        claims.map_batches(claim_answers, fn_kwargs={"max_words": cfg.prompt.max_doc_words}, **light).write_parquet(str(out), **write)
+        ctx.console.print(f"claim examples: the first {cfg.rag.claims:,} claims the filters kept")
+
     chunks = ray.data.read_parquet(ctx.inputs["corpus"]["outputs"]["chunks"], num_cpus=LIGHT_CPUS).select_columns(["id", "doc_id", "title", "text"])
     if cfg.limit:
         chunks = chunks.limit(cfg.limit)
-    # Light per-row steps take a quarter CPU, so the engine pool can grow into the rest.
-    light = {"batch_format": "pyarrow", "num_cpus": LIGHT_CPUS}
     rows = chunks.map_batches(expand, fn_kwargs={"per_chunk": cfg.per_chunk}, **light)
     rows = rows.map_batches(skip_done, fn_kwargs={"done": done}, **light)
     if cfg.task == "queries":
         rows = rows.map_batches(query_prompts, fn_kwargs={"prompt_cfg": cfg.prompt}, **light)
     else:
-        rows = rows.map_batches(RagContext, fn_constructor_args=(str(ctx.input_dir("index")), cfg),
-                                compute=ActorPoolStrategy(size=1), num_cpus=0.5, batch_size=32, batch_format="pyarrow")
+        rows = with_context(rows, cfg, ctx)
     # Blocks of one engine batch: each is written as soon as it is generated.
     rows = rows.repartition(target_num_rows_per_block=engine.batch_size)
     ctx.console.print(f"generating with {engine.kind} ({engine.model}), actors {tuple(engine.concurrency)}, "
@@ -142,7 +195,7 @@ def run(cfg: SynthesizeConfig, ctx) -> dict:
     rows = generate(rows, engine)
     copies = frozenset(e["query"].lower() for e in QueryPrompt(cfg.prompt).examples)
     rows = rows.map_batches(parse_rows, fn_kwargs={"task": cfg.task, "copies": copies}, **light)
-    rows.write_parquet(str(out), partition_cols=["status"], ray_remote_args={"num_cpus": LIGHT_CPUS})
+    rows.write_parquet(str(out), **write)
 
     counts, tokens = count_generated(out)
     seconds = max(1e-9, time.perf_counter() - ctx.started)
