@@ -34,3 +34,11 @@ def test_evaluate_run_means_over_judged_queries():
     assert m["mrr@10"] == pytest.approx((1 + 0.5) / 2)
     assert m["ndcg@10"] == pytest.approx((1 + 1 / math.log2(3)) / 2)
     assert evaluate_run({}, qrels)["recall@100"] == 0.0  # unanswered queries score zero
+
+
+def test_held_out_claims_and_questions_are_scored_apart():
+    from ragworks.evaluate.generation import by_kind
+
+    claim, question = {"key": "claim:12#0:0"}, {"key": "12#0:0"}
+    assert by_kind([question, claim, question]) == {"claims": [claim], "questions": [question, question]}
+    assert by_kind([question, question]) == {}  # one kind: the overall scores say it all

@@ -18,6 +18,7 @@ from ray.data import ActorPoolStrategy
 from ..answers import messages, score_answers
 from ..config import EngineConfig, GenerationEvalConfig, SamplingConfig
 from ..synth.engines import generate
+from ..synth.stage import CLAIM_KEY
 
 
 class ChatPrompts:
@@ -39,7 +40,15 @@ class ChatPrompts:
 def context_ids(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     ids = [json.dumps([c["id"] for c in json.loads(x)]) for x in batch["context"]]
     return {"answer": batch["generated_text"], "reference": batch["answer"], "oracle_id": batch["oracle_id"],
-            "context_ids": np.array(ids, dtype=object), "query": batch["query"], "gen_error": batch["gen_error"]}
+            "context_ids": np.array(ids, dtype=object), "query": batch["query"], "gen_error": batch["gen_error"],
+            "key": batch["key"]}
+
+
+def by_kind(rows: list[dict]) -> dict[str, list[dict]]:
+    """Claim examples and generated questions, when both are held out: a mix hides which one the model learned."""
+    kinds = {"claims": [r for r in rows if r["key"].startswith(CLAIM_KEY)],
+             "questions": [r for r in rows if not r["key"].startswith(CLAIM_KEY)]}
+    return kinds if all(kinds.values()) else {}
 
 
 def answer_metrics(cfg: GenerationEvalConfig, trained: dict, console) -> tuple[dict, dict]:
@@ -49,7 +58,7 @@ def answer_metrics(cfg: GenerationEvalConfig, trained: dict, console) -> tuple[d
     examples = ray.data.read_parquet(trained["outputs"]["heldout"], num_cpus=0.25).limit(cfg.max_examples)
     prompts = examples.map_batches(ChatPrompts, fn_constructor_args=(base, max_words), batch_format="pyarrow",
                                    compute=ActorPoolStrategy(size=1), num_cpus=0.25).materialize()
-    metrics, samples = {}, {}
+    metrics, samples, kinds = {}, {}, {}
     for label, lora in (("base", None), ("tuned", adapter)):
         engine = EngineConfig(kind="transformers", model=base, adapter=lora, batch_size=cfg.batch_size,
                               concurrency=cfg.concurrency, num_cpus=cfg.num_cpus,
@@ -59,6 +68,12 @@ def answer_metrics(cfg: GenerationEvalConfig, trained: dict, console) -> tuple[d
         rows = answered.take_all()  # at most max_examples short rows
         for r in rows:
             r["context_ids"] = json.loads(r["context_ids"])
-        metrics[label] = {**score_answers(rows), "errors": sum(bool(r["gen_error"]) for r in rows)}
-        samples[label] = [{k: r[k] for k in ("query", "answer", "reference", "oracle_id")} for r in rows[:5]]
-    return metrics, samples
+        metrics[label] = scores(rows)
+        kinds.update({f"{label}, {kind}": scores(part) for kind, part in by_kind(rows).items()})
+        shown = [r for part in by_kind(rows).values() for r in part[:3]] or rows[:5]
+        samples[label] = [{k: r[k] for k in ("query", "answer", "reference", "oracle_id")} for r in shown]
+    return {**metrics, **dict(sorted(kinds.items(), key=lambda kv: kv[0].split(", ")[::-1]))}, samples
+
+
+def scores(rows: list[dict]) -> dict:
+    return {**score_answers(rows), "errors": sum(bool(r["gen_error"]) for r in rows)}

@@ -31,6 +31,7 @@ from .parse import clean_query, parse_qa
 from .prompts import QueryPrompt, rag_prompt
 
 LIGHT_CPUS = 0.25
+CLAIM_KEY = "claim:"  # the key prefix of claim examples (`rag.claims`), so evaluation can score them apart
 TASK_DEFAULTS = {"queries": {"max_tokens": 32, "stop": ["\n"]}, "rag_examples": {"max_tokens": 128, "stop": ["\n\n"]}}
 
 
@@ -84,7 +85,7 @@ class RagContext(IndexActor):
 
 def claim_keys(batch: pa.Table) -> pa.Table:
     """A kept claim's row, keyed apart from the question generated from the same chunk."""
-    keys = pa.array([f"claim:{k}" for k in batch["key"].to_pylist()], pa.string())
+    keys = pa.array([CLAIM_KEY + k for k in batch["key"].to_pylist()], pa.string())
     return batch.set_column(batch.schema.get_field_index("key"), "key", keys)
 
 
