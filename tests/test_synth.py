@@ -227,11 +227,13 @@ def test_filters_and_negatives_stages(ray_local, tmp_path, corpus_dir):
         "Yeast": " why does bread dough rise with yeast",  # kept
         "Ocean": " why do the moon and sun cause ocean tides",  # kept
     }
-    with FakeLLM(answers) as llm:
+    rag_answers = {"Plants": " What do plants make from sunlight?\nAnswer: Glucose and oxygen.",
+                   "Magma": " What comes out of a volcano?\nAnswer: Lava, ash and gases."}
+    with FakeLLM(answers) as llm, FakeLLM(rag_answers, default=" no answer format here") as rag_llm:
         spec = spec_for(corpus_dir, llm.url, filters={"consistency": {"top_k": 3}, "length": {"min_words": 3}},
                         negatives={"per_query": 2, "skip_top": 0, "candidates": 20, "mode": "dense",
                                    "max_score_ratio": 0.95},
-                        rag_examples={"limit": 1, "engine": {"kind": "openai", "base_url": llm.url, "model": "fake"},
+                        rag_examples={"engine": {"kind": "openai", "base_url": rag_llm.url, "model": "fake", "batch_size": 4},
                                       "prompt": {"max_doc_words": 12},
                                       "rag": {"claims": 2, "distractors": 2, "no_oracle_fraction": 0.5, "mode": "dense"}})
         m = run_job(spec, workdir=tmp_path / "wd", console=QUIET)
@@ -254,21 +256,34 @@ def test_filters_and_negatives_stages(ray_local, tmp_path, corpus_dir):
         assert all(s <= 0.95 * p["positive_score"] + 1e-6 for s in p["negative_scores"])
         assert len(p["negative_ids"]) == 2
 
+    # RAG examples: a generated question and answer per chunk, shown among distractors (half without the
+    # oracle: the answer is then to abstain); unparseable and failed generations are kept aside with the reason.
+    examples, rejects = rows(m["rag_examples"]["outputs"]["generated"]), rows(m["rag_examples"]["outputs"]["rejects"])
+    claims = [r for r in examples if r["key"].startswith("claim:")]
+    generated = [r for r in examples if not r["key"].startswith("claim:")]
+    assert generated and rejects and len(generated) + len(rejects) == m["corpus"]["counts"]["chunks"]
+    assert {r["reason"] for r in rejects} <= {"no 'question / Answer:' pair in the output",
+                                             "generation failed: HTTP 500: {\"error\": \"boom\"}"}
+    for r in examples:
+        context = json.loads(r["context"])
+        ids = [c["id"] for c in context]
+        assert len(ids) == len(set(ids)) and all(c["id"].split("#")[0] != r["doc_id"] for c in context if c["id"] != r["id"])
+        assert len(context) == (3 if r["has_oracle"] else 2) and (r["id"] in ids) == r["has_oracle"]
+        if r["has_oracle"]:
+            assert r["answer"].endswith(f"[{r['id']}]") and r["oracle_id"] == r["id"]
+        else:
+            assert r["answer"] == "The context does not contain the answer." and r["oracle_id"] is None
+    assert {r["has_oracle"] for r in generated} == {True, False}  # both kinds at a 0.5 fraction
+
     # The first kept claims become RAG examples too: the claim is the question, its chunk's closest shown
     # sentence the cited answer (or an abstention without the chunk); the stage reads filters only for them.
     assert "filters" in m["rag_examples"]["inputs"]
-    examples = rows(m["rag_examples"]["outputs"]["generated"])
-    claims = [r for r in examples if r["key"].startswith("claim:")]
     by_key = {f"claim:{r['key']}": r for r in kept}
-    rejects = rows(m["rag_examples"]["outputs"]["rejects"])
-    assert len(claims) == min(2, len(kept)) and len(examples) + len(rejects) == len(claims) + 1  # + one generated
+    assert len(claims) == min(2, len(kept))
     for r in claims:
         assert r["query"] == by_key[r["key"]]["query"] and r["gen_tokens"] == 0
         if r["has_oracle"]:
-            sentence, cited = r["answer"].rsplit(" [", 1)
-            assert cited == f"{r['id']}]" and sentence in " ".join(r["text"].split()[:12])
-        else:
-            assert r["answer"] == "The context does not contain the answer." and r["oracle_id"] is None
+            assert r["answer"].rsplit(" [", 1)[0] in " ".join(r["text"].split()[:12])
 
 
 def test_claim_evidence_is_the_closest_sentence_the_prompt_shows():
@@ -303,26 +318,3 @@ def test_prompt_shows_text_title_or_both(tmp_path):
         QueryPrompt(PromptConfig(examples=str(bad)))
 
 
-def test_rag_examples_cite_the_oracle_among_distractors(ray_local, tmp_path, corpus_dir):
-    answers = {"Plants": " What do plants make from sunlight?\nAnswer: Glucose and oxygen.",
-               "Magma": " What comes out of a volcano?\nAnswer: Lava, ash and gases."}
-    with FakeLLM(answers, default=" no answer format here") as llm:
-        spec = spec_for(corpus_dir, llm.url, synthesize={
-            "task": "rag_examples", "rag": {"distractors": 2, "no_oracle_fraction": 0.5, "mode": "dense"},
-            "engine": {"kind": "openai", "base_url": llm.url, "model": "fake", "batch_size": 4}})
-        m = run_job(spec, workdir=tmp_path / "wd", console=QUIET)["synthesize"]
-    ok, rejects = rows(m["outputs"]["generated"]), rows(m["outputs"]["rejects"])
-    assert ok and rejects
-    assert {r["reason"] for r in rejects} <= {"no 'question / Answer:' pair in the output",
-                                             "generation failed: HTTP 500: {\"error\": \"boom\"}"}
-    for r in ok:
-        context = json.loads(r["context"])
-        ids = [c["id"] for c in context]
-        assert len(ids) == len(set(ids)) and all(c["id"].split("#")[0] != r["doc_id"] for c in context if c["id"] != r["id"])
-        if r["has_oracle"]:
-            assert r["id"] in ids and r["answer"].endswith(f"[{r['id']}]") and r["oracle_id"] == r["id"]
-            assert len(context) == 3
-        else:
-            assert r["id"] not in ids and r["answer"] == "The context does not contain the answer."
-            assert len(context) == 2
-    assert {r["has_oracle"] for r in ok} == {True, False}  # both kinds at a 0.5 fraction
