@@ -22,7 +22,7 @@ def metrics_table(metrics: dict[str, dict[str, float]], title: str = "retrieval"
 # What a stage's manifest counts as its work, for the report's throughput column: (count key, unit).
 # Training stages count the pairs or examples their steps saw (steps x batch), not the rows they were offered.
 WORK = {"corpus": ("chunks", "chunks"), "index": ("rows", "chunks"), "index_tuned": ("rows", "chunks"),
-        "synthesize": ("rows", "generations"), "rag_examples": ("rows", "generations"),
+        "synthesize": ("rows", "generations"), "rag_examples": ("rows", "examples"),
         "filters": ("input", "queries"), "negatives": ("queries", "queries"),
         "train_retriever": ("steps", "pairs"), "train_generator": ("steps", "examples")}
 
