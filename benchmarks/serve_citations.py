@@ -46,7 +46,6 @@ serve.start(http_options={"host": "127.0.0.1", "port": port})
 serve.run(build({"workdir": args.workdir, "api_key_env": "RAGWORKS_BENCH_NO_KEY"}), name="rag", route_prefix="/")
 
 
-
 def docs(chunk_ids: list[str]) -> set[str]:
     """Chunk ids ("DOC#N") to the document ids the qrels judge."""
     return {i.split("#")[0] for i in chunk_ids}

@@ -68,9 +68,9 @@ def answer_metrics(cfg: GenerationEvalConfig, trained: dict, console) -> tuple[d
         rows = answered.take_all()  # at most max_examples short rows
         for r in rows:
             r["context_ids"] = json.loads(r["context_ids"])
-        metrics[label] = scores(rows)
-        kinds.update({f"{label}, {kind}": scores(part) for kind, part in by_kind(rows).items()})
-        shown = [r for part in by_kind(rows).values() for r in part[:3]] or rows[:5]
+        metrics[label], parts = scores(rows), by_kind(rows)
+        kinds.update({f"{label}, {kind}": scores(part) for kind, part in parts.items()})
+        shown = [r for part in parts.values() for r in part[:3]] or rows[:5]
         samples[label] = [{k: r[k] for k in ("query", "answer", "reference", "oracle_id")} for r in shown]
     return {**metrics, **dict(sorted(kinds.items(), key=lambda kv: kv[0].split(", ")[::-1]))}, samples
 
