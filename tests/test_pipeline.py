@@ -64,6 +64,36 @@ def test_search_modes_find_the_right_document(finished):
         assert hits[0]["score"] >= hits[-1]["score"]
 
 
+def test_hybrid_fuses_normalized_scores_as_the_index_is_configured(finished, tmp_path):
+    _, workdir, _ = finished
+    searcher = open_index(workdir / "index")
+    assert (searcher.fusion, searcher.vector_weight, searcher.candidates) == ("linear", 0.5, 100)
+    query = "carbon dioxide released in the oven and by plants"
+    vector = searcher.embed([query])[0]
+
+    def normalized(scores):
+        lo, hi = min(scores.values()), max(scores.values())
+        return {i: (s - lo) / (hi - lo) for i, s in scores.items()}
+
+    dense = normalized({h["id"]: h["score"] for h in searcher.dense(vector, k=100)})  # score = -distance
+    text = normalized({h["id"]: h["score"] for h in searcher.fulltext(query, k=100)})
+    fused = {i: 0.5 * dense.get(i, 0.0) + 0.5 * text.get(i, 0.0) for i in dense.keys() | text.keys()}
+    hits = searcher.search(query, mode="hybrid", k=3, vector=vector)
+    assert [h["id"] for h in hits] == sorted(fused, key=fused.get, reverse=True)[:3]
+    assert [h["score"] for h in hits] == pytest.approx(sorted(fused.values(), reverse=True)[:3], abs=1e-5)
+    # a short top-k fuses the same candidate lists as a long one
+    assert [h["id"] for h in searcher.search(query, mode="hybrid", k=1, vector=vector)] == [hits[0]["id"]]
+    # all weight on the vector side ranks as dense search does
+    dense_only = open_index(workdir / "index", vector_weight=1.0)
+    ranked = [h["id"] for h in dense_only.search(query, mode="hybrid", k=4, vector=vector)]
+    assert ranked == [h["id"] for h in searcher.dense(vector, k=4)]
+    # an index built before fusion was configurable keeps reciprocal rank fusion
+    old = json.loads((workdir / "index" / "manifest.json").read_text())
+    del old["config"]["hybrid"]
+    (tmp_path / "manifest.json").write_text(json.dumps(old))
+    assert open_index(tmp_path).fusion == "rrf"
+
+
 def test_rerun_skips_finished_stages_and_reruns_what_changed(finished):
     beir, workdir, first = finished
     for f in beir.rglob("*.*"):  # the same data with new file times (a copy, a new machine): still up to date

@@ -151,3 +151,22 @@ def test_training_workers_never_ask_for_more_cpus_than_one_node_has():
     assert share_cpus(1, [4.0]) == 3.5  # one machine: all but half a CPU for the data tasks
     assert share_cpus(2, [4.0]) == 1.75
     assert share_cpus(4, [1.0]) == 0.5
+
+
+def test_held_out_slice_is_drawn_across_the_files_not_their_first_rows(ray_local):
+    import ray
+
+    from ragworks.train.steps import train_and_val
+
+    # as rag_examples writes them: every claim example, then every question example
+    rows = [{"key": f"{kind}:{i}", "split": "val" if i % 3 else "train", "kind": kind}
+            for kind in ("claim", "question") for i in range(60)]
+    ds = ray.data.from_items(rows, override_num_blocks=4)
+    train, val = train_and_val(ds, ["key", "kind"], 20, draw_by="key")
+    drawn = val.take_all()
+    assert len(drawn) == 20 and set(drawn[0]) == {"key", "kind"}
+    kinds = [r["kind"] for r in drawn]
+    assert 5 <= kinds.count("claim") <= 15, kinds  # the first 20 rows in file order would all be claims
+    assert [r["key"] for r in train_and_val(ray.data.from_items(rows[::-1]), ["key", "kind"], 20, "key")[1].take_all()] \
+        == [r["key"] for r in drawn]  # the same slice whatever the file order
+    assert train.count() == 40

@@ -102,6 +102,16 @@ class FulltextConfig(Section):
     remove_stop_words: bool = True
 
 
+class HybridConfig(Section):
+    fusion: Literal["linear", "rrf"] = Field(
+        "linear", description="linear: LanceDB's LinearCombinationReranker over min-max normalized scores; rrf: "
+                              "reciprocal rank fusion. On SciFact linear fusion ranks better (benchmarks/hybrid_fusion.py)")
+    vector_weight: float = Field(0.5, ge=0.0, le=1.0, description="linear: the dense side's share of the fused score")
+    candidates: int = Field(100, ge=1, description="results each side brings to the fusion (at least k); min-max "
+                                                   "normalization over a handful of results is noisy")
+    rrf_k: int = Field(60, ge=1, description="rrf: the rank offset")
+
+
 class IndexConfig(Section):
     embedder: str = Field("base", description="'base' (bundled all-MiniLM-L6-v2), 'trained' (base first, then "
                                                "re-indexed with train_retriever's model), 'bundled:NAME', a Hugging Face id or a path")
@@ -114,6 +124,8 @@ class IndexConfig(Section):
     metric: Literal["cosine", "dot", "l2"] = "cosine"
     ann: AnnConfig = Field(default_factory=AnnConfig)
     fulltext: FulltextConfig = Field(default_factory=FulltextConfig)
+    hybrid: HybridConfig = Field(default_factory=HybridConfig, description="how hybrid search fuses dense and full-text "
+                                 "results, for every stage and the server that search this index")
 
     @field_validator("fulltext", mode="before")
     @classmethod
@@ -316,7 +328,6 @@ class EvaluateConfig(Section):
     split: str = "test"
     modes: list[Mode] = Field(default_factory=lambda: ["fulltext", "dense", "hybrid"])
     candidates: int = Field(200, ge=10, description="chunks fetched per query before they are grouped into documents")
-    rrf_k: int = Field(60, ge=1)
     batch_size: int = Field(64, ge=1)
     generation: GenerationEvalConfig = Field(default_factory=GenerationEvalConfig,
                                              description="answer metrics, when the job trains a generator")

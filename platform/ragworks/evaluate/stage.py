@@ -53,7 +53,7 @@ def run(cfg: EvaluateConfig, ctx) -> dict:
 
     metrics, embedders = {}, {}
     for suffix, stage in indexes_to_score(ctx).items():
-        searcher = open_index(ctx.input_dir(stage), rrf_k=cfg.rrf_k)
+        searcher = open_index(ctx.input_dir(stage))
         embedders[stage] = ctx.inputs[stage]["embedder"]
         vectors = searcher.embed(texts, batch_size=cfg.batch_size) if set(cfg.modes) & {"dense", "hybrid"} else None
         for mode in cfg.modes:

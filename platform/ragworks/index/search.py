@@ -1,7 +1,8 @@
 """Dense, full-text and hybrid search over a ragworks LanceDB table.
 
-Hybrid is LanceDB's own hybrid query with reciprocal rank fusion, so serving
-and evaluation rank exactly the way the library does.
+Hybrid is LanceDB's own hybrid query and reranker (linear combination of
+normalized scores, or reciprocal rank fusion), so serving and evaluation rank
+exactly the way the library does.
 """
 
 from __future__ import annotations
@@ -25,14 +26,15 @@ COLUMNS = ["id", "doc_id", "chunk_index", "title", "text", "source", "metadata"]
 
 class Searcher:
     def __init__(self, uri: str | Path, table: str = "chunks", embedder: str = "base", metric: str = "cosine",
-                 nprobes: int = 32, refine_factor: int | None = None, rrf_k: int = 60, model=None):
+                 nprobes: int = 32, refine_factor: int | None = None, fusion: str = "linear",
+                 vector_weight: float = 0.5, candidates: int = 100, rrf_k: int = 60, model=None):
         self.db = lancedb.connect(str(uri))
         self.table = self.db.open_table(table)
         self.embedder_name = embedder
         self.metric = metric
         self.nprobes = nprobes
         self.refine_factor = refine_factor
-        self.rrf_k = rrf_k
+        self.fusion, self.vector_weight, self.candidates, self.rrf_k = fusion, vector_weight, candidates, rrf_k
         self._model = model
 
     @property
@@ -61,12 +63,19 @@ class Searcher:
             r["score"] = r.pop("_score")
         return rows
 
-    def hybrid(self, text: str, vector: np.ndarray, k: int = 10, columns: list[str] = COLUMNS) -> list[dict]:
-        from lancedb.rerankers import RRFReranker
+    def reranker(self):
+        from lancedb.rerankers import LinearCombinationReranker, RRFReranker
 
+        if self.fusion == "rrf":
+            return RRFReranker(K=self.rrf_k)
+        return LinearCombinationReranker(weight=self.vector_weight)
+
+    def hybrid(self, text: str, vector: np.ndarray, k: int = 10, columns: list[str] = COLUMNS) -> list[dict]:
+        # LanceDB fetches `limit` results from each side before fusing: fetch the
+        # configured candidates, so a top-4 search fuses the same lists a top-100 does.
         q = (self.table.search(query_type="hybrid").vector(vector).text(text)
-             .distance_type(self.metric).nprobes(self.nprobes).rerank(RRFReranker(K=self.rrf_k)))
-        rows = q.select(columns).limit(k).to_list()
+             .distance_type(self.metric).nprobes(self.nprobes).rerank(self.reranker()))
+        rows = q.select(columns).limit(max(k, self.candidates)).to_list()[:k]
         for r in rows:
             r["score"] = r.pop("_relevance_score")
             r.pop("_distance", None), r.pop("_score", None)
@@ -106,7 +115,9 @@ def open_index(index_dir: str | Path, **overrides) -> Searcher:
     if manifest is None:
         raise FileNotFoundError(f"{index_dir}: no finished index (no manifest.json); run the index stage first")
     cfg = manifest["config"]
+    # an index built before `hybrid` was configurable fused by reciprocal rank
+    hybrid = cfg.get("hybrid", {"fusion": "rrf"})
     kwargs = dict(table=cfg["table"], embedder=manifest["embedder"], metric=cfg["metric"],
-                  nprobes=cfg["ann"]["nprobes"], refine_factor=cfg["ann"]["refine_factor"])
+                  nprobes=cfg["ann"]["nprobes"], refine_factor=cfg["ann"]["refine_factor"], **hybrid)
     kwargs.update(overrides)
     return Searcher(manifest["outputs"]["lancedb"], **kwargs)

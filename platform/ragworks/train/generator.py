@@ -37,7 +37,7 @@ def split_examples(cfg: TrainGeneratorConfig, examples: str) -> tuple[ray.data.D
     ds = ray.data.read_parquet(examples, num_cpus=0.25)
     ds = ds.map_batches(assign_split, fn_kwargs={"fraction": cfg.validation_fraction}, batch_format="pyarrow",
                         num_cpus=0.25).materialize()
-    train, val = steps.train_and_val(ds, COLUMNS, cfg.validation_max)
+    train, val = steps.train_and_val(ds, COLUMNS, cfg.validation_max, draw_by="key")
     val = val.materialize()
     return train, val, {"train": ds.filter(expr=col("split") == "train").count(), "val": val.count()}
 

@@ -59,7 +59,7 @@ def run(cfg: TrainRetrieverConfig, ctx) -> dict:
     ds = ray.data.read_parquet(pairs, num_cpus=0.25).select_columns(COLUMNS)
     ds = ds.map_batches(assign_split, fn_kwargs={"cfg": cfg}, batch_format="pyarrow", num_cpus=0.25).materialize()
     counts = {s: ds.filter(expr=col("split") == s).count() for s in ("train", "val", "short")}
-    train, val = steps.train_and_val(ds, COLUMNS, cfg.validation_max)
+    train, val = steps.train_and_val(ds, COLUMNS, cfg.validation_max, draw_by="query")
     if counts["train"] < cfg.batch_size:
         raise ValueError(f"train_retriever: {counts['train']} training pairs, fewer than one batch "
                          f"(batch_size {cfg.batch_size}); generate more queries or lower the batch size")
