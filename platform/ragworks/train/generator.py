@@ -33,12 +33,11 @@ def assign_split(batch: pa.Table, fraction: float) -> pa.Table:
 
 
 def split_examples(cfg: TrainGeneratorConfig, examples: str) -> tuple[ray.data.Dataset, ray.data.Dataset, dict]:
-    """(train, held-out, counts) of the rag_examples output; the held-out slice is materialised (it is small)."""
+    """(train, held-out, counts) of the rag_examples output."""
     ds = ray.data.read_parquet(examples, num_cpus=0.25)
     ds = ds.map_batches(assign_split, fn_kwargs={"fraction": cfg.validation_fraction}, batch_format="pyarrow",
                         num_cpus=0.25).materialize()
     train, val = steps.train_and_val(ds, COLUMNS, cfg.validation_max, draw_by="key")
-    val = val.materialize()
     return train, val, {"train": ds.filter(expr=col("split") == "train").count(), "val": val.count()}
 
 

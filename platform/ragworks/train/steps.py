@@ -103,14 +103,15 @@ def train_and_val(ds: "ray.data.Dataset", columns: list[str], validation_max: in
 
     The held-out slice is `validation_max` val rows drawn by a hash of `draw_by`, not the first ones in file
     order: files come grouped by kind (rag_examples writes its claim examples first), and the first 60 of a
-    SciFact run were 48 claims. Quarter-CPU tasks: the workers hold the rest of the CPUs, and the shards
-    stream through these.
+    SciFact run were 48 claims. The held-out slice is small and materialised here, before the trainer
+    starts: its sort runs whole-CPU tasks, which would wait forever once the workers hold the CPUs.
+    Quarter-CPU tasks for the rest: the workers hold the other CPUs, and the shards stream through these.
     """
     light = {"batch_format": "pyarrow", "num_cpus": 0.25}
     train = ds.map_batches(take_split, fn_kwargs={"split": "train", "columns": columns}, **light)
     val = (ds.map_batches(take_split, fn_kwargs={"split": "val", "columns": columns}, **light)
            .map_batches(with_draw, fn_kwargs={"column": draw_by}, **light)
-           .sort("draw").limit(validation_max).drop_columns(["draw"]))
+           .sort("draw").limit(validation_max).drop_columns(["draw"]).materialize())
     return train, val
 
 
