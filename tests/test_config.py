@@ -119,6 +119,9 @@ def test_cli_rejects_a_bad_spec_before_any_work(tmp_path):
     assert result.exit_code == 2
     assert "corpus.chunking.max_tokens" in result.output
     assert not (tmp_path / "wd").exists()  # nothing ran
+    result = CliRunner().invoke(app, ["eval", "--dataset", str(tmp_path), "--fusion", "max", "--workdir", str(tmp_path / "wd")])
+    assert result.exit_code == 2 and "index.hybrid.fusion" in result.output and "'linear' or 'rrf'" in result.output
+    assert not (tmp_path / "wd").exists()
 
 
 def test_help_teaches():

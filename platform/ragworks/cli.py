@@ -73,6 +73,8 @@ def eval_(
     split: str = typer.Option("test", help="Which qrels/SPLIT.tsv to score"),
     embedder: str = typer.Option("base", help="'base' (bundled all-MiniLM-L6-v2), a Hugging Face id or a local path"),
     max_tokens: Optional[int] = typer.Option(None, help="Chunk size in tokens (default: one chunk per document, as BEIR does)"),
+    fusion: str = typer.Option("linear", help="How hybrid search fuses dense and full-text: 'linear' (normalized scores, "
+                                              "half each) or 'rrf' (reciprocal rank fusion)"),
     workdir: Optional[str] = typer.Option(None, help="Where artifacts go (default: runs/eval-DATASET)"),
     address: Optional[str] = typer.Option(None, help="Ray cluster address; default: embedded local Ray"),
     force: list[str] = typer.Option([], help=STAGES_HELP),
@@ -87,7 +89,7 @@ def eval_(
     data = {
         "name": name,
         "corpus": {"source": {"format": "beir", "path": str(dataset)}, "chunking": {"max_tokens": max_tokens}},
-        "index": {"embedder": embedder},
+        "index": {"embedder": embedder, "hybrid": {"fusion": fusion}},
         "evaluate": {"dataset": str(dataset), "split": split},
     }
     try:
