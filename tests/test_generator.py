@@ -104,13 +104,13 @@ def test_lora_job_resumes_after_a_killed_worker_and_reports_answers(ray_local, t
     workdir = tmp_path / "wd"
     thread, killed = worker_killer(workdir, "train_generator")
     with FakeLLM(answers_for_facts()) as llm:
-        spec = rag_spec(facts_dir, llm.url, workers=2, cpus_per_worker=0.5, epochs=2, checkpoint_every=2, merged=True)
+        spec = rag_spec(facts_dir, llm.url, workers=2, cpus_per_worker=0.5, epochs=1, checkpoint_every=2, merged=True)
         thread.start()
         ms = run_job(spec, workdir=workdir, console=QUIET)
     thread.join(timeout=5)
     m = ms["train_generator"]
     assert killed, "the worker was never killed"
-    assert m["counts"]["steps"] == 2 * (m["counts"]["train_examples"] // 4)  # every step done after the restart
+    assert m["counts"]["steps"] == m["counts"]["train_examples"] // 4  # every step done after the restart
     assert m["resumed_from_steps"] and killed["checkpoint"] <= m["resumed_from_steps"][0] <= killed["step"]
     assert m["resumed_from_steps"][0] % 2 == 0
     adapter = Path(m["outputs"]["adapter"])
