@@ -1,5 +1,5 @@
-"""Retriever fine-tuning on Ray Train: the stage, re-indexing with the tuned model (in an S3 workdir), a killed
-worker."""
+"""Retriever fine-tuning on Ray Train: the stage with LoRA, a killed worker and re-indexing with the tuned model, in
+an S3 workdir."""
 
 import json
 import os
@@ -17,40 +17,66 @@ from ragworks.config import parse_spec
 from ragworks.models import cache_dir
 from ragworks.runner import run_job
 from ragworks.storage import Folder, fetch
+from ragworks.train.steps import progress_file
 
 QUIET = Console(quiet=True)
 
 
-def test_train_reindex_and_report_base_vs_tuned_in_an_s3_workdir(ray_local, s3, facts_qrels):
-    """The whole chain with its workdir in S3 (127.0.0.1): Ray Train checkpoints there, the tuned model is
-    uploaded and fetched by the re-indexing actors, and a second run skips every stage from the manifests."""
+def test_lora_training_in_an_s3_workdir_resumes_after_a_killed_worker_reindexes_and_reports(ray_local, s3, facts_qrels):
+    """The whole chain with its workdir in S3 (127.0.0.1). Two workers (gloo, negatives gathered across them)
+    train LoRA adapters and Ray Train checkpoints to S3; one worker is SIGKILLed after the first checkpoint and
+    the run resumes from it. The exported model has the adapters merged in; it is uploaded and fetched by the
+    re-indexing actors, the report compares base and tuned, and a second run skips every stage."""
+    from sentence_transformers import SentenceTransformer
+
+    from ragworks.models import resolve_embedder
+
     workdir = f"s3://{S3_BUCKET}/train-reindex"
     fetched_before = set(cache_dir().glob("fetched/*"))
+    thread, killed = worker_killer(Folder(workdir), "train_retriever")
     with FakeLLM(echo_words=8) as llm:
-        spec = parse_spec(train_job(facts_qrels, llm.url, epochs=2, select_on="dev",
+        spec = parse_spec(train_job(facts_qrels, llm.url, epochs=3, checkpoint_every=2, workers=2, cpus_per_worker=0.5,
+                                    learning_rate=1e-3, lora={"r": 4, "alpha": 8, "dropout": 0.0}, select_on="dev",
                                     dev={"dataset": str(facts_qrels), "split": "test", "max_corpus": 8}))
+        thread.start()
         m = run_job(spec, workdir=workdir, console=QUIET)
         requests = llm.requests
         again = run_job(spec, workdir=workdir, console=QUIET)
+    thread.join(timeout=5)
     assert {k: v["run_id"] for k, v in again.items()} == {k: v["run_id"] for k, v in m.items()}  # all skipped
     assert llm.requests == requests
+
     t = m["train_retriever"]
+    assert killed, "the worker was never killed"
     assert t["counts"]["train_pairs"] >= 8 and t["counts"]["val_pairs"] >= 1
-    steps_per_epoch = t["counts"]["train_pairs"] // 4
-    assert t["counts"]["steps"] == 2 * steps_per_epoch
-    assert [h["step"] for h in t["history"]] == [0, steps_per_epoch, 2 * steps_per_epoch]  # base, then every epoch
-    assert t["best"]["step"] in {h["step"] for h in t["history"]}
+    per_epoch = t["counts"]["train_pairs"] // 4
+    total = 3 * per_epoch
+    assert t["counts"]["steps"] == total  # finished every step after the restart
+    resumed = t["resumed_from_steps"]
+    assert resumed and killed["checkpoint"] <= resumed[0] <= killed["step"]
+    checkpointed = {s for s in range(total + 1) if s % 2 == 0 or s % per_epoch == 0}  # every 2 steps, every epoch
+    assert resumed[0] in checkpointed  # from a checkpoint, not from scratch
+    steps = [h["step"] for h in t["history"]]
+    assert steps == sorted(checkpointed)  # the base, then every checkpoint once, across the restart
     assert all(h["val_queries"] >= 1 and h["dev_queries"] == len(FACTS) for h in t["history"])
     assert all(h["dev_pool"] == len(FACTS) for h in t["history"])  # every judged document, over max_corpus
-    assert t["selected_on"] == "dev_ndcg@10"
+    assert t["selected_on"] == "dev_ndcg@10" and t["best"]["step"] in steps
     assert t["best"]["dev_ndcg@10"] == max(h["dev_ndcg@10"] for h in t["history"])
     assert t["throughput"]["pairs_per_s"] > 0
 
-    from sentence_transformers import SentenceTransformer
-
     assert t["outputs"]["model"] == f"{workdir}/train_retriever/model"
-    tuned = SentenceTransformer(fetch(t["outputs"]["model"]))  # sentence-transformers format
-    assert tuned.encode(["a query"]).shape == (1, 384)
+    stored = s3_keys("train-reindex/")
+    train_dir = ["train-reindex", "train_retriever", "ray_train", "train"]
+    checkpoints = sorted({parts[4] for parts in (k.split("/") for k in stored)  # folders, not the snapshot file
+                          if parts[:4] == train_dir and len(parts) > 5 and parts[4].startswith("checkpoint_")})
+    last = f"{workdir}/train_retriever/ray_train/train/{checkpoints[-1]}/model"  # named by time: the last step
+    base = SentenceTransformer(resolve_embedder("base"))
+    texts = [FACTS[0][1], "how do plants make sugar"]
+    for folder in (fetch(t["outputs"]["model"]), fetch(last)):
+        assert not (Path(folder) / "adapter_config.json").exists()  # merged: loads without peft
+        model = SentenceTransformer(folder)  # sentence-transformers format
+        assert type(model[0].model) is type(base[0].model) and model.encode(["a query"]).shape == (1, 384)
+    assert abs(SentenceTransformer(fetch(last)).encode(texts) - base.encode(texts)).max() > 1e-4  # the adapters learnt
 
     assert m["index"]["embedder"] == "base" and m["index_tuned"]["embedder"] == t["outputs"]["model"]
     assert m["index_tuned"]["counts"]["rows"] == m["index"]["counts"]["rows"]
@@ -58,28 +84,26 @@ def test_train_reindex_and_report_base_vs_tuned_in_an_s3_workdir(ray_local, s3, 
     report = json.loads(Folder(m["evaluate"]["outputs"]["json"]).read_text())
     stages = {r["stage"]: r for r in report["stages"]}
     assert {"train_retriever", "index_tuned"} <= set(stages)
-    trained = t["counts"]["steps"] * t["config"]["batch_size"]
-    assert stages["train_retriever"]["work"] == trained and stages["train_retriever"]["unit"] == "pairs"
+    assert stages["train_retriever"]["work"] == total * t["config"]["batch_size"]
+    assert stages["train_retriever"]["unit"] == "pairs"
     assert stages["index_tuned"]["work"] == m["index"]["counts"]["rows"] and stages["index_tuned"]["per_s"] > 0
     assert "dense (tuned)" in Folder(m["evaluate"]["outputs"]["markdown"]).read_text()
 
-    stored = s3_keys("train-reindex/")
     assert all(f"train-reindex/{stage}/manifest.json" in stored for stage in m)
     assert not [k for k in stored if k.endswith("_in_progress.json")]
-    assert any(k.startswith("train-reindex/train_retriever/ray_train/") for k in stored)  # Ray Train's checkpoints
     assert any(k.startswith("train-reindex/index_tuned/lancedb/chunks.lance/") for k in stored)
     assert "train-reindex/evaluate/report.png" in stored
-    for folder in set(cache_dir().glob("fetched/*")) - fetched_before:  # the tuned model, fetched to load it
+    for folder in set(cache_dir().glob("fetched/*")) - fetched_before:  # the models fetched to load them
         shutil.rmtree(folder)
 
 
-def registered_checkpoint_step(workdir: Path, stage: str = "train_retriever") -> int:
+def registered_checkpoint_step(stage_dir: Folder) -> int:
     """The step of the newest checkpoint Ray Train's controller has registered (-1: none yet).
 
     A worker's report() returns before the controller records the checkpoint, so a kill timed
     by the worker's own log alone can land before the checkpoint counts (seen on a loaded CI).
     """
-    for snap in (workdir / stage / "ray_train").glob("*/checkpoint_manager_snapshot.json"):
+    for snap in (stage_dir / "ray_train").files("checkpoint_manager_snapshot.json"):
         try:
             latest = json.loads(snap.read_text()).get("latest_checkpoint_result") or {}
         except (OSError, ValueError):  # being rewritten
@@ -88,59 +112,26 @@ def registered_checkpoint_step(workdir: Path, stage: str = "train_retriever") ->
     return -1
 
 
-def worker_killer(workdir: Path, stage: str) -> tuple[threading.Thread, dict]:
+def worker_killer(workdir: Path | Folder, stage: str) -> tuple[threading.Thread, dict]:
     """A thread that SIGKILLs the rank-1 worker once Ray Train holds a checkpoint past the base one and the
-    worker went on; `killed` gets the step it was at and the checkpoint's step."""
-    progress = workdir / stage / "progress.jsonl"
+    worker went on; `killed` gets the step it was at and the checkpoint's step. The workdir may be an object
+    store: the workers' progress lines are on this node either way."""
+    stage_dir = Folder(workdir) / stage
+    progress = progress_file(stage_dir)
     killed: dict = {}
 
     def killer():
         deadline = time.time() + 600
         while time.time() < deadline and not killed:
-            saved = registered_checkpoint_step(workdir, stage)
+            saved = registered_checkpoint_step(stage_dir)
             lines = [json.loads(x) for x in progress.read_text().splitlines()] if progress.exists() else []
             steps = [x for x in lines if x.get("rank") == 1 and x.get("step", 0) > max(saved, 2) and "loss" in x]
             if saved >= 2 and steps:
                 killed.update(steps[-1], checkpoint=saved)
                 os.kill(steps[-1]["pid"], signal.SIGKILL)
-            time.sleep(0.02)
+            time.sleep(0.02 if stage_dir.is_local else 0.1)
 
     return threading.Thread(target=killer, daemon=True), killed
-
-
-def test_a_killed_lora_worker_resumes_from_its_checkpoint_and_exports_merged_weights(ray_local, tmp_path, facts_dir):
-    """Two workers (gloo, negatives gathered across them) training LoRA adapters; one is SIGKILLed after the
-    first checkpoint. The run resumes from it, and the exported model has the adapters merged in."""
-    from sentence_transformers import SentenceTransformer
-
-    from ragworks.models import resolve_embedder
-
-    workdir = tmp_path / "wd"
-    thread, killed = worker_killer(workdir, "train_retriever")
-    with FakeLLM(echo_words=8) as llm:
-        spec = parse_spec(train_job(facts_dir, llm.url, evaluate=False, epochs=3, checkpoint_every=2, workers=2,
-                                    cpus_per_worker=0.5, batch_size=4, learning_rate=1e-3,
-                                    lora={"r": 4, "alpha": 8, "dropout": 0.0}))
-        thread.start()
-        ms = run_job(spec, workdir=workdir, console=QUIET)
-    m = ms["train_retriever"]
-    thread.join(timeout=5)
-    assert killed, "the worker was never killed"
-    steps_per_epoch = m["counts"]["train_pairs"] // 4
-    assert m["counts"]["steps"] == 3 * steps_per_epoch  # finished every step after the restart
-    assert m["resumed_from_steps"] and killed["checkpoint"] <= m["resumed_from_steps"][0] <= killed["step"]
-    assert m["resumed_from_steps"][0] % 2 == 0  # from a checkpoint, not from scratch
-
-    exported = Path(m["outputs"]["model"])
-    runs = workdir / "train_retriever" / "ray_train" / "train"
-    last = max(d for d in runs.glob("checkpoint_*") if d.is_dir()) / "model"  # named by time: the last step
-    base = SentenceTransformer(resolve_embedder("base"))
-    texts = [FACTS[0][1], "how do plants make sugar"]
-    for folder in (exported, last):
-        assert not (folder / "adapter_config.json").exists()  # merged: loads without peft
-        assert type(SentenceTransformer(str(folder))[0].model) is type(base[0].model)
-    assert abs(SentenceTransformer(str(last)).encode(texts) - base.encode(texts)).max() > 1e-4  # the adapters learnt
-    assert ms["index_tuned"]["counts"]["rows"] == ms["index"]["counts"]["rows"]
 
 
 def test_training_workers_never_ask_for_more_cpus_than_one_node_has():
