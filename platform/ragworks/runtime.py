@@ -58,8 +58,8 @@ def actor_pool(concurrency: tuple[int, int], num_cpus: float, num_gpus: float = 
 def assigned_cpus(default: int = 1) -> int:
     """CPUs Ray gave this worker (at least one); the driver gets the machine's count."""
     try:
-        ctx = ray.get_runtime_context()
-        if ctx.worker.mode == ray.WORKER_MODE:
+        ctx = ray.get_runtime_context() if ray.is_initialized() else None  # asking would start a Ray
+        if ctx is not None and ctx.worker.mode == ray.WORKER_MODE:
             cpus = ctx.get_assigned_resources().get("CPU", default)
             # Ray's CPUs may be slots (num_cpus above the cores): never more threads than cores.
             return max(1, min(int(round(cpus)), os.cpu_count() or 1))
