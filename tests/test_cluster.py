@@ -174,11 +174,17 @@ def test_submitted_quickstart_equals_a_local_run(local_cluster, tmp_path):
     # The quickstart with its LLM stage cut to 16 chunks, and without filters and negatives (per-stage start-up
     # costs dominate this small a run; those stages' own tests cover them).
     sets = ["--set", "synthesize.limit=16", "--set", "filters=null", "--set", "negatives=null"]
-    local = cli("run", "jobs/quickstart.yaml", "--workdir", str(tmp_path / "local"), *sets)  # an embedded Ray
-    assert local.returncode == 0, local.stdout[-3000:] + local.stderr[-3000:]
-
-    job_id = submitted_id(cli("submit", "jobs/quickstart.yaml", "--workdir", str(tmp_path / "cluster"), *sets))
-    logs = cli("logs", job_id, "--follow")
+    # The local run (an embedded Ray of its own) goes beside the submitted one: most of either is waiting.
+    local = subprocess.Popen([sys.executable, "-m", "ragworks.cli", "run", "jobs/quickstart.yaml", "--workdir",
+                              str(tmp_path / "local"), *sets], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        job_id = submitted_id(cli("submit", "jobs/quickstart.yaml", "--workdir", str(tmp_path / "cluster"), *sets))
+        logs = cli("logs", job_id, "--follow")
+        local_output = local.communicate(timeout=600)[0]
+    finally:
+        local.kill()
+    assert local.returncode == 0, local_output[-4000:]
     assert logs.returncode == 0, logs.stdout[-3000:] + logs.stderr[-3000:]
     for stage in ("corpus", "index", "synthesize", "evaluate"):
         assert f"{stage}: done in" in logs.stdout, stage  # streamed from the cluster's driver
