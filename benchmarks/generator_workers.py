@@ -20,7 +20,7 @@ import ray
 
 from ragworks.config import TrainGeneratorConfig, load_spec
 from ragworks.models import causal_lm_source
-from ragworks.train.generator import split_examples, trainer
+from ragworks.train.train_generator import split_examples, trainer
 
 
 def main() -> None:

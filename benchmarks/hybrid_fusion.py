@@ -28,7 +28,7 @@ from rich.table import Table  # noqa: E402
 
 from ragworks.evaluate.beir import load_qrels, load_queries  # noqa: E402
 from ragworks.evaluate.metrics import evaluate_run  # noqa: E402
-from ragworks.evaluate.stage import rank_documents  # noqa: E402
+from ragworks.evaluate.evaluate import rank_documents  # noqa: E402
 from ragworks.index import open_index  # noqa: E402
 from ragworks.runtime import limit_torch_threads  # noqa: E402
 

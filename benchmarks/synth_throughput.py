@@ -23,7 +23,7 @@ from pathlib import Path
 from ragworks.config import EngineConfig, PromptConfig
 from ragworks.models import load_causal_lm
 from ragworks.synth.prompts import QueryPrompt
-from ragworks.synth.stage import TASK_DEFAULTS
+from ragworks.synth.synthesize import TASK_DEFAULTS
 
 
 def prompts_from(dataset: str, n: int, examples: str, document: str) -> list[str]:

@@ -63,7 +63,7 @@ def plain(rows: list[dict], cfg: TrainRetrieverConfig, steps: int) -> tuple[floa
 def with_ray(rows: list[dict], cfg: TrainRetrieverConfig, steps: int) -> tuple[float, float]:
     import ray
 
-    from ragworks.train.retriever import make_trainer
+    from ragworks.train.train_retriever import make_trainer
 
     train = ray.data.from_items(rows)
     val = ray.data.from_items(rows[:32])

@@ -195,7 +195,7 @@ def test_resume_after_a_killed_run(ray_local, tmp_path, corpus_dir):
 
 def test_every_written_block_types_its_columns_alike():
     # A block with no reject has no `reason` value; inferred as null, it would clash with a block that has one.
-    from ragworks.synth.stage import parse_rows
+    from ragworks.synth.synthesize import parse_rows
 
     def block(texts, errors):
         n = len(texts)
@@ -287,7 +287,7 @@ def test_filters_and_negatives_stages(ray_local, tmp_path, corpus_dir):
 
 
 def test_claim_evidence_is_the_closest_sentence_the_prompt_shows():
-    from ragworks.synth.stage import evidence
+    from ragworks.synth.rag_examples import evidence
 
     text = "Statins and the heart\nStatins lower LDL cholesterol in adults. They also reduce strokes. Beyond the cut."
     assert evidence(text, "Statins reduce LDL cholesterol.", 14) == "Statins lower LDL cholesterol in adults."

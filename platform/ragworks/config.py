@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from .sections import RESOURCES_HELP, Mode, Section
 from .storage import Folder, is_uri
 
 
@@ -21,12 +22,6 @@ class SpecError(ValueError):
     """A job spec that cannot run; the message names the file and the field."""
 
 
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-RESOURCES_HELP = ("custom Ray resources each actor or worker needs, e.g. {synth: 1}: it runs only on nodes that "
-                  "advertise them, and an autoscaler adds such nodes (cluster/README.md)")
 
 
 class RayConfig(Section):
@@ -132,8 +127,6 @@ class IndexConfig(Section):
     def _fulltext_bool(cls, v: Any) -> Any:
         return {"enabled": v} if isinstance(v, bool) else v
 
-
-Mode = Literal["dense", "fulltext", "hybrid"]
 
 # ------------------------------------------------------------- synthesize
 class SamplingConfig(Section):

@@ -53,3 +53,12 @@ def skip_done(batch, done: set[str], column: str = "key"):
     if not done:
         return batch
     return batch.filter(pc.invert(pc.is_in(batch[column], value_set=pa.array(sorted(done)))))
+
+
+def string_columns(table: pa.Table, names: tuple[str, ...]) -> pa.Table:
+    """A batch with no value in a column infers it as null; every written file must agree on string."""
+    for name in names:
+        i = table.schema.get_field_index(name)
+        if i >= 0 and pa.types.is_null(table.schema.field(i).type):
+            table = table.set_column(i, name, table.column(i).cast(pa.string()))
+    return table

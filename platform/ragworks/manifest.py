@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .storage import Folder
+from .storage import Folder, cache_dir
 
 MANIFEST = "manifest.json"
 
@@ -47,8 +47,6 @@ def files_fingerprint(path: str | Path) -> str:
 
 def content_hash(path: Path) -> str:
     """A file's BLAKE2 digest, cached by path, size and mtime: an unchanged corpus is read once per machine."""
-    from .models import cache_dir
-
     st = path.stat()
     entry = cache_dir() / "file_hashes" / stable_hash([str(path.resolve()), st.st_size, st.st_mtime_ns])
     if entry.exists():

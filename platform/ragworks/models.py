@@ -11,7 +11,7 @@ import importlib
 import importlib.util
 from pathlib import Path
 
-from .storage import fetch, filled_atomically, is_uri
+from .storage import cache_dir, fetch, filled_atomically, is_uri  # noqa: F401 - cache_dir: models' cache
 
 DEFAULT_EMBEDDER = "bundled:all-minilm-l6-v2"
 DEFAULT_GENERATOR = "bundled:smollm2-135m-instruct"
@@ -55,12 +55,6 @@ def resolve_model(name: str) -> str:
 def resolve_embedder(name: str) -> str:
     """'base' is the bundled embedder; later stages add 'trained'."""
     return resolve_model(DEFAULT_EMBEDDER if name == "base" else name)
-
-
-def cache_dir() -> Path:
-    import os
-
-    return Path(os.environ.get("RAGWORKS_CACHE", "~/.cache/ragworks")).expanduser()
 
 
 def _gguf_file(path: Path) -> Path | None:

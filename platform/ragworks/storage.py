@@ -155,6 +155,11 @@ def filled_atomically(target: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def cache_dir() -> Path:
+    """This machine's ragworks cache: converted models, fetched models, file hashes."""
+    return Path(os.environ.get("RAGWORKS_CACHE", "~/.cache/ragworks")).expanduser()
+
+
 def fetch(location: str) -> str:
     """A local path for `location`: itself when local, else a copy in this node's cache, downloaded once.
 
@@ -163,8 +168,6 @@ def fetch(location: str) -> str:
     """
     if not is_uri(location):
         return location
-    from .models import cache_dir
-
     folder = Folder(location)
     infos = folder.fs.get_file_info(pafs.FileSelector(folder.path, recursive=True))
     if not infos:

@@ -1,5 +1,5 @@
 """Corpus processing: raw records to clean, deduplicated, token-aware chunks."""
 
-from .stage import external_inputs, run
+from .corpus import external_inputs, run
 
 __all__ = ["run", "external_inputs"]

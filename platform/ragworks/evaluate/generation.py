@@ -18,7 +18,7 @@ from ray.data import ActorPoolStrategy
 from ..answers import messages, score_answers
 from ..config import EngineConfig, GenerationEvalConfig, SamplingConfig
 from ..synth.engines import generate
-from ..synth.stage import CLAIM_KEY
+from ..synth.rag_examples import CLAIM_KEY
 
 
 class ChatPrompts:

@@ -1,6 +1,6 @@
 """The LanceDB index: build it (stage `index`) and search it (dense, full-text, hybrid)."""
 
 from .search import IndexActor, Searcher, open_index, unit
-from .stage import external_inputs, run
+from .index import external_inputs, run
 
 __all__ = ["IndexActor", "Searcher", "open_index", "unit", "run", "external_inputs"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
 
 # LanceDB's hybrid query selects columns internally and logs a deprecation
 # warning per query; the warning is about LanceDB's own call, not ours.
@@ -19,8 +18,8 @@ import lancedb  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..manifest import read_manifest  # noqa: E402
+from ..sections import Mode  # noqa: E402
 
-Mode = Literal["dense", "fulltext", "hybrid"]
 COLUMNS = ["id", "doc_id", "chunk_index", "title", "text", "source", "metadata"]
 
 

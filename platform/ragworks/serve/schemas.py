@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..sections import Mode
+
 MAX_TOP_K = 100
 
 
@@ -14,7 +16,7 @@ class SearchRequest(BaseModel):
 
     query: str = Field(..., min_length=1, description="bounded by the body limit (413)")
     top_k: int = Field(5, ge=1, le=MAX_TOP_K)
-    mode: Literal["dense", "fulltext", "hybrid"] = "hybrid"
+    mode: Mode = "hybrid"
 
 
 class EmbeddingRequest(BaseModel):
@@ -43,4 +45,4 @@ class ChatRequest(BaseModel):
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(4, ge=1, le=20, description="chunks retrieved as context")
-    mode: Literal["dense", "fulltext", "hybrid"] = "hybrid"
+    mode: Mode = "hybrid"

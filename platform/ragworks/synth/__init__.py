@@ -2,7 +2,7 @@
 
 from .filters import run as run_filters
 from .negatives import run as run_negatives
-from .stage import external_inputs
-from .stage import run as run_synthesize
+from .synthesize import external_inputs
+from .synthesize import run as run_synthesize
 
 __all__ = ["run_synthesize", "run_filters", "run_negatives", "external_inputs"]
