@@ -163,7 +163,7 @@ def test_local_cluster_has_three_nodes_and_a_loopback_dashboard(local_cluster):
 
 def metrics(workdir: Path) -> dict:
     report = json.loads((workdir / "evaluate" / "report.json").read_text())
-    counts = {s: json.loads((workdir / s / "manifest.json").read_text())["counts"]
+    counts = {s: json.loads((workdir / s / "manifest.json").read_text())["outputs"]["counts"]
               for s in ("corpus", "index", "synthesize")}
     return {"report": report["metrics"], "counts": counts}
 
@@ -266,5 +266,5 @@ def test_a_killed_worker_node_loses_no_row_and_duplicates_none(local_cluster, tm
     keys = [r["key"] for r in rows]
     assert len(keys) == len(set(keys)) == 2 * len(docs)  # every row once
     manifest = json.loads((workdir / "synthesize" / "manifest.json").read_text())
-    assert manifest["counts"]["rows"] == 2 * len(docs) and manifest["counts"]["ok"] == 2 * len(docs)
+    assert manifest["outputs"]["counts"]["rows"] == 2 * len(docs) and manifest["outputs"]["counts"]["ok"] == 2 * len(docs)
     assert requests >= len(keys)

@@ -28,7 +28,7 @@ def rows(manifest: dict, name: str) -> list[dict]:
 def test_beir_reader_prepends_titles(ray_local, tmp_path, beir_dir):
     m = run_corpus(tmp_path, {"format": "beir", "path": str(beir_dir)})
     chunks = rows(m, "chunks")
-    assert m["counts"] == {"input_records": 6, "documents": 6, "chunks": 6, "duplicates": 0, "rejects": 0}
+    assert m["outputs"]["counts"] == {"input_records": 6, "documents": 6, "chunks": 6, "duplicates": 0, "rejects": 0}
     by_id = {c["id"]: c for c in chunks}
     assert by_id["d1#0"]["doc_id"] == "d1"
     assert by_id["d1#0"]["text"].startswith("Photosynthesis\nPlants convert sunlight")
@@ -54,7 +54,7 @@ def test_parquet_reader_keeps_row_numbers(ray_local, tmp_path):
     pq.write_table(pa.table({"_id": ["p1", "p2", "p3"], "title": ["A", None, "C"],
                              "text": ["alpha text", "beta text", ""]}), path)
     m = run_corpus(tmp_path, {"format": "parquet", "path": str(path)})
-    assert m["counts"]["documents"] == 2 and m["counts"]["rejects"] == 1
+    assert m["outputs"]["counts"]["documents"] == 2 and m["outputs"]["counts"]["rejects"] == 1
     (rej,) = rows(m, "rejects")
     assert rej["doc_id"] == "p3" and rej["line"] == 3 and rej["reason"] == "empty text after normalisation"
     assert {c["text"] for c in rows(m, "chunks")} == {"A\nalpha text", "beta text"}
@@ -90,7 +90,7 @@ def test_exact_and_near_dedup(ray_local, tmp_path):
     ]
     path = write_jsonl(tmp_path / "c" / "corpus.jsonl", docs)
     m = run_corpus(tmp_path, {"format": "beir", "path": str(path.parent)})
-    assert m["counts"]["duplicates"] == 1
+    assert m["outputs"]["counts"]["duplicates"] == 1
     (dup,) = rows(m, "duplicates")
     assert dup["doc_id"] == "copy" and dup["duplicate_of"] == "orig" and dup["reason"].startswith("exact")
 
@@ -118,7 +118,7 @@ def test_rejects_accounting_with_a_corrupted_file(ray_local, tmp_path):
     ]
     path = write_jsonl(tmp_path / "c" / "corpus.jsonl", good, raw)
     m = run_corpus(tmp_path, {"format": "beir", "path": str(path.parent)})
-    c = m["counts"]
+    c = m["outputs"]["counts"]
     records = sum(1 for line in path.read_bytes().splitlines() if line.strip())  # counted independently
     assert records == 14
     assert c["input_records"] == records == c["documents"] + c["duplicates"] + c["rejects"]

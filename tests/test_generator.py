@@ -110,15 +110,15 @@ def test_lora_job_resumes_after_a_killed_worker_and_reports_answers(ray_local, t
     thread.join(timeout=5)
     m = ms["train_generator"]
     assert killed, "the worker was never killed"
-    assert m["counts"]["steps"] == m["counts"]["train_examples"] // 4  # every step done after the restart
-    assert m["resumed_from_steps"] and killed["checkpoint"] <= m["resumed_from_steps"][0] <= killed["step"]
-    assert m["resumed_from_steps"][0] % 2 == 0
+    assert m["outputs"]["counts"]["steps"] == m["outputs"]["counts"]["train_examples"] // 4  # every step done after the restart
+    assert m["outputs"]["resumed_from_steps"] and killed["checkpoint"] <= m["outputs"]["resumed_from_steps"][0] <= killed["step"]
+    assert m["outputs"]["resumed_from_steps"][0] % 2 == 0
     adapter = Path(m["outputs"]["adapter"])
     assert PeftConfig.from_pretrained(str(adapter)).peft_type == "LORA" and (adapter / "adapter_model.safetensors").exists()
     merged = Path(m["outputs"]["merged"])
     assert (merged / "config.json").exists() and not (merged / "adapter_config.json").exists()  # plain weights
-    losses = [h["val_loss"] for h in m["history"]]
-    assert m["best"]["val_loss"] == min(losses) < losses[0]  # training lowered the held-out loss of the base model
+    losses = [h["val_loss"] for h in m["outputs"]["history"]]
+    assert m["outputs"]["best"]["val_loss"] == min(losses) < losses[0]  # training lowered the held-out loss of the base model
 
     gen = ms["evaluate"]["generation"]
     assert set(gen) == {"base", "tuned"} and gen["tuned"]["examples"] == 4 and gen["tuned"]["errors"] == 0

@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -46,7 +47,7 @@ def test_job_writes_artifacts_manifests_and_report(finished):
     for stage in m:
         manifest = json.loads((workdir / stage / "manifest.json").read_text())
         assert manifest["key"] and manifest["seconds"] > 0 and manifest["config"]
-    assert m["index"]["counts"]["rows"] == 6 and m["index"]["indexes"] == ["FTS"]
+    assert m["index"]["outputs"]["counts"]["rows"] == 6 and m["index"]["outputs"]["indexes"] == ["FTS"]
     report = json.loads((workdir / "evaluate" / "report.json").read_text())
     for mode in ("dense", "fulltext", "hybrid"):
         assert report["metrics"][mode]["ndcg@10"] > 0.8, (mode, report["metrics"][mode])
@@ -87,11 +88,25 @@ def test_hybrid_fuses_normalized_scores_as_the_index_is_configured(finished, tmp
     dense_only = open_index(workdir / "index", vector_weight=1.0)
     ranked = [h["id"] for h in dense_only.search(query, mode="hybrid", k=4, vector=vector)]
     assert ranked == [h["id"] for h in searcher.dense(vector, k=4)]
-    # an index built before fusion was configurable keeps reciprocal rank fusion
-    old = json.loads((workdir / "index" / "manifest.json").read_text())
-    del old["config"]["hybrid"]
-    (tmp_path / "manifest.json").write_text(json.dumps(old))
-    assert open_index(tmp_path).fusion == "rrf"
+    # an index built before fusion was configurable, and before typed outputs, keeps reciprocal rank fusion
+    assert open_index(legacy_manifest(workdir / "index", tmp_path, drop_config=("hybrid",))).fusion == "rrf"
+
+
+def legacy_manifest(stage_dir: Path, target: Path, drop_config=()) -> Path:
+    """A stage's manifest as ragworks wrote it before typed outputs: the facts beside `outputs`, the
+    settings only in `config`."""
+    m = json.loads((stage_dir / "manifest.json").read_text())
+    out = m.pop("outputs")
+    paths = {k: v for k, v in out.items() if isinstance(v, str) and "/" in v and k != "embedder"}
+    if m["stage"] == "index":
+        paths["table"] = out["table"]
+    m.update({k: v for k, v in out.items() if k not in paths and k in ("counts", "embedder", "indexes", "version",
+                                                                      "metrics", "resumed_from_rows", "throughput")})
+    m["outputs"] = paths
+    m["config"] = {k: v for k, v in m["config"].items() if k not in drop_config}
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "manifest.json").write_text(json.dumps(m))
+    return target
 
 
 def test_rerun_skips_finished_stages_and_reruns_what_changed(finished):
@@ -101,12 +116,19 @@ def test_rerun_skips_finished_stages_and_reruns_what_changed(finished):
     again = run_job(job(beir), workdir=workdir, console=QUIET)
     assert all(again[s]["run_id"] == first[s]["run_id"] for s in first)  # nothing re-ran
 
+    # a workdir written before typed outputs: still up to date, and a stage reading it gets its outputs
+    for stage in first:
+        legacy_manifest(workdir / stage, workdir / stage)
+    assert all(run_job(job(beir), workdir=workdir, console=QUIET)[s]["run_id"] == first[s]["run_id"] for s in first)
+    redone = run_job(job(beir), workdir=workdir, force=["evaluate"], console=QUIET)["evaluate"]
+    assert redone["outputs"]["metrics"] == first["evaluate"]["outputs"]["metrics"]
+
     changed = parse_spec({**job(beir).model_dump(mode="json"), "evaluate": {"modes": ["fulltext"], "dataset": str(beir)}})
     third = run_job(changed, workdir=workdir, console=QUIET)
     assert third["corpus"]["run_id"] == first["corpus"]["run_id"]
     assert third["index"]["run_id"] == first["index"]["run_id"]
     assert third["evaluate"]["run_id"] != first["evaluate"]["run_id"]
-    assert list(third["evaluate"]["metrics"]) == ["fulltext"]
+    assert list(third["evaluate"]["outputs"]["metrics"]) == ["fulltext"]
 
 
 def test_input_fingerprints_follow_content_not_file_times(tmp_path):
@@ -152,7 +174,7 @@ def test_ann_index_is_built_once_the_table_is_large_enough(ray_local, tmp_path):
                        "index": {"ann": {"min_rows": 256, "index_type": "IVF_FLAT", "num_partitions": 2},
                                  "concurrency": [1, 2], "batch_size": 32}})
     m = run_job(spec, workdir=tmp_path / "wd", console=QUIET)["index"]
-    assert m["indexes"] == ["IVF_FLAT", "FTS"] and m["counts"]["rows"] == 300
+    assert m["outputs"]["indexes"] == ["IVF_FLAT", "FTS"] and m["outputs"]["counts"]["rows"] == 300
     searcher = open_index(tmp_path / "wd" / "index")
     assert [i.index_type for i in searcher.table.list_indices() if i.columns == ["vector"]] == ["IvfFlat"]
     assert searcher.search("record 123", mode="hybrid", k=5)[0]["doc_id"] == "x123"

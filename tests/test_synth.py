@@ -80,7 +80,7 @@ def tiny_lm(tmp_path_factory) -> str:
 def test_openai_engine_against_a_local_server_isolates_failing_rows(ray_local, tmp_path, corpus_dir):
     with FakeLLM({"Plants": " Query: how do plants make glucose"}) as llm:
         m = run_job(spec_for(corpus_dir, llm.url), workdir=tmp_path / "wd", console=QUIET)["synthesize"]
-    n_chunks = m["counts"]["rows"]
+    n_chunks = m["outputs"]["counts"]["rows"]
     ok, rejects = rows(m["outputs"]["generated"]), rows(m["outputs"]["rejects"])
     assert len(ok) + len(rejects) == n_chunks and len(ok) > 0
     assert {r["doc_id"] for r in rejects} == {"FAIL"}  # only the failing document's rows
@@ -185,12 +185,12 @@ def test_resume_after_a_killed_run(ray_local, tmp_path, corpus_dir):
 
     final = rows(out)
     keys = [r["key"] for r in final]
-    n_chunks = m["counts"]["rows"] // 3
+    n_chunks = m["outputs"]["counts"]["rows"] // 3
     assert len(keys) == len(set(keys)) == 3 * n_chunks  # every row once: no duplicates, nothing lost
     assert written_before <= set(keys)
     assert requests_after <= len(keys) - len(written_before) + 4  # only the missing rows were generated again
     # The rows the killed run left whole (its workers may finish a file or two after the kill) are not this run's work.
-    assert len(written_before) <= m["resumed_from_rows"] < len(keys)
+    assert len(written_before) <= m["outputs"]["resumed_from_rows"] < len(keys)
 
 
 def test_every_written_block_types_its_columns_alike():
@@ -237,8 +237,8 @@ def test_filters_and_negatives_stages(ray_local, tmp_path, corpus_dir):
                                       "prompt": {"max_doc_words": 12},
                                       "rag": {"claims": 2, "distractors": 2, "no_oracle_fraction": 0.5, "mode": "dense"}})
         m = run_job(spec, workdir=tmp_path / "wd", console=QUIET)
-    c = m["filters"]["counts"]
-    gen = m["synthesize"]["counts"]["ok"]
+    c = m["filters"]["outputs"]["counts"]
+    gen = m["synthesize"]["outputs"]["counts"]["ok"]
     assert c["input"] == gen
     assert c["cleanup"]["dropped"] == 0 and c["length"]["dropped"] >= 1
     assert c["dedup"]["dropped"] >= 1 and c["consistency"]["dropped"] >= 1
@@ -261,7 +261,7 @@ def test_filters_and_negatives_stages(ray_local, tmp_path, corpus_dir):
     examples, rejects = rows(m["rag_examples"]["outputs"]["generated"]), rows(m["rag_examples"]["outputs"]["rejects"])
     claims = [r for r in examples if r["key"].startswith("claim:")]
     generated = [r for r in examples if not r["key"].startswith("claim:")]
-    assert generated and rejects and len(generated) + len(rejects) == m["corpus"]["counts"]["chunks"]
+    assert generated and rejects and len(generated) + len(rejects) == m["corpus"]["outputs"]["counts"]["chunks"]
     assert {r["reason"] for r in rejects} <= {"no 'question / Answer:' pair in the output",
                                              "generation failed: HTTP 500: {\"error\": \"boom\"}"}
     for r in examples:

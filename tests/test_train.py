@@ -48,20 +48,20 @@ def test_lora_training_in_an_s3_workdir_resumes_after_a_killed_worker_reindexes_
 
     t = m["train_retriever"]
     assert killed, "the worker was never killed"
-    assert t["counts"]["train_pairs"] >= 8 and t["counts"]["val_pairs"] >= 1
-    per_epoch = t["counts"]["train_pairs"] // 4
+    assert t["outputs"]["counts"]["train_pairs"] >= 8 and t["outputs"]["counts"]["val_pairs"] >= 1
+    per_epoch = t["outputs"]["counts"]["train_pairs"] // 4
     total = 3 * per_epoch
-    assert t["counts"]["steps"] == total  # finished every step after the restart
-    resumed = t["resumed_from_steps"]
+    assert t["outputs"]["counts"]["steps"] == total  # finished every step after the restart
+    resumed = t["outputs"]["resumed_from_steps"]
     assert resumed and killed["checkpoint"] <= resumed[0] <= killed["step"]
     checkpointed = {s for s in range(total + 1) if s % 2 == 0 or s % per_epoch == 0}  # every 2 steps, every epoch
     assert resumed[0] in checkpointed  # from a checkpoint, not from scratch
-    steps = [h["step"] for h in t["history"]]
+    steps = [h["step"] for h in t["outputs"]["history"]]
     assert steps == sorted(checkpointed)  # the base, then every checkpoint once, across the restart
-    assert all(h["val_queries"] >= 1 and h["dev_queries"] == len(FACTS) for h in t["history"])
-    assert all(h["dev_pool"] == len(FACTS) for h in t["history"])  # every judged document, over max_corpus
-    assert t["selected_on"] == "dev_ndcg@10" and t["best"]["step"] in steps
-    assert t["best"]["dev_ndcg@10"] == max(h["dev_ndcg@10"] for h in t["history"])
+    assert all(h["val_queries"] >= 1 and h["dev_queries"] == len(FACTS) for h in t["outputs"]["history"])
+    assert all(h["dev_pool"] == len(FACTS) for h in t["outputs"]["history"])  # every judged document, over max_corpus
+    assert t["outputs"]["selected_on"] == "dev_ndcg@10" and t["outputs"]["best"]["step"] in steps
+    assert t["outputs"]["best"]["dev_ndcg@10"] == max(h["dev_ndcg@10"] for h in t["outputs"]["history"])
     assert t["throughput"]["pairs_per_s"] > 0
 
     assert t["outputs"]["model"] == f"{workdir}/train_retriever/model"
@@ -79,15 +79,15 @@ def test_lora_training_in_an_s3_workdir_resumes_after_a_killed_worker_reindexes_
         assert type(model[0].model) is type(base[0].model) and model.encode(["a query"]).shape == (1, 384)
     assert abs(model.encode(texts) - base.encode(texts)).max() > 1e-4  # the last checkpoint's adapters learnt
 
-    assert m["index"]["embedder"] == "base" and m["index_tuned"]["embedder"] == t["outputs"]["model"]
-    assert m["index_tuned"]["counts"]["rows"] == m["index"]["counts"]["rows"]
-    assert set(m["evaluate"]["metrics"]) == {"fulltext", "dense (base)", "dense (tuned)"}
-    report = json.loads(Folder(m["evaluate"]["outputs"]["json"]).read_text())
+    assert m["index"]["outputs"]["embedder"] == "base" and m["index_tuned"]["outputs"]["embedder"] == t["outputs"]["model"]
+    assert m["index_tuned"]["outputs"]["counts"]["rows"] == m["index"]["outputs"]["counts"]["rows"]
+    assert set(m["evaluate"]["outputs"]["metrics"]) == {"fulltext", "dense (base)", "dense (tuned)"}
+    report = json.loads(Folder(m["evaluate"]["outputs"]["report"]).read_text())
     stages = {r["stage"]: r for r in report["stages"]}
     assert {"train_retriever", "index_tuned"} <= set(stages)
     assert stages["train_retriever"]["work"] == total * t["config"]["batch_size"]
     assert stages["train_retriever"]["unit"] == "pairs"
-    assert stages["index_tuned"]["work"] == m["index"]["counts"]["rows"] and stages["index_tuned"]["per_s"] > 0
+    assert stages["index_tuned"]["work"] == m["index"]["outputs"]["counts"]["rows"] and stages["index_tuned"]["per_s"] > 0
     assert "dense (tuned)" in Folder(m["evaluate"]["outputs"]["markdown"]).read_text()
 
     assert all(f"train-reindex/{stage}/manifest.json" in stored for stage in m)

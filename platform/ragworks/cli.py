@@ -8,8 +8,10 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .config import SpecError, load_spec, parse_spec
+from .stage import StageError, registry, run_order
 
 app = typer.Typer(
     help="ragworks: raw corpus in, tuned, evaluated and served RAG stack out, on Ray.\n\n"
@@ -20,8 +22,15 @@ app = typer.Typer(
 )
 console = Console()
 
-STAGES_HELP = ("Stage to re-run even if its manifest matches (corpus, index, synthesize, filters, negatives, "
-               "train_retriever, index_tuned, rag_examples, train_generator, evaluate, or all); repeatable.")
+STAGES_HELP = (f"Stage to re-run even if its manifest matches ({', '.join(run_order())}, or all), and every stage "
+               "after it that reads it; repeatable.")
+DEBUG_HELP = "On a failed stage, print its traceback here too (it is always written to WORKDIR/STAGE/error.log)"
+
+
+def stages_help() -> str:
+    """The stages a spec can enable, in the order they run: one line each, from the registry."""
+    stages = registry()
+    return "\n\n".join(f"[bold]{name}[/]: {stages[name].help}" for name in run_order())
 
 
 SET_HELP = "Override a spec field, KEY=VALUE with a dotted key and a YAML value (synthesize.limit=16); repeatable"
@@ -33,13 +42,20 @@ def _fail(err: Exception) -> None:
     raise typer.Exit(2)
 
 
-def _run(spec, workdir, force, address) -> None:
+def _run(spec, workdir, force, address, debug: bool = False) -> None:
     from .runner import run_job
 
     try:
         manifests = run_job(spec, workdir=workdir, force=force, address=address, console=console)
     except (SpecError, FileNotFoundError) as err:
         _fail(err)
+    except StageError as err:
+        if debug:
+            import traceback
+
+            console.print("".join(traceback.format_exception(err.__cause__ or err)), markup=False, highlight=False)
+        console.print(f"[red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
     console.print(f"[green]done[/]: workdir {spec.workdir_location(workdir)} "
                   f"({', '.join(manifests)})")
 
@@ -52,19 +68,28 @@ def run(
     address: Optional[str] = typer.Option(None, help="Ray cluster address ('auto', ray://HOST:10001); default: embedded local Ray"),
     force: list[str] = typer.Option([], help=STAGES_HELP),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
 ) -> None:
-    """Run the stages a job spec enables, in order.
-
-    Each stage writes its artifacts and a manifest.json under WORKDIR/STAGE; a
-    re-run skips every stage whose config and inputs are unchanged. The spec is
-    checked before any work starts: unknown keys, wrong types and missing files
-    are reported with the field's name. On a cluster, use `ragworks submit`.
-    """
     try:
         spec = load_spec(job, set_)
     except SpecError as err:
         _fail(err)
-    _run(spec, workdir, force, address)
+    _run(spec, workdir, force, address, debug)
+
+
+run.__doc__ = f"""Run the stages a job spec enables, in order.
+
+Each stage writes its artifacts and a manifest.json under WORKDIR/STAGE; a
+re-run skips every stage whose config and inputs are unchanged, and says why
+it re-runs one. The spec is checked before any work starts: unknown keys,
+wrong types and missing files are reported with the field's name. A stage
+that fails prints one line (the stage, the reason, the fix when known) and
+the command exits 1. On a cluster, use `ragworks submit`.
+
+A spec has one section per stage it enables, run in this order:
+
+{stages_help()}
+"""
 
 
 @app.command("eval")
@@ -78,6 +103,7 @@ def eval_(
     workdir: Optional[str] = typer.Option(None, help="Where artifacts go (default: runs/eval-DATASET)"),
     address: Optional[str] = typer.Option(None, help="Ray cluster address; default: embedded local Ray"),
     force: list[str] = typer.Option([], help=STAGES_HELP),
+    debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
 ) -> None:
     """Evaluate retrieval on a BEIR dataset: dense, full-text and hybrid.
 
@@ -96,7 +122,7 @@ def eval_(
         spec = parse_spec(data, source=f"--dataset {dataset}")
     except SpecError as err:
         _fail(err)
-    _run(spec, workdir, force, address)
+    _run(spec, workdir, force, address, debug)
 
 
 @app.command()

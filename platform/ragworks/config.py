@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from .models import DEFAULT_EMBEDDER
 from .sections import RESOURCES_HELP, Mode, Section
 from .storage import Folder, is_uri
 
@@ -64,6 +65,16 @@ class ChunkingConfig(Section):
     overlap: int = Field(32, ge=0)
     tokenizer: str = Field("embedder", description="'embedder' (the index stage's model) or a model id/path")
     title: bool = Field(True, description="prepend the title to every chunk so each chunk stands alone")
+    _embedder: str | None = PrivateAttr(None)  # the index's embedder, set when the spec is loaded
+
+    @property
+    def tokenizer_model(self) -> str:
+        """The tokenizer chunks are measured with: 'embedder' is resolved when the spec is loaded, so the
+        corpus stage never reads the index section."""
+        if self.tokenizer != "embedder":
+            return self.tokenizer
+        embedder = self._embedder or "base"
+        return DEFAULT_EMBEDDER if embedder in ("base", "trained") else embedder
 
     @model_validator(mode="after")
     def _overlap_fits(self) -> "ChunkingConfig":
@@ -328,6 +339,8 @@ class EvaluateConfig(Section):
 
 # -------------------------------------------------------------------- job
 class JobSpec(Section):
+    """One optional section per registered stage (`ragworks.stage.registry()`; a test checks both ways)."""
+
     name: str = "job"
     workdir: str | None = Field(None, description="default: runs/NAME; a local or shared-mount path, s3:// or gs://")
     ray: RayConfig = Field(default_factory=RayConfig)
@@ -337,6 +350,8 @@ class JobSpec(Section):
     filters: FiltersConfig | None = None
     negatives: NegativesConfig | None = None
     train_retriever: TrainRetrieverConfig | None = None
+    index_tuned: IndexConfig | None = Field(None, description="the corpus re-embedded with train_retriever's model "
+                                            "(`index.embedder: trained` sets it to the index section)")
     rag_examples: RagExamplesStageConfig | None = None
     train_generator: TrainGeneratorConfig | None = None
     evaluate: EvaluateConfig | None = None
@@ -352,19 +367,25 @@ class JobSpec(Section):
         except OSError as err:  # a bucket pyarrow cannot reach, or no credentials for it
             raise SpecError(f"workdir {location}: {err}") from None
 
-    @property
-    def index_tuned(self) -> IndexConfig | None:
-        """`index.embedder: trained` re-indexes with the tuned model after training (stage `index_tuned`);
-        the first index, which filters and negatives search, uses the base model."""
-        if self.index is not None and self.index.embedder == "trained" and self.train_retriever is not None:
-            return self.index
-        return None
+    @model_validator(mode="before")
+    @classmethod
+    def _trained_means_index_tuned(cls, data: Any) -> Any:
+        """`index.embedder: trained`: index with the base model (training mines it), then re-index with the
+        tuned one in an `index_tuned` stage with the same settings."""
+        if isinstance(data, dict) and isinstance(data.get("index"), dict) and data.get("train_retriever") is not None \
+                and data["index"].get("embedder") == "trained" and data.get("index_tuned") is None:
+            data = {**data, "index_tuned": dict(data["index"])}
+        return data
 
     @model_validator(mode="after")
-    def _trained_needs_training(self) -> "JobSpec":
+    def _resolve_across_sections(self) -> "JobSpec":
         if self.index is not None and self.index.embedder == "trained" and self.train_retriever is None:
             raise ValueError("index.embedder 'trained' needs a train_retriever section (or a finished one: "
                              "name its model folder instead)")
+        if self.index_tuned is not None and self.index_tuned.embedder not in ("trained", "base"):
+            raise ValueError("index_tuned.embedder: index_tuned embeds with train_retriever's model; leave it out")
+        if self.corpus is not None and self.index is not None:
+            self.corpus.chunking._embedder = self.index.embedder
         return self
 
 
@@ -403,13 +424,13 @@ def _suggest(model: type[BaseModel], loc: tuple) -> str:
     return f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(known)})"
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
+def format_validation_error(err: ValidationError, source: str, model: type[BaseModel] | None = None) -> str:
     lines = [f"{source}: invalid job spec"]
     for e in err.errors():
         loc = tuple(p for p in e["loc"] if not str(p).startswith("function-"))
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown key" + _suggest(JobSpec, loc)
+            msg = "unknown key" + _suggest(model or JobSpec, loc)
         elif "input" in e and e["type"] not in ("missing",):
             msg += f" (got {e['input']!r})"
         lines.append(f"  {_loc(loc)}: {msg}")
@@ -457,8 +478,6 @@ def check_paths(spec: JobSpec, spec_dir: Path, source: str) -> JobSpec:
                 for need in ("queries.jsonl", f"qrels/{spec.evaluate.split}.tsv"):
                     if not (found / need).exists():
                         problems.append(f"  evaluate.dataset: {found} has no {need} (evaluate.split={spec.evaluate.split!r})")
-    if spec.evaluate is not None and spec.index is None:
-        problems.append("  evaluate: needs an index section (evaluate searches the index)")
     for section in ("synthesize", "rag_examples"):
         synth = getattr(spec, section)
         if synth is not None and synth.prompt.examples is not None:
@@ -472,12 +491,14 @@ def check_paths(spec: JobSpec, spec_dir: Path, source: str) -> JobSpec:
                         "synthesize; set them in the rag_examples section")
     if spec.rag_examples is not None and spec.rag_examples.rag.claims and spec.filters is None:
         problems.append("  rag_examples.rag.claims: needs a filters section (its kept claims are the questions)")
-    for stage, needs in (("synthesize", "index"), ("filters", "synthesize"), ("negatives", "filters"),
-                         ("rag_examples", "index"), ("train_generator", "rag_examples")):
-        if getattr(spec, stage) is not None and getattr(spec, needs) is None:
-            problems.append(f"  {stage}: needs a {needs} section")
-    if spec.index is not None and spec.corpus is None:
-        problems.append("  index: needs a corpus section (index embeds the corpus stage's chunks)")
+    from .stage import registry
+
+    for name, stage in registry().items():
+        if getattr(spec, name, None) is not None:
+            for need in stage.needs:
+                if getattr(spec, need, None) is None:
+                    problems.append(f"  {name}: needs {'an' if need[0] in 'aeiou' else 'a'} {need} section "
+                                    f"(it reads the {need} stage's output)")
     if problems:
         raise SpecError("\n".join([f"{source}: invalid job spec", *problems]))
     return spec
@@ -514,10 +535,13 @@ def parse_spec(data: dict[str, Any], source: str = "<spec>", spec_dir: Path | No
         raise SpecError(f"{source}: a job spec is a mapping of sections, got {type(data).__name__}")
     if overrides:
         data = apply_overrides(data, overrides, source)
+    from .stage import spec_model
+
+    model = spec_model()
     try:
-        spec = JobSpec.model_validate(data)
+        spec = model.model_validate(data)
     except ValidationError as err:
-        raise SpecError(format_validation_error(err, source)) from None
+        raise SpecError(format_validation_error(err, source, model)) from None
     return check_paths(spec, spec_dir or Path.cwd(), source)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from .storage import Folder, cache_dir
 
 MANIFEST = "manifest.json"
+PROGRESS = "_in_progress.json"  # a stage that started and has not finished: its key, so a re-run can resume it
 
 
 def stable_hash(obj: Any) -> str:

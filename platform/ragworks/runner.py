@@ -4,75 +4,18 @@ from __future__ import annotations
 
 import json
 import time
+import traceback
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
 
 from rich.console import Console
 
 from . import __version__
 from .config import JobSpec, SpecError
-from .manifest import MANIFEST, now, portable, read_manifest, stable_hash, write_manifest
+from .manifest import MANIFEST, PROGRESS, now, portable, read_manifest, stable_hash, write_manifest
 from .runtime import init_ray
-from .storage import Folder
+from .stage import Outputs, StageContext, StageDef, StageError, registry, run_order
 
-
-@dataclass
-class StageContext:
-    """What a stage sees besides its own config: where to write, what upstream produced."""
-
-    spec: JobSpec
-    workdir: Folder  # local, shared mount or object store: hand Ray Data, LanceDB and Ray Train str(folder)
-    stage_dir: Folder
-    inputs: dict[str, dict]
-    console: Console = field(default_factory=Console)
-    started: float = field(default_factory=time.perf_counter)
-
-    def input_dir(self, stage: str) -> Folder:
-        return self.workdir / stage
-
-
-@dataclass(frozen=True)
-class StageDef:
-    name: str
-    needs: tuple[str, ...]
-    run: Callable[[Any, StageContext], dict]
-    external: Callable[[JobSpec], dict] = lambda spec: {}
-    resumable: bool = False  # keeps a half-done output folder with the same key and carries on
-    optional: Callable[[Any], tuple[str, ...]] = lambda cfg: ()  # read when the config uses them and the spec has them
-
-    def inputs(self, enabled: list[str], cfg) -> tuple[str, ...]:
-        return self.needs + tuple(s for s in self.optional(cfg) if s in enabled)
-
-
-def _stages() -> dict[str, StageDef]:
-    # Imported here so `ragworks --help` does not pay for torch and Ray Data.
-    from functools import partial
-
-    from . import corpus, evaluate, index, synth, train
-
-    return {
-        "corpus": StageDef("corpus", (), corpus.run, corpus.external_inputs),
-        "index": StageDef("index", ("corpus",), index.run, index.external_inputs),
-        "synthesize": StageDef("synthesize", ("corpus", "index"), synth.run_synthesize, synth.external_inputs,
-                               resumable=True),
-        "filters": StageDef("filters", ("synthesize", "index"), synth.run_filters),
-        "negatives": StageDef("negatives", ("filters", "index"), synth.run_negatives),
-        "train_retriever": StageDef("train_retriever", ("negatives",), train.run_retriever, train.external_inputs),
-        "index_tuned": StageDef("index_tuned", ("corpus", "train_retriever"), partial(index.run, tuned=True)),
-        "rag_examples": StageDef("rag_examples", ("corpus", "index"), synth.run_synthesize,
-                                 partial(synth.external_inputs, section="rag_examples"), resumable=True,
-                                 optional=lambda cfg: ("filters",) if cfg.rag.claims else ()),
-        "train_generator": StageDef("train_generator", ("rag_examples",), train.run_generator),
-        "evaluate": StageDef("evaluate", ("index",), evaluate.run, evaluate.external_inputs,
-                             optional=lambda cfg: ("index_tuned", "train_generator")),
-    }
-
-
-STAGE_ORDER = ("corpus", "index", "synthesize", "filters", "negatives", "train_retriever", "index_tuned",
-               "rag_examples", "train_generator", "evaluate")
-PROGRESS = "_in_progress.json"
 
 
 def _upstream_fingerprint(manifest: dict) -> dict:
@@ -88,18 +31,22 @@ def run_job(
     address: str | None = None,
     console: Console | None = None,
 ) -> dict[str, dict]:
-    """Run every stage the spec enables; return each stage's manifest."""
+    """Run every stage the spec enables; return each stage's manifest.
+
+    A stage that fails raises `StageError` naming it, with its traceback written to WORKDIR/STAGE/error.log.
+    """
     console = console or Console()
     workdir = spec.resolved_workdir(workdir)
-    enabled = [s for s in STAGE_ORDER if getattr(spec, s) is not None]
+    stages = registry()
+    order = run_order()
+    enabled = [s for s in order if getattr(spec, s, None) is not None]
     if not enabled:
         raise SpecError("the job spec enables no stage (add a corpus, index or evaluate section)")
-    unknown = set(force) - set(STAGE_ORDER) - {"all"}
+    unknown = set(force) - set(order) - {"all"}
     if unknown:
-        raise SpecError(f"--force: unknown stage(s) {sorted(unknown)}; stages: {', '.join(STAGE_ORDER)}, all")
-    forced = set(STAGE_ORDER) if "all" in force else set(force)
+        raise SpecError(f"--force: unknown stage(s) {sorted(unknown)}; stages: {', '.join(order)}, all")
+    forced = set(order) if "all" in force else set(force)
 
-    stages = _stages()
     workdir.mkdir()
     init_ray(spec.ray, address)
     manifests: dict[str, dict] = {}
@@ -114,9 +61,9 @@ def run_job(
                     raise SpecError(f"stage '{name}' needs '{need}', which is neither in the spec nor finished in {workdir}")
                 manifests[need] = found
         inputs = {n: _upstream_fingerprint(manifests[n]) for n in needs}
-        external = stage.external(spec)
-        key = stable_hash(portable({"config": cfg.model_dump(mode="json"), "inputs": inputs, "external": external},
-                                   Path.cwd()))
+        external = stage.external_inputs(cfg)
+        config = cfg.model_dump(mode="json")
+        key = stable_hash(portable({"config": config, "inputs": inputs, "external": external}, Path.cwd()))
         stage_dir = workdir / name
         old = read_manifest(stage_dir)
         if old is not None and old.get("key") == key and name not in forced:
@@ -131,22 +78,25 @@ def run_job(
         (stage_dir / MANIFEST).unlink()
         marker.write_text(json.dumps({"key": key, "started": now()}))
         console.rule(f"[bold]{name}" + (" (resuming)" if resume else ""))
+        if old is not None and name not in forced:
+            console.print(f"re-running: {why_rerun(old, config, inputs, external)}", highlight=False)
         started, t0 = now(), time.perf_counter()
-        ctx = StageContext(spec=spec, workdir=workdir, stage_dir=stage_dir, inputs=manifests, console=console)
-        result = stage.run(cfg, ctx)
+        ctx = StageContext(workdir=workdir, stage_dir=stage_dir, inputs={n: manifests[n] for n in needs},
+                           job=dict(manifests), console=console)
+        outputs = _run_stage(stage, cfg, ctx)
         seconds = round(time.perf_counter() - t0, 3)
         manifest = {
             "stage": name,
             "key": key,
             "run_id": uuid.uuid4().hex,
             "ragworks": __version__,
-            "config": cfg.model_dump(mode="json"),
+            "config": config,
             "inputs": inputs,
             "external": external,
             "started": started,
             "finished": now(),
             "seconds": seconds,
-            **result,
+            "outputs": outputs.model_dump(mode="json"),
         }
         write_manifest(stage_dir, manifest)
         marker.unlink()
@@ -155,3 +105,50 @@ def run_job(
     return manifests
 
 
+def _run_stage(stage: StageDef, cfg, ctx: StageContext) -> Outputs:
+    """The stage's outputs; any failure becomes a StageError naming the stage, its traceback in error.log."""
+    try:
+        outputs = stage.run_function()(cfg, ctx)
+        if not isinstance(outputs, stage.outputs):
+            raise TypeError(f"returned {type(outputs).__name__}, not its outputs model {stage.outputs.__name__}")
+        return outputs
+    except SpecError:
+        raise
+    except Exception as err:  # noqa: BLE001 - reported in one line, the traceback kept in the log
+        log = ctx.stage_dir / "error.log"
+        log.write_text("".join(traceback.format_exception(err)))
+        if isinstance(err, StageError):
+            err.stage, err.log = stage.name, str(log)
+            raise
+        raise StageError(reason(err), stage=stage.name, log=str(log)) from err
+
+
+def reason(err: BaseException) -> str:
+    """One line for an unexpected error: the innermost cause (Ray wraps a task's error in its own)."""
+    while True:
+        inner = getattr(err, "cause", None) or err.__cause__
+        if not isinstance(inner, BaseException) or inner is err:
+            break
+        err = inner
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    text = lines[0] if lines else ""
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def why_rerun(old: dict, config: dict, inputs: dict, external: dict) -> str:
+    """What changed since the manifest on disk was written: config fields, upstream stages, outside inputs."""
+    changes = [f"{k}: {a!r} -> {b!r}" for k, a, b in _diff(old.get("config") or {}, config)]
+    changes += [f"upstream '{n}' re-ran" for n in sorted(set(inputs) | set(old.get("inputs") or {}))
+                if (old.get("inputs") or {}).get(n) != inputs.get(n)]
+    changes += [f"input {k} changed" for k, _, _ in _diff(old.get("external") or {}, external)]
+    if not changes:
+        return "its key changed (written by another ragworks version)"
+    return ", ".join(changes[:6]) + (f" and {len(changes) - 6} more" if len(changes) > 6 else "")
+
+
+def _diff(old, new, prefix: str = ""):
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in sorted(set(old) | set(new)):
+            yield from _diff(old.get(k, "<unset>"), new.get(k, "<unset>"), f"{prefix}{k}.")
+    elif old != new:
+        yield prefix.rstrip("."), old, new

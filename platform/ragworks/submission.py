@@ -123,8 +123,8 @@ def follow(job_id: str, address: str | None, out=sys.stdout) -> str:
 
 def status_rows(job_id: str, address: str | None) -> tuple[dict, list[tuple]]:
     """(the job's info, one row per finished stage from the workdir's manifests when this machine sees it)."""
-    from .manifest import read_manifest
-    from .runner import PROGRESS, STAGE_ORDER
+    from .manifest import PROGRESS, read_manifest
+    from .stage import registry, run_order
 
     info = client(address).get_job_info(job_id)
     fields = {"job": job_id, "status": str(info.status.value), "message": info.message or "",
@@ -133,10 +133,12 @@ def status_rows(job_id: str, address: str | None) -> tuple[dict, list[tuple]]:
     workdir = (info.metadata or {}).get("workdir")
     folder = reachable(workdir) if workdir else None
     if folder is not None:
-        for stage in STAGE_ORDER:
+        stages = registry()
+        for stage in run_order():
             m = read_manifest(folder / stage)
             if m is not None:
-                counts = ", ".join(f"{k} {v:,}" for k, v in (m.get("counts") or {}).items() if isinstance(v, int))
+                counts = stages[stage].outputs.from_manifest(m).counts
+                counts = ", ".join(f"{k} {v:,}" for k, v in counts.items() if isinstance(v, int))
                 rows.append((stage, f"{m['seconds']:.1f}s", m["finished"], counts))
             elif (folder / stage / PROGRESS).exists():
                 rows.append((stage, "running", "", ""))

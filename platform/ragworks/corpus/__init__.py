@@ -1,5 +1,19 @@
 """Corpus processing: raw records to clean, deduplicated, token-aware chunks."""
 
-from .corpus import external_inputs, run
+from ..config import CorpusConfig
+from ..stage import Outputs, StageDef
 
-__all__ = ["run", "external_inputs"]
+
+class CorpusOutputs(Outputs):
+    """Every input record lands in exactly one folder: input = documents + duplicates + rejects."""
+
+    chunks: str
+    duplicates: str
+    rejects: str
+
+
+STAGES = (
+    StageDef("corpus", CorpusConfig, "ragworks.corpus.corpus:run", CorpusOutputs,
+             external="ragworks.corpus.corpus:external_inputs", work=("chunks", "chunks"),
+             help="read, normalise, dedup (exact + MinHash) and chunk the source; rejects kept aside"),
+)

@@ -10,11 +10,11 @@ import ray
 from ray.data.expressions import col
 from rich.table import Table
 
-from ..config import CorpusConfig, JobSpec
+from ..config import CorpusConfig
 from ..manifest import files_fingerprint
-from ..models import DEFAULT_EMBEDDER
 from ..runtime import actor_pool, single_ordered_actor
 from ..storage import Folder
+from . import CorpusOutputs
 from .chunking import Chunk
 from .dedup import Deduplicate
 from .normalize import normalize_batch
@@ -23,27 +23,19 @@ from .readers import read_source, source_files
 OUTPUTS = {"chunk": "chunks", "duplicate": "duplicates", "reject": "rejects"}
 
 
-def tokenizer_name(spec: JobSpec) -> str:
-    name = spec.corpus.chunking.tokenizer
-    if name != "embedder":
-        return name
-    embedder = spec.index.embedder if spec.index else "base"
-    return DEFAULT_EMBEDDER if embedder in ("base", "trained") else embedder
+def external_inputs(cfg: CorpusConfig) -> dict:
+    return {"source": [files_fingerprint(p) for p in source_files(cfg.source)],
+            "tokenizer": cfg.chunking.tokenizer_model}
 
 
-def external_inputs(spec: JobSpec) -> dict:
-    return {"source": [files_fingerprint(p) for p in source_files(spec.corpus.source)],
-            "tokenizer": tokenizer_name(spec)}
-
-
-def run(cfg: CorpusConfig, ctx) -> dict:
+def run(cfg: CorpusConfig, ctx) -> CorpusOutputs:
     ctx.console.print(f"reading {cfg.source.format} records from {cfg.source.path}")
 
     ds = read_source(cfg.source)
     ds = ds.map_batches(normalize_batch, fn_kwargs={"cfg": cfg.normalize}, batch_format="pyarrow")
     ds = ds.map_batches(Deduplicate, fn_constructor_args=(cfg.dedup,), num_cpus=0.25, **single_ordered_actor(),
                         batch_format="pyarrow")
-    ds = ds.map_batches(Chunk, fn_constructor_args=(cfg.chunking, tokenizer_name(ctx.spec)),
+    ds = ds.map_batches(Chunk, fn_constructor_args=(cfg.chunking, cfg.chunking.tokenizer_model),
                         batch_format="pyarrow", **actor_pool(cfg.concurrency, 0.5, resources=cfg.resources))
 
     parts = ctx.stage_dir / "_parts"
@@ -60,7 +52,7 @@ def run(cfg: CorpusConfig, ctx) -> dict:
 
     counts = count_outputs(outputs)
     print_counts(ctx.console, counts, outputs["rejects"])
-    return {"outputs": outputs, "counts": counts}
+    return CorpusOutputs(**outputs, counts=counts)
 
 
 def _read(path: str) -> ray.data.Dataset | None:

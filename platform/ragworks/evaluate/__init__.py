@@ -1,6 +1,26 @@
-"""Evaluation: BEIR-layout judgements, retrieval metrics, reports."""
+"""Evaluation: BEIR-layout judgements, retrieval metrics, answer metrics, reports."""
 
-from .metrics import evaluate_run, mrr_at_k, ndcg_at_k, recall_at_k
-from .evaluate import external_inputs, run
+from typing import Any
 
-__all__ = ["evaluate_run", "ndcg_at_k", "recall_at_k", "mrr_at_k", "run", "external_inputs"]
+from ..config import EvaluateConfig
+from ..stage import Outputs, StageDef
+
+
+class EvaluateOutputs(Outputs):
+    report: str  # report.json
+    markdown: str
+    chart: str
+    answers_chart: str | None = None
+    metrics: dict[str, dict[str, float]] = {}
+    generation: dict[str, dict[str, Any]] | None = None
+
+    @classmethod
+    def legacy(cls, manifest: dict, data: dict) -> dict:
+        return super().legacy(manifest, {"report": data.get("json"), **data})
+
+
+STAGES = (
+    StageDef("evaluate", EvaluateConfig, "ragworks.evaluate.evaluate:run", EvaluateOutputs, needs=("index",),
+             optional=("index_tuned", "train_generator"), external="ragworks.evaluate.evaluate:external_inputs",
+             last=True, help="nDCG@10, Recall@100, MRR@10 per search mode; answer metrics; report.md/.json/.png"),
+)

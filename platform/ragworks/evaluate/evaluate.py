@@ -4,21 +4,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import EvaluateConfig, JobSpec
+from ..config import EvaluateConfig
 from ..index import open_index
 from ..manifest import files_fingerprint
 from ..runtime import limit_torch_threads
 from ..storage import staged
+from ..stage import StageError
+from . import EvaluateOutputs
 from .beir import load_qrels, load_queries
 from .generation import answer_metrics
 from .metrics import evaluate_run
 from .report import metrics_table, stage_rows, write_report
 
 
-def external_inputs(spec: JobSpec) -> dict:
-    folder = Path(spec.evaluate.dataset)
+def external_inputs(cfg: EvaluateConfig) -> dict:
+    folder = Path(cfg.dataset)
     return {"queries": files_fingerprint(folder / "queries.jsonl"),
-            "qrels": files_fingerprint(folder / "qrels" / f"{spec.evaluate.split}.tsv")}
+            "qrels": files_fingerprint(folder / "qrels" / f"{cfg.split}.tsv")}
 
 
 def rank_documents(hits: list[dict], k: int) -> list[str]:
@@ -33,12 +35,12 @@ def rank_documents(hits: list[dict], k: int) -> list[str]:
 
 def indexes_to_score(ctx) -> dict[str, str]:
     """Label suffix -> index stage: base and tuned side by side when the job re-indexed with its trained model."""
-    if ctx.spec.index_tuned is None:
+    if not ctx.has("index_tuned"):
         return {"": "index"}
     return {" (base)": "index", " (tuned)": "index_tuned"}
 
 
-def run(cfg: EvaluateConfig, ctx) -> dict:
+def run(cfg: EvaluateConfig, ctx) -> EvaluateOutputs:
     from rich.progress import track
 
     limit_torch_threads()
@@ -46,7 +48,8 @@ def run(cfg: EvaluateConfig, ctx) -> dict:
     queries = load_queries(cfg.dataset, set(qrels))
     missing = set(qrels) - set(queries)
     if missing:
-        raise ValueError(f"{cfg.dataset}: {len(missing)} judged queries are not in queries.jsonl, e.g. {sorted(missing)[:3]}")
+        raise StageError(f"{cfg.dataset}: {len(missing)} judged queries are not in queries.jsonl, e.g. "
+                         f"{sorted(missing)[:3]}", f"check qrels/{cfg.split}.tsv against queries.jsonl")
     qids = sorted(queries)
     texts = [queries[q] for q in qids]
     ctx.console.print(f"evaluating {len(qids)} judged queries of {cfg.dataset} ({cfg.split}) in modes {cfg.modes}")
@@ -54,7 +57,7 @@ def run(cfg: EvaluateConfig, ctx) -> dict:
     metrics, embedders = {}, {}
     for suffix, stage in indexes_to_score(ctx).items():
         searcher = open_index(ctx.input_dir(stage))
-        embedders[stage] = ctx.inputs[stage]["embedder"]
+        embedders[stage] = ctx.output(stage).embedder
         vectors = searcher.embed(texts, batch_size=cfg.batch_size) if set(cfg.modes) & {"dense", "hybrid"} else None
         for mode in cfg.modes:
             label = mode if mode == "fulltext" else mode + suffix  # full-text does not depend on the embedder
@@ -67,14 +70,14 @@ def run(cfg: EvaluateConfig, ctx) -> dict:
             metrics[label] = evaluate_run(run_, qrels)
 
     generation = samples = None
-    if "train_generator" in ctx.inputs:
-        generation, samples = answer_metrics(cfg.generation, ctx.inputs["train_generator"], ctx.console)
+    if ctx.has("train_generator"):
+        generation, samples = answer_metrics(cfg.generation, ctx.output("train_generator"), ctx.console)
 
     report = {
         "dataset": cfg.dataset, "dataset_name": Path(cfg.dataset).name, "split": cfg.split,
-        "queries": len(qids), "chunks": ctx.inputs["index"]["counts"]["rows"],
+        "queries": len(qids), "chunks": ctx.output("index").counts["rows"],
         "embedder": ", ".join(f"{k}: {v}" for k, v in embedders.items()), "embedders": embedders, "metrics": metrics,
-        "stages": stage_rows(ctx.inputs),
+        "stages": stage_rows(ctx.job),
         **({"generation": generation, "answer_samples": samples} if generation else {}),
     }
     with staged(ctx.stage_dir) as local:
@@ -84,5 +87,6 @@ def run(cfg: EvaluateConfig, ctx) -> dict:
     if generation:
         ctx.console.print(metrics_table(generation, "answers on held-out RAG examples"))
     ctx.console.print(f"report: {paths['markdown']}")
-    return {"outputs": paths, "metrics": metrics, "counts": {"queries": len(qids)},
-            **({"generation": generation} if generation else {})}
+    return EvaluateOutputs(report=paths["json"], markdown=paths["markdown"], chart=paths["chart"],
+                           answers_chart=paths.get("answers_chart"), metrics=metrics, generation=generation,
+                           counts={"queries": len(qids)})

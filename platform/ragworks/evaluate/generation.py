@@ -16,6 +16,7 @@ import ray
 from ray.data import ActorPoolStrategy
 
 from ..answers import messages, score_answers
+from ..train import GeneratorOutputs  # noqa: F401 - the annotation
 from ..config import EngineConfig, GenerationEvalConfig, SamplingConfig
 from ..synth.engines import generate
 from ..synth.rag_examples import CLAIM_KEY
@@ -51,11 +52,10 @@ def by_kind(rows: list[dict]) -> dict[str, list[dict]]:
     return kinds if all(kinds.values()) else {}
 
 
-def answer_metrics(cfg: GenerationEvalConfig, trained: dict, console) -> tuple[dict, dict]:
+def answer_metrics(cfg: GenerationEvalConfig, trained: "GeneratorOutputs", console) -> tuple[dict, dict]:
     """({'base': metrics, 'tuned': metrics}, {label: a few answers to show})."""
-    base, adapter = trained["base_model"], trained["outputs"]["adapter"]
-    max_words = trained["config"]["max_context_words"]
-    examples = ray.data.read_parquet(trained["outputs"]["heldout"], num_cpus=0.25).limit(cfg.max_examples)
+    base, adapter, max_words = trained.base_model, trained.adapter, trained.max_context_words
+    examples = ray.data.read_parquet(trained.heldout, num_cpus=0.25).limit(cfg.max_examples)
     prompts = examples.map_batches(ChatPrompts, fn_constructor_args=(base, max_words), batch_format="pyarrow",
                                    compute=ActorPoolStrategy(size=1), num_cpus=0.25).materialize()
     metrics, samples, kinds = {}, {}, {}

@@ -19,30 +19,26 @@ def metrics_table(metrics: dict[str, dict[str, float]], title: str = "retrieval"
     return table
 
 
-# What a stage's manifest counts as its work, for the report's throughput column: (count key, unit).
-# Training stages count the pairs or examples their steps saw (steps x batch), not the rows they were offered.
-WORK = {"corpus": ("chunks", "chunks"), "index": ("rows", "chunks"), "index_tuned": ("rows", "chunks"),
-        "synthesize": ("rows", "generations"), "rag_examples": ("rows", "examples"),
-        "filters": ("input", "queries"), "negatives": ("queries", "queries"),
-        "train_retriever": ("steps", "pairs"), "train_generator": ("steps", "examples")}
-
-
 def stage_rows(manifests: dict[str, dict]) -> list[dict]:
-    """Each finished stage's time, the work it did and its rate: where a job's hours go."""
+    """Each finished stage's time, the work its StageDef names (`work`) and its rate: where a job's hours go."""
+    from ..stage import registry
+
+    stages = registry()
     rows = []
     for name, m in manifests.items():
-        if "seconds" not in m:
+        if "seconds" not in m or name not in stages:
             continue
         row = {"stage": name, "seconds": m["seconds"]}
-        key, unit = WORK.get(name, (None, None))
-        count = (m.get("counts") or {}).get(key)
+        stage = stages[name]
+        out = stage.outputs.from_manifest(m)
+        key, unit = stage.work or (None, None)
+        count = out.counts.get(key)
+        resumed = getattr(out, "resumed_from_rows", 0)
         if isinstance(count, int):
-            if name.startswith("train_"):
-                count *= m["config"]["batch_size"]
-            count -= m.get("resumed_from_rows", 0)  # a resumed stage's seconds are its own run's: so is its work
+            count -= resumed  # a resumed stage's seconds are its own run's: so is its work
             row.update(work=count, unit=unit, per_s=round(count / max(m["seconds"], 1e-9), 3))
-            if m.get("resumed_from_rows"):
-                row["unit"] += f" (+{m['resumed_from_rows']:,} before a restart)"
+            if resumed:
+                row["unit"] += f" (+{resumed:,} before a restart)"
         rows.append(row)
     return rows
 

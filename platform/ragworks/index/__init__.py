@@ -1,6 +1,47 @@
-"""The LanceDB index: build it (stage `index`) and search it (dense, full-text, hybrid)."""
+"""The LanceDB index: build it (stages `index`, `index_tuned`) and search it (dense, full-text, hybrid)."""
 
-from .search import IndexActor, Searcher, open_index, unit
-from .index import external_inputs, run
+from typing import Any
 
-__all__ = ["IndexActor", "Searcher", "open_index", "unit", "run", "external_inputs"]
+from ..config import IndexConfig
+from ..stage import Outputs, StageDef
+
+
+class IndexOutputs(Outputs):
+    """The table and how to search it: every stage and the server open an index from these alone."""
+
+    lancedb: str
+    table: str
+    embedder: str
+    metric: str = "cosine"
+    nprobes: int = 32
+    refine_factor: int | None = None
+    hybrid: dict[str, Any] = {"fusion": "rrf"}  # an index built before fusion was configurable fused by rank
+    indexes: list[str] = []
+    version: int | None = None
+
+    @classmethod
+    def legacy(cls, manifest: dict, data: dict) -> dict:
+        config = manifest.get("config") or {}
+        ann = config.get("ann") or {}
+        return {"metric": config.get("metric", "cosine"), "nprobes": ann.get("nprobes", 32),
+                "refine_factor": ann.get("refine_factor"), "hybrid": config.get("hybrid", {"fusion": "rrf"}), **data}
+
+
+STAGES = (
+    StageDef("index", IndexConfig, "ragworks.index.index:run", IndexOutputs, needs=("corpus",),
+             work=("rows", "chunks"), help="embed the chunks in an actor pool; LanceDB table, ANN and full-text indexes"),
+    StageDef("index_tuned", IndexConfig, "ragworks.index.index_tuned:run", IndexOutputs,
+             needs=("corpus", "train_retriever"), work=("rows", "chunks"),
+             help="the same chunks re-embedded with train_retriever's model (index.embedder: trained)"),
+)
+
+_SEARCH = ("IndexActor", "Searcher", "open_index", "unit")
+
+
+def __getattr__(name: str):
+    """`from ragworks.index import open_index` without loading LanceDB for `ragworks --help`."""
+    if name in _SEARCH:
+        from . import search
+
+        return getattr(search, name)
+    raise AttributeError(name)

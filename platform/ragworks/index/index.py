@@ -8,15 +8,13 @@ import lancedb
 import pyarrow as pa
 import ray
 
-from ..config import IndexConfig, JobSpec
+from ..config import IndexConfig
 from ..runtime import actor_pool
+from ..stage import StageError
+from . import IndexOutputs
 from .embed import Embed
 
 TABLE_COLUMNS = ["id", "doc_id", "chunk_index", "n_tokens", "title", "text", "source", "line", "metadata"]
-
-
-def external_inputs(spec: JobSpec) -> dict:
-    return {}
 
 
 def ann_config(cfg: IndexConfig):
@@ -36,23 +34,25 @@ def write_table(db, name: str, ds: ray.data.Dataset):
     batches = (b for t in ds.iter_batches(batch_format="pyarrow", batch_size=None) for b in t.to_batches())
     first = next(batches, None)
     if first is None:
-        raise ValueError("the corpus stage produced no chunks to index")
+        raise StageError("the corpus stage produced no chunks to index")
     reader = pa.RecordBatchReader.from_batches(first.schema, itertools.chain([first], batches))
     return db.create_table(name, data=reader, mode="overwrite")
 
 
-def embedder_for(cfg: IndexConfig, ctx, tuned: bool) -> str:
-    """'trained' means base for the first index (training mines it) and the tuned model after training."""
-    if tuned:
-        return ctx.inputs["train_retriever"]["outputs"]["model"]
-    return "base" if cfg.embedder == "trained" else cfg.embedder
+def run(cfg: IndexConfig, ctx) -> IndexOutputs:
+    """'trained' means the base model here: training mines this index; `index_tuned` re-embeds after it."""
+    return build(cfg, ctx, "base" if cfg.embedder == "trained" else cfg.embedder)
 
 
-def run(cfg: IndexConfig, ctx, tuned: bool = False) -> dict:
-    chunks_dir = ctx.inputs["corpus"]["outputs"]["chunks"]
+def build(cfg: IndexConfig, ctx, embedder: str) -> IndexOutputs:
+    corpus = ctx.output("corpus")
+    if not corpus.counts.get("chunks"):
+        raise StageError(f"the corpus stage produced no chunks to index ({corpus.counts.get('rejects', 0):,} records "
+                         f"rejected, {corpus.counts.get('duplicates', 0):,} duplicates)",
+                         f"check corpus.source; the reasons are in {corpus.rejects}")
+    chunks_dir = corpus.chunks
     db_dir = ctx.stage_dir / "lancedb"
     uri = db_dir / f"{cfg.table}.lance"
-    embedder = embedder_for(cfg, ctx, tuned)
     ctx.console.print(f"embedding {chunks_dir} with {embedder}, actors {tuple(cfg.concurrency)}")
 
     # Small blocks so every actor in the pool gets work (a file is otherwise one block).
@@ -74,5 +74,6 @@ def run(cfg: IndexConfig, ctx, tuned: bool = False) -> dict:
                                remove_stop_words=cfg.fulltext.remove_stop_words, replace=True)
         indexes.append("FTS")
     ctx.console.print(f"LanceDB table '{cfg.table}' at {uri}: {rows:,} rows, indexes: {', '.join(indexes) or 'none'}")
-    return {"outputs": {"lancedb": str(db_dir), "table": cfg.table}, "embedder": embedder,
-            "counts": {"rows": rows}, "indexes": indexes, "version": table.version}
+    return IndexOutputs(lancedb=str(db_dir), table=cfg.table, embedder=embedder, metric=cfg.metric,
+                        nprobes=cfg.ann.nprobes, refine_factor=cfg.ann.refine_factor, hybrid=cfg.hybrid.model_dump(),
+                        indexes=indexes, version=table.version, counts={"rows": rows})

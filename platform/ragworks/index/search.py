@@ -109,14 +109,14 @@ class IndexActor:
 
 
 def open_index(index_dir: str | Path, **overrides) -> Searcher:
-    """The searcher for an index stage's output, configured from its manifest."""
+    """The searcher for an index stage's output, configured from its outputs alone."""
+    from . import IndexOutputs
+
     manifest = read_manifest(index_dir)
     if manifest is None:
         raise FileNotFoundError(f"{index_dir}: no finished index (no manifest.json); run the index stage first")
-    cfg = manifest["config"]
-    # an index built before `hybrid` was configurable fused by reciprocal rank
-    hybrid = cfg.get("hybrid", {"fusion": "rrf"})
-    kwargs = dict(table=cfg["table"], embedder=manifest["embedder"], metric=cfg["metric"],
-                  nprobes=cfg["ann"]["nprobes"], refine_factor=cfg["ann"]["refine_factor"], **hybrid)
+    out = IndexOutputs.from_manifest(manifest)
+    kwargs = dict(table=out.table, embedder=out.embedder, metric=out.metric, nprobes=out.nprobes,
+                  refine_factor=out.refine_factor, **out.hybrid)
     kwargs.update(overrides)
-    return Searcher(manifest["outputs"]["lancedb"], **kwargs)
+    return Searcher(out.lancedb, **kwargs)

@@ -15,6 +15,7 @@ from ..config import FiltersConfig
 from ..incremental import read_columns
 from ..index import IndexActor, unit
 from ..runtime import actor_pool, single_ordered_actor
+from . import FiltersOutputs
 from .parse import clean_query
 
 ORDER = ("cleanup", "length", "dedup", "consistency", "min_score")
@@ -84,8 +85,9 @@ class RoundTrip(IndexActor):
         return batch.append_column("own_rank", pa.array(ranks, pa.int32())).append_column("score", pa.array(scores, pa.float32()))
 
 
-def run(cfg: FiltersConfig, ctx) -> dict:
-    src = ctx.inputs["synthesize"]["outputs"]["generated"]
+def run(cfg: FiltersConfig, ctx) -> FiltersOutputs:
+    generated = ctx.output("synthesize")
+    src = generated.generated
     ds = ray.data.read_parquet(src, partitioning=None)  # the folder name is not a column
     ds = ds.map_batches(rule_filters, fn_kwargs={"cfg": cfg}, batch_format="pyarrow")
     if cfg.dedup:
@@ -99,9 +101,9 @@ def run(cfg: FiltersConfig, ctx) -> dict:
     out = ctx.stage_dir / "queries"
     ds.write_parquet(str(out), partition_cols=["status"])
 
-    counts = count_filters(out, ctx.inputs["synthesize"]["outputs"]["rejects"])
+    counts = count_filters(out, generated.rejects)
     print_filters(ctx.console, counts)
-    return {"outputs": {"kept": str(out / "status=kept"), "dropped": str(out / "status=dropped")}, "counts": counts}
+    return FiltersOutputs(kept=str(out / "status=kept"), dropped=str(out / "status=dropped"), counts=counts)
 
 
 def count_filters(out, synth_rejects=None) -> dict:

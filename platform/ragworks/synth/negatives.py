@@ -16,6 +16,7 @@ from ..config import NegativesConfig
 from ..incremental import read_columns
 from ..index import IndexActor, unit
 from ..runtime import actor_pool
+from . import NegativesOutputs
 
 
 class MineNegatives(IndexActor):
@@ -54,8 +55,8 @@ class MineNegatives(IndexActor):
         })
 
 
-def run(cfg: NegativesConfig, ctx) -> dict:
-    ds = ray.data.read_parquet(ctx.inputs["filters"]["outputs"]["kept"]).select_columns(["key", "id", "doc_id", "text", "query"])
+def run(cfg: NegativesConfig, ctx) -> NegativesOutputs:
+    ds = ray.data.read_parquet(ctx.output("filters").kept).select_columns(["key", "id", "doc_id", "text", "query"])
     ds = ds.map_batches(MineNegatives, fn_constructor_args=(str(ctx.input_dir("index")), cfg), batch_size=cfg.batch_size,
                         batch_format="pyarrow", **actor_pool(cfg.concurrency, 1, resources=cfg.resources))
     out = ctx.stage_dir / "pairs"
@@ -67,4 +68,4 @@ def run(cfg: NegativesConfig, ctx) -> dict:
         short += sum(1 for x in n if len(x) < cfg.per_query)
     ctx.console.print(f"negatives: {rows:,} queries, {cfg.per_query} hard negatives each "
                       f"({short:,} with fewer: the guard left too few candidates)")
-    return {"outputs": {"pairs": str(out)}, "counts": {"queries": rows, "short": short}}
+    return NegativesOutputs(pairs=str(out), counts={"queries": rows, "short": short})

@@ -22,6 +22,7 @@ from ..answers import ABSTAIN, token_f1
 from ..config import SynthesizeConfig
 from ..incremental import string_columns
 from ..index.search import IndexActor
+from . import GeneratedOutputs
 from .prompts import rag_prompt
 
 CLAIM_KEY = "claim:"  # the key prefix of claim examples (`rag.claims`), so evaluation can score them apart
@@ -88,3 +89,10 @@ def claim_answers(batch: pa.Table, max_words: int) -> pa.Table:
 def with_context(rows: ray.data.Dataset, cfg: SynthesizeConfig, ctx) -> ray.data.Dataset:
     return rows.map_batches(RagContext, fn_constructor_args=(str(ctx.input_dir("index")), cfg),
                             compute=ActorPoolStrategy(size=1), num_cpus=0.5, batch_size=32, batch_format="pyarrow")
+
+
+def run(cfg: SynthesizeConfig, ctx) -> GeneratedOutputs:
+    """The stage: synthesize's generating pipeline with the RAFT task (its section fixes `task`)."""
+    from .synthesize import run as generate_examples
+
+    return generate_examples(cfg, ctx)

@@ -17,10 +17,11 @@ import pyarrow.compute as pc
 import ray
 
 from ..answers import ABSTAIN
-from ..config import JobSpec, SynthesizeConfig
+from ..config import SynthesizeConfig
 from ..incremental import done_keys, drop_partial_files, read_columns, skip_done, string_columns
 from ..manifest import files_fingerprint
 from .engines import check_engine, generate
+from . import GeneratedOutputs
 from .parse import clean_query, parse_qa
 from .prompts import QueryPrompt
 from .rag_examples import claim_answers, claim_keys, with_context
@@ -29,8 +30,8 @@ LIGHT_CPUS = 0.25
 TASK_DEFAULTS = {"queries": {"max_tokens": 32, "stop": ["\n"]}, "rag_examples": {"max_tokens": 128, "stop": ["\n\n"]}}
 
 
-def external_inputs(spec: JobSpec, section: str = "synthesize") -> dict:
-    ex = getattr(spec, section).prompt.examples
+def external_inputs(cfg: SynthesizeConfig) -> dict:
+    ex = cfg.prompt.examples
     return {"examples": files_fingerprint(ex) if ex else None}
 
 
@@ -80,7 +81,8 @@ def parse_rows(batch: pa.Table, task: str, copies: frozenset = frozenset()) -> p
     return string_columns(pa.Table.from_pylist(rows), ("reason", "query", "answer", "oracle_id"))
 
 
-def run(cfg: SynthesizeConfig, ctx) -> dict:
+def run(cfg: SynthesizeConfig, ctx) -> GeneratedOutputs:
+    """Both generating stages: `synthesize` (either task) and `rag_examples`."""
     engine = engine_for(cfg)
     check_engine(engine)  # before any work: no GPU, no vLLM, say so now
     out = ctx.stage_dir / "generated"
@@ -95,14 +97,14 @@ def run(cfg: SynthesizeConfig, ctx) -> dict:
     light = {"batch_format": "pyarrow", "num_cpus": LIGHT_CPUS}
     write = {"partition_cols": ["status"], "ray_remote_args": {"num_cpus": LIGHT_CPUS}}
     if cfg.task == "rag_examples" and cfg.rag.claims:
-        claims = ray.data.read_parquet(ctx.inputs["filters"]["outputs"]["kept"], partitioning=None, num_cpus=LIGHT_CPUS)
+        claims = ray.data.read_parquet(ctx.output("filters").kept, partitioning=None, num_cpus=LIGHT_CPUS)
         claims = claims.select_columns(["id", "doc_id", "title", "text", "sample", "key", "query"]).limit(cfg.rag.claims)
         claims = claims.map_batches(claim_keys, **light).map_batches(skip_done, fn_kwargs={"done": done}, **light)
         claims = with_context(claims, cfg, ctx)
         claims.map_batches(claim_answers, fn_kwargs={"max_words": cfg.prompt.max_doc_words}, **light).write_parquet(str(out), **write)
         ctx.console.print(f"claim examples: the first {cfg.rag.claims:,} claims the filters kept")
 
-    chunks = ray.data.read_parquet(ctx.inputs["corpus"]["outputs"]["chunks"], num_cpus=LIGHT_CPUS).select_columns(["id", "doc_id", "title", "text"])
+    chunks = ray.data.read_parquet(ctx.output("corpus").chunks, num_cpus=LIGHT_CPUS).select_columns(["id", "doc_id", "title", "text"])
     if cfg.limit:
         chunks = chunks.limit(cfg.limit)
     rows = chunks.map_batches(expand, fn_kwargs={"per_chunk": cfg.per_chunk}, **light)
@@ -126,8 +128,8 @@ def run(cfg: SynthesizeConfig, ctx) -> dict:
              "rows_per_s": round((counts["rows"] - before["rows"]) / seconds, 3), "generated_tokens": tokens}
     ctx.console.print(f"synthesize: {counts['ok']:,} ok, {counts['rejects']:,} rejected; "
                       f"{stats['tokens_per_s']:.1f} tokens/s, {stats['rows_per_s']:.2f} rows/s")
-    return {"outputs": {"generated": str(out / "status=ok"), "rejects": str(out / "status=reject")},
-            "counts": counts, "throughput": stats, "resumed_from_rows": before["rows"]}
+    return GeneratedOutputs(generated=str(out / "status=ok"), rejects=str(out / "status=reject"), counts=counts,
+                            throughput=stats, resumed_from_rows=before["rows"])
 
 
 def count_generated(out) -> tuple[dict, int]:

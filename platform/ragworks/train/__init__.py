@@ -1,7 +1,49 @@
 """Fine-tuning on Ray Train: the retriever (contrastive, hard negatives) and the generator (LoRA, RAFT)."""
 
-from .train_generator import run as run_generator
-from .train_retriever import external_inputs
-from .train_retriever import run as run_retriever
+from typing import Any, ClassVar
 
-__all__ = ["external_inputs", "run_generator", "run_retriever"]
+from ..config import TrainGeneratorConfig, TrainRetrieverConfig
+from ..stage import Outputs, StageDef
+
+
+class TrainedOutputs(Outputs):
+    """What both training stages report: the checkpoints' scores and how the run went."""
+
+    seen: ClassVar[str]  # the count of what the steps saw
+    best: dict[str, Any] = {}
+    history: list[dict[str, Any]] = []
+    resumed_from_steps: list[int] = []
+    throughput: dict[str, float] = {}
+
+    @classmethod
+    def legacy(cls, manifest: dict, data: dict) -> dict:
+        # the report's work column: the pairs or examples the steps saw (steps x batch)
+        counts, batch = dict(data.get("counts") or {}), (manifest.get("config") or {}).get("batch_size", 0)
+        counts.setdefault(cls.seen, counts.get("steps", 0) * batch)
+        return super().legacy(manifest, {**data, "counts": counts})
+
+
+class RetrieverOutputs(TrainedOutputs):
+    seen: ClassVar[str] = "pairs"
+    model: str  # sentence-transformers folder (LoRA merged in)
+    selected_on: str = "val_ndcg@10"
+
+
+class GeneratorOutputs(TrainedOutputs):
+    seen: ClassVar[str] = "examples"
+    adapter: str  # PEFT LoRA folder
+    heldout: str  # the examples no step trained on: evaluate answers them
+    merged: str | None = None
+    model: str  # as the spec named it
+    base_model: str  # a folder or hub id transformers loads (a GGUF's converted copy)
+    max_context_words: int = 120  # the prompt layout it trained on: serve and evaluate show context the same way
+
+
+STAGES = (
+    StageDef("train_retriever", TrainRetrieverConfig, "ragworks.train.train_retriever:run", RetrieverOutputs,
+             needs=("negatives",), external="ragworks.train.train_retriever:external_inputs",
+             work=("pairs", "pairs"), help="contrastive fine-tuning of the embedder on Ray Train (hard negatives)"),
+    StageDef("train_generator", TrainGeneratorConfig, "ragworks.train.train_generator:run", GeneratorOutputs,
+             needs=("rag_examples",), work=("examples", "examples"),
+             help="PEFT LoRA fine-tuning of the generator on Ray Train (RAFT examples)"),
+)

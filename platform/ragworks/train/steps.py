@@ -260,3 +260,12 @@ def export(checkpoint, name: str, target: Folder) -> Folder:
 def resumed_steps(progress_file: Path) -> list[int]:
     lines = progress_file.read_text().splitlines() if progress_file.exists() else []
     return sorted({json.loads(line)["step"] for line in lines if '"resumed"' in line})
+
+
+def run_report(best: dict, final: dict, progress: Path, batch_size: int, unit: str) -> dict:
+    """What both training stages report besides their artifacts: the checkpoints' scores, the restarts
+    and the rate (`unit` per second over the steps' own time)."""
+    return {"best": {k: v for k, v in best.items() if k != "history"}, "history": json.loads(final["history"]),
+            "resumed_from_steps": resumed_steps(progress),
+            "throughput": {f"{unit}_per_s": round(final["step"] * batch_size / max(final["train_seconds"], 1e-9), 3),
+                           "train_seconds": final["train_seconds"]}}

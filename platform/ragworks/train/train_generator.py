@@ -8,7 +8,6 @@ held-out questions with the base and the tuned model.
 
 from __future__ import annotations
 
-import json
 import math
 import zlib
 from pathlib import Path
@@ -21,7 +20,8 @@ from rich.table import Table
 from ..config import TrainGeneratorConfig
 from ..models import causal_lm_source
 from ..storage import Folder, staged
-from . import steps
+from ..stage import StageError
+from . import GeneratorOutputs, steps
 from .generator_loop import COLUMNS, train_loop
 
 METRIC = "val_loss"
@@ -49,15 +49,15 @@ def trainer(cfg: TrainGeneratorConfig, base: str, total: int, train, val, storag
         cfg, {"train": train, "val": val}, storage, METRIC, "min")
 
 
-def run(cfg: TrainGeneratorConfig, ctx) -> dict:
-    train, val, counts = split_examples(cfg, ctx.inputs["rag_examples"]["outputs"]["generated"])
+def run(cfg: TrainGeneratorConfig, ctx) -> GeneratorOutputs:
+    train, val, counts = split_examples(cfg, ctx.output("rag_examples").generated)
     heldout = ctx.stage_dir / "heldout"
     val.write_parquet(str(heldout))  # the evaluate stage answers these
     if counts["train"] < cfg.batch_size:
-        raise ValueError(f"train_generator: {counts['train']} training examples, fewer than one batch "
-                         f"(batch_size {cfg.batch_size}); generate more rag_examples or lower the batch size")
+        raise StageError(f"{counts['train']} training examples, fewer than one batch (batch_size {cfg.batch_size})",
+                         "generate more rag_examples or lower train_generator.batch_size")
     if counts["val"] == 0:
-        raise ValueError("train_generator: no held-out examples; raise validation_fraction or generate more rag_examples")
+        raise StageError("no held-out examples", "raise train_generator.validation_fraction or generate more rag_examples")
     total = int(min(cfg.max_steps or math.inf, counts["train"] // cfg.batch_size * cfg.epochs))
     base = causal_lm_source(cfg.model)  # a GGUF is converted once, here, not by every worker
     ctx.console.print(f"LoRA (r={cfg.lora.r}) on {cfg.model} with {counts['train']:,} examples ({counts['val']:,} "
@@ -68,24 +68,15 @@ def run(cfg: TrainGeneratorConfig, ctx) -> dict:
     progress.unlink(missing_ok=True)
     result = trainer(cfg, base, total, train, val, ctx.stage_dir / "ray_train", progress).fit()
     best_ckpt, best, final = steps.best_and_final(result, METRIC, higher_is_better=False)
-    history = json.loads(final["history"])
-
     adapter = steps.export(best_ckpt, "adapter", ctx.stage_dir / "adapter")
-    outputs = {"adapter": str(adapter), "heldout": str(heldout)}
-    if cfg.merged:
-        outputs["merged"] = str(export_merged(base, str(adapter), ctx.stage_dir / "merged"))
-    ctx.console.print(history_table(history, best["step"]))
-    return {
-        "outputs": outputs,
-        "base_model": base,
-        "model": cfg.model,
-        "counts": {"train_examples": counts["train"], "val_examples": counts["val"], "steps": final["step"]},
-        "best": {k: v for k, v in best.items() if k != "history"},
-        "history": history,
-        "resumed_from_steps": steps.resumed_steps(progress),
-        "throughput": {"examples_per_s": round(final["step"] * cfg.batch_size / max(final["train_seconds"], 1e-9), 3),
-                       "train_seconds": final["train_seconds"]},
-    }
+    merged = str(export_merged(base, str(adapter), ctx.stage_dir / "merged")) if cfg.merged else None
+    report = steps.run_report(best, final, progress, cfg.batch_size, "examples")
+    ctx.console.print(history_table(report["history"], best["step"]))
+    return GeneratorOutputs(
+        adapter=str(adapter), heldout=str(heldout), merged=merged, model=cfg.model, base_model=base,
+        max_context_words=cfg.max_context_words, **report,
+        counts={"train_examples": counts["train"], "val_examples": counts["val"], "steps": final["step"],
+                "examples": final["step"] * cfg.batch_size})
 
 
 def export_merged(base: str, adapter: str, target: Folder) -> Folder:

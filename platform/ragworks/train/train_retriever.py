@@ -8,7 +8,6 @@ the best one is exported in sentence-transformers format as `model/`.
 
 from __future__ import annotations
 
-import json
 import math
 import zlib
 from pathlib import Path
@@ -19,15 +18,16 @@ import ray
 from ray.data.expressions import col
 from rich.table import Table
 
-from ..config import JobSpec, TrainRetrieverConfig
+from ..config import TrainRetrieverConfig
 from ..manifest import files_fingerprint
 from ..models import resolve_embedder
-from . import steps
+from ..stage import StageError
+from . import RetrieverOutputs, steps
 from .loop import COLUMNS, selection_metric, train_loop
 
 
-def external_inputs(spec: JobSpec) -> dict:
-    dev = spec.train_retriever.dev
+def external_inputs(cfg: TrainRetrieverConfig) -> dict:
+    dev = cfg.dev
     if dev is None:
         return {}
     files = [Path(dev.dataset, name) for name in ("corpus.jsonl", "queries.jsonl", f"qrels/{dev.split}.tsv")]
@@ -54,15 +54,15 @@ def make_trainer(cfg: TrainRetrieverConfig, model_path: str, total_steps: int, t
         cfg, {"train": train, "val": val}, storage, selection_metric(cfg), "max")
 
 
-def run(cfg: TrainRetrieverConfig, ctx) -> dict:
-    pairs = ctx.inputs["negatives"]["outputs"]["pairs"]
+def run(cfg: TrainRetrieverConfig, ctx) -> RetrieverOutputs:
+    pairs = ctx.output("negatives").pairs
     ds = ray.data.read_parquet(pairs, num_cpus=0.25).select_columns(COLUMNS)
     ds = ds.map_batches(assign_split, fn_kwargs={"cfg": cfg}, batch_format="pyarrow", num_cpus=0.25).materialize()
     counts = {s: ds.filter(expr=col("split") == s).count() for s in ("train", "val", "short")}
     train, val = steps.train_and_val(ds, COLUMNS, cfg.validation_max, draw_by="query")
     if counts["train"] < cfg.batch_size:
-        raise ValueError(f"train_retriever: {counts['train']} training pairs, fewer than one batch "
-                         f"(batch_size {cfg.batch_size}); generate more queries or lower the batch size")
+        raise StageError(f"{counts['train']} training pairs, fewer than one batch (batch_size {cfg.batch_size})",
+                         "generate more queries or lower train_retriever.batch_size")
     steps_per_epoch = counts["train"] // cfg.batch_size
     total = min(cfg.max_steps or math.inf, steps_per_epoch * cfg.epochs)
     cpus = steps.worker_cpus(cfg)
@@ -77,21 +77,14 @@ def run(cfg: TrainRetrieverConfig, ctx) -> dict:
 
     metric = selection_metric(cfg)
     best_ckpt, best, final = steps.best_and_final(result, metric, higher_is_better=True)
-    history = json.loads(final["history"])
     target = steps.export(best_ckpt, "model", ctx.stage_dir / "model")
+    report = steps.run_report(best, final, progress, cfg.batch_size, "pairs")
 
-    ctx.console.print(history_table(history, best["step"], metric))
-    return {
-        "outputs": {"model": str(target)},
-        "counts": {"train_pairs": counts["train"], "val_pairs": counts["val"], "short_pairs": counts["short"],
-                   "steps": final["step"]},
-        "best": {k: v for k, v in best.items() if k != "history"},
-        "selected_on": metric,
-        "history": history,
-        "resumed_from_steps": steps.resumed_steps(progress),
-        "throughput": {"pairs_per_s": round(final["step"] * cfg.batch_size / max(final["train_seconds"], 1e-9), 2),
-                       "train_seconds": final["train_seconds"]},
-    }
+    ctx.console.print(history_table(report["history"], best["step"], metric))
+    return RetrieverOutputs(
+        model=str(target), selected_on=metric, **report,
+        counts={"train_pairs": counts["train"], "val_pairs": counts["val"], "short_pairs": counts["short"],
+                "steps": final["step"], "pairs": final["step"] * cfg.batch_size})
 
 
 def history_table(history: list[dict], best_step: int, metric: str) -> Table:

@@ -1,0 +1,225 @@
+"""What a stage is, declared once: the registry every other list of stages is derived from.
+
+A stage is a function from its typed config and the typed outputs of the stages
+it reads to typed outputs of its own, written under WORKDIR/NAME with a manifest.
+Each stage package declares its `StageDef`s in its `__init__` (light: the run
+function is a "module:function" path imported when the stage runs, so
+`ragworks --help` never pays for torch or Ray Data). The runner's order, the
+CLI's help, the spec's dependency checks, the report's work column and
+`ragworks status` all read this registry; `register` adds a stage of one's own.
+
+Imported by stages; imports none of them (the built-in packages are loaded the
+first time the registry is read).
+"""
+
+from __future__ import annotations
+
+import graphlib
+import importlib
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict
+from rich.console import Console
+
+BUILTIN_PACKAGES = ("ragworks.corpus", "ragworks.index", "ragworks.synth", "ragworks.train", "ragworks.evaluate")
+
+
+class StageError(RuntimeError):
+    """A stage that cannot go on, said in one line: the reason, the fix when known, where the traceback is.
+
+    Stages raise it for bad input they can name ("fewer pairs than one batch"); the runner wraps anything
+    else a stage raises in one, with the stage's name and the log it wrote.
+    """
+
+    def __init__(self, reason: str, fix: str | None = None, *, stage: str | None = None, log: str | None = None):
+        super().__init__(reason)
+        self.reason, self.fix, self.stage, self.log = reason, fix, stage, log
+
+    def __str__(self) -> str:
+        line = f"stage '{self.stage}' failed: {self.reason}" if self.stage else self.reason
+        if self.fix:
+            line += f"; {self.fix}"
+        return line + (f" (traceback: {self.log})" if self.log else "")
+
+
+class Outputs(BaseModel):
+    """What a stage hands the stages after it: its artifacts' locations and the facts it measured.
+
+    Stored whole as the manifest's `outputs`; `counts` are what `ragworks status` and the report show.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    counts: dict[str, Any] = {}
+
+    @classmethod
+    def from_manifest(cls, manifest: dict) -> "Outputs":
+        data = dict(manifest.get("outputs") or {})
+        if "counts" not in data:  # written before typed outputs: facts sat beside `outputs`, settings in `config`
+            data = cls.legacy(manifest, {**{k: v for k, v in manifest.items() if k != "outputs"}, **data})
+        return cls.model_validate({k: v for k, v in data.items() if k in cls.model_fields})
+
+    @classmethod
+    def legacy(cls, manifest: dict, data: dict) -> dict:
+        """An old manifest's fields: a field it lacks is looked up in the stage's config."""
+        config = manifest.get("config") or {}
+        return {**{k: config[k] for k in cls.model_fields if k not in data and k in config}, **data}
+
+
+def _resolve(target: str | Callable | None) -> Callable | None:
+    if target is None or callable(target):
+        return target
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@dataclass(frozen=True)
+class StageDef:
+    """Everything about one stage. `needs` must be finished before it runs; `optional` stages are read
+    when the spec has them and `reads(cfg)` (default: all of them) says this config uses them."""
+
+    name: str
+    config: type[BaseModel]
+    run: str | Callable[[Any, "StageContext"], Outputs]  # "module:function", imported when the stage runs
+    outputs: type[Outputs] = Outputs
+    needs: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()
+    reads: Callable[[Any], tuple[str, ...]] | None = None
+    external: str | Callable[[Any], dict] | None = None  # cfg -> fingerprints of inputs outside the workdir
+    resumable: bool = False  # keeps a half-done output folder with the same key and carries on
+    work: tuple[str, str] | None = None  # (key in outputs.counts, unit): the report's work column
+    last: bool = False  # reports on the others (evaluate): runs after every stage it does not feed
+    help: str = ""  # one line for `ragworks run --help`
+
+    def inputs(self, enabled: list[str], cfg) -> tuple[str, ...]:
+        wanted = self.optional if self.reads is None else self.reads(cfg)
+        return self.needs + tuple(s for s in self.optional if s in wanted and s in enabled)
+
+    def run_function(self) -> Callable[[Any, "StageContext"], Outputs]:
+        return _resolve(self.run)
+
+    def external_inputs(self, cfg) -> dict:
+        fn = _resolve(self.external)
+        return fn(cfg) if fn else {}
+
+
+@dataclass
+class StageContext:
+    """What a stage sees besides its own config: where to write, and the outputs of the stages it reads."""
+
+    workdir: Any  # storage.Folder: local, shared mount or object store; hand Ray Data, LanceDB and Ray Train str()
+    stage_dir: Any
+    inputs: dict[str, dict]  # manifests of the stages this one reads (its needs and optional inputs)
+    job: dict[str, dict] = field(default_factory=dict)  # every manifest of the job so far, for reports
+    console: Console = field(default_factory=Console)
+    started: float = field(default_factory=time.perf_counter)
+
+    def output(self, stage: str) -> Outputs:
+        """The typed outputs of a stage this one reads."""
+        if stage not in self.inputs:
+            raise KeyError(f"'{stage}' is not an input of this stage (inputs: {', '.join(self.inputs) or 'none'}); "
+                           "declare it in the StageDef's needs or optional")
+        return registry()[stage].outputs.from_manifest(self.inputs[stage])
+
+    def has(self, stage: str) -> bool:
+        return stage in self.inputs
+
+    def input_dir(self, stage: str):
+        return self.workdir / stage
+
+
+_REGISTRY: dict[str, StageDef] = {}
+_loaded = False
+
+
+def registry() -> dict[str, StageDef]:
+    """Every stage by name, the built-in ones first, in the order their packages declare them."""
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for package in BUILTIN_PACKAGES:
+            for stage in importlib.import_module(package).STAGES:
+                _REGISTRY[stage.name] = stage
+        for stage in _REGISTRY.values():
+            _check(stage)
+    return _REGISTRY
+
+
+def _check(stage: StageDef) -> None:
+    unknown = set(stage.needs + stage.optional) - set(_REGISTRY)
+    if unknown:
+        raise ValueError(f"stage '{stage.name}' reads unregistered stages: {sorted(unknown)}")
+
+
+def register(stage: StageDef) -> StageDef:
+    """Add a stage; its section in a job spec is `stage.name`, validated by `stage.config`."""
+    stages = registry()
+    if stage.name in stages:
+        raise ValueError(f"a stage named '{stage.name}' is registered already")
+    _check(stage)
+    stages[stage.name] = stage
+    try:
+        run_order()
+    except graphlib.CycleError as err:
+        del stages[stage.name]
+        raise ValueError(f"stage '{stage.name}' would make a cycle: {err.args[1]}") from None
+    return stage
+
+
+def unregister(name: str) -> None:
+    registry().pop(name, None)
+
+
+def run_order() -> list[str]:
+    """A topological order of every stage's needs and optional inputs (`graphlib`). Of the stages ready to
+    run, the one that reads the latest finished stage goes first (then registration order), so a chain is
+    followed to its end: corpus, index, synthesize, filters, negatives, train_retriever, index_tuned, ..."""
+    stages = registry()
+    position = {name: i for i, name in enumerate(stages)}
+    graph = {name: set(s.needs + s.optional) for name, s in stages.items()}
+    for name, s in stages.items():
+        if s.last:  # after everything it does not feed
+            feeds = downstream(name)
+            graph[name] |= {n for n in stages if n != name and n not in feeds and not stages[n].last}
+    sorter = graphlib.TopologicalSorter(graph)
+    sorter.prepare()
+    ready: list[str] = []
+    finished: dict[str, int] = {}
+    while sorter.is_active():
+        ready += sorter.get_ready()
+        ready.sort(key=lambda n: (-max((finished[d] for d in graph[n]), default=-1), position[n]))
+        finished[ready[0]] = len(finished)
+        sorter.done(ready.pop(0))
+    return list(finished)
+
+
+def downstream(name: str) -> set[str]:
+    """The stages that read `name`, directly or not."""
+    stages, found, todo = registry(), set(), [name]
+    while todo:
+        current = todo.pop()
+        for other, s in stages.items():
+            if current in s.needs + s.optional and other not in found:
+                found.add(other)
+                todo.append(other)
+    return found
+
+
+def spec_model():
+    """The job spec's model: `JobSpec`, plus a section for every registered stage it does not name."""
+    from pydantic import create_model
+
+    from .config import JobSpec
+
+    extra = {name: (s.config | None, None) for name, s in registry().items() if name not in JobSpec.model_fields}
+    if not extra:
+        return JobSpec
+    key = tuple((name, id(cfg)) for name, (cfg, _) in extra.items())
+    if key not in _SPEC_MODELS:
+        _SPEC_MODELS[key] = create_model("JobSpec", __base__=JobSpec, **extra)
+    return _SPEC_MODELS[key]
+
+
+_SPEC_MODELS: dict[tuple, type] = {}
