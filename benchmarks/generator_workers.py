@@ -20,6 +20,7 @@ import ray
 
 from ragworks.config import TrainGeneratorConfig, load_spec
 from ragworks.models import causal_lm_source
+from ragworks.stage import outputs_at
 from ragworks.train.train_generator import split_examples, trainer
 
 
@@ -31,14 +32,14 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=10, help="steps between held-out scores")
     args = ap.parse_args()
 
-    manifest = json.loads((Path(args.workdir) / "rag_examples" / "manifest.json").read_text())
+    examples = outputs_at(Path(args.workdir) / "rag_examples").generated
     spec = load_spec(args.spec)
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     results = {}
     for workers in (1, 2):
         cfg = TrainGeneratorConfig(**{**spec.train_generator.model_dump(), "workers": workers, "max_steps": args.steps,
                                       "checkpoint_every": args.every, "cpus_per_worker": 1.5 / workers})
-        train, val, counts = split_examples(cfg, manifest["outputs"]["generated"])
+        train, val, counts = split_examples(cfg, examples)
         with tempfile.TemporaryDirectory() as tmp:
             result = trainer(cfg, causal_lm_source(cfg.model), args.steps, train, val, Path(tmp)).fit()
             history = json.loads(result.metrics["history"])

@@ -24,6 +24,7 @@ from rich.console import Console
 from ragworks.config import parse_spec
 from ragworks.index.embed import load_embedder, vector_array
 from ragworks.runner import run_job
+from ragworks.stage import outputs_at
 
 
 def plain_loop(chunk_files: list[Path], model_name: str, batch_size: int, out: Path) -> tuple[int, float]:
@@ -63,16 +64,16 @@ def main() -> None:
     index = {"batch_size": args.batch_size, "fulltext": False, "concurrency": [1, os.cpu_count() or 1]}
     spec = parse_spec({"name": "bench", "corpus": {"source": source, "chunking": {"max_tokens": args.max_tokens}},
                        "index": index})
-    manifests = run_job(spec.model_copy(update={"index": None}), workdir=workdir, console=console)
-    chunk_files = sorted(Path(manifests["corpus"]["outputs"]["chunks"]).rglob("*.parquet"))
+    run_job(spec.model_copy(update={"index": None}), workdir=workdir, console=console)
+    chunk_files = sorted(Path(outputs_at(workdir / "corpus").chunks).rglob("*.parquet"))
 
     console.rule("plain loop: sentence-transformers encode + LanceDB add, one process")
     n_plain, s_plain = plain_loop(chunk_files, "base", args.batch_size, workdir / "plain-db")
 
     console.rule("ragworks index stage: Ray Data actor pool + LanceDB")
     t0 = time.perf_counter()
-    m = run_job(spec, workdir=workdir, force=["index"], console=console)["index"]
-    s_pipe, n_pipe = time.perf_counter() - t0, m["counts"]["rows"]
+    run_job(spec, workdir=workdir, force=["index"], console=console)
+    s_pipe, n_pipe = time.perf_counter() - t0, outputs_at(workdir / "index").counts["rows"]
     assert n_pipe == n_plain, (n_pipe, n_plain)
 
     plain, pipe = n_plain / s_plain, n_pipe / s_pipe

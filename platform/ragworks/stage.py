@@ -207,6 +207,16 @@ def downstream(name: str) -> set[str]:
     return found
 
 
+def outputs_at(stage_dir) -> Outputs:
+    """The typed outputs of a finished stage's folder (its manifest names the stage)."""
+    from .manifest import read_manifest
+
+    manifest = read_manifest(stage_dir)
+    if manifest is None:
+        raise FileNotFoundError(f"{stage_dir}: no finished stage (no manifest.json)")
+    return registry()[manifest["stage"]].outputs.from_manifest(manifest)
+
+
 def spec_model():
     """The job spec's model: `JobSpec`, plus a section for every registered stage it does not name."""
     from pydantic import create_model
