@@ -20,7 +20,8 @@ import os
 import time
 from pathlib import Path
 
-from ragworks.config import EngineConfig, PromptConfig
+from ragworks.config import PromptConfig
+from ragworks.engines import TransformersEngineConfig
 from ragworks.models import load_causal_lm
 from ragworks.synth.prompts import QueryPrompt
 from ragworks.synth.synthesize import TASK_DEFAULTS
@@ -38,7 +39,7 @@ def prompts_from(dataset: str, n: int, examples: str, document: str) -> list[str
     return out
 
 
-def plain_loop(prompts: list[str], cfg: EngineConfig) -> tuple[int, float, list[str]]:
+def plain_loop(prompts: list[str], cfg: TransformersEngineConfig) -> tuple[int, float, list[str]]:
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -56,10 +57,10 @@ def plain_loop(prompts: list[str], cfg: EngineConfig) -> tuple[int, float, list[
     return tokens, time.perf_counter() - t0, texts
 
 
-def pipeline(prompts: list[str], cfg: EngineConfig) -> tuple[int, float, list[str]]:
+def pipeline(prompts: list[str], cfg: TransformersEngineConfig) -> tuple[int, float, list[str]]:
     import ray
 
-    from ragworks.synth.engines import generate
+    from ragworks.engines import generate
 
     # Blocks of one batch made up front: no repartition task that would wait for a CPU the engine actors hold.
     ds = ray.data.from_items([{"prompt": p} for p in prompts], override_num_blocks=max(1, len(prompts) // cfg.batch_size))
@@ -88,8 +89,9 @@ def main() -> None:
     ray.init(num_cpus=cpus, include_dashboard=False, logging_level="ERROR")
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # compare outputs row by row
     d = TASK_DEFAULTS["queries"]
-    cfg = EngineConfig(model=args.model, batch_size=args.batch_size, concurrency=tuple(args.concurrency or (cpus, cpus)),
-                       sampling={"max_tokens": d["max_tokens"], "stop": d["stop"]})
+    cfg = TransformersEngineConfig(model=args.model, batch_size=args.batch_size,
+                                   concurrency=tuple(args.concurrency or (cpus, cpus)),
+                                   sampling={"max_tokens": d["max_tokens"], "stop": d["stop"]})
     prompts = prompts_from(args.dataset, args.n, args.examples, args.document)
     load_causal_lm(cfg.model)  # convert the GGUF once, outside both timings
 

@@ -1,15 +1,21 @@
-"""A real OpenAI-compatible completions server on 127.0.0.1 for tests.
+"""A real OpenAI-compatible completions and chat server on 127.0.0.1 for tests.
 
-It answers from a table (document word -> completion), or echoes the document's
-first words as a query, fails any prompt that contains FAIL with HTTP 500, and can
-be slowed down to make a run killable."""
+Completions answer from a table (document word -> completion), or echo the
+document's first words as a query; any prompt that contains FAIL gets HTTP 500,
+and a delay makes a run killable. Chat completions (plain or `stream: true`
+server-sent events) answer with the first words of the first context passage
+and cite it as [1], as a grounded RAG model would. Every request body and its
+arrival time are kept, so a test can check what a client sent and how fast."""
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+ABSTAIN = "The context does not contain the answer."
 
 
 class FakeLLM:
@@ -17,31 +23,52 @@ class FakeLLM:
                  echo_words: int = 0):
         self.answers, self.delay, self.default, self.echo_words = answers or {}, delay, default, echo_words
         self.requests = 0
+        self.bodies: list[dict] = []
+        self.arrivals: list[float] = []  # time.monotonic() of each request
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):
                 pass
 
+            def send(self, status: int, data: bytes, kind: str = "application/json") -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def chat(self, body: dict) -> None:
+                passage = re.search(r"^\[1\] (.*)$", body["messages"][-1]["content"], re.MULTILINE)
+                text = f"{' '.join(passage.group(1).split()[:6])} [1]." if passage else ABSTAIN
+                if not body.get("stream"):
+                    choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                    usage = {"prompt_tokens": sum(len(m["content"].split()) for m in body["messages"]),
+                             "completion_tokens": len(text.split())}
+                    return self.send(200, json.dumps({"choices": [choice], "usage": usage}).encode())
+                deltas = [{"role": "assistant"}] + [{"content": w} for w in re.findall(r"\S+\s*", text)]
+                events = [{"choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas]
+                events.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+                sse = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+                self.send(200, sse.encode(), "text/event-stream")
+
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 fake.requests += 1
+                fake.bodies.append(body)
+                fake.arrivals.append(time.monotonic())
                 time.sleep(fake.delay)
-                doc = body["prompt"].rsplit("Document:", 1)[-1]
+                if self.path == "/v1/chat/completions":
+                    return self.chat(body)
+                doc = str(body.get("prompt")).rsplit("Document:", 1)[-1]
                 if "FAIL" in doc or self.path != "/v1/completions":
-                    self.send_response(500)
-                    self.end_headers()
-                    self.wfile.write(b'{"error": "boom"}')
-                    return
+                    return self.send(500, b'{"error": "boom"}')
                 text = next((a for k, a in fake.answers.items() if k in doc), None)
                 if text is None:
                     words = doc.split("\nQuery:")[0].split()
                     text = " " + " ".join(words[: fake.echo_words]) if fake.echo_words else fake.default
                 out = json.dumps({"choices": [{"text": text, "index": 0}], "usage": {"completion_tokens": len(text.split())}})
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(out.encode())
+                self.send(200, out.encode())
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}/v1"

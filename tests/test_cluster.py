@@ -245,11 +245,11 @@ def test_a_killed_worker_node_loses_no_row_and_duplicates_none(local_cluster, tm
         (project / "job.yaml").write_text(yaml.safe_dump(spec))
         workdir = tmp_path / "wd"
         job_id = submitted_id(cli("submit", "job.yaml", "--workdir", str(workdir), cwd=project))
-        out = workdir / "synthesize" / "generated"
+        writing = workdir / "synthesize" / "_attempts"  # the run's rows as they stream; committed at the end
         deadline = time.time() + 240
-        while time.time() < deadline and len(list(out.rglob("*.parquet"))) < 4:
+        while time.time() < deadline and len(list(writing.rglob("*.parquet"))) < 4:
             time.sleep(0.2)
-        assert list(out.rglob("*.parquet")), "synthesize never wrote a file"
+        assert list(writing.rglob("*.parquet")), "synthesize never wrote a file"
         engines = [a for a in list_actors(address=local_cluster, filters=[("state", "=", "ALIVE")], detail=True)
                    if "OpenAIGenerate" in (a.repr_name or "") + (a.class_name or "")
                    or a.class_name == "_MapWorker"]
@@ -262,6 +262,7 @@ def test_a_killed_worker_node_loses_no_row_and_duplicates_none(local_cluster, tm
         requests = llm.requests
 
     assert len(alive_nodes(local_cluster)) == 2  # the node stayed dead; the job finished without it
+    out = workdir / "synthesize" / "generated"
     rows = [r for f in sorted(out.rglob("*.parquet")) for r in pq.read_table(f).to_pylist()]
     keys = [r["key"] for r in rows]
     assert len(keys) == len(set(keys)) == 2 * len(docs)  # every row once

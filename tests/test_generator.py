@@ -120,7 +120,7 @@ def test_lora_job_resumes_after_a_killed_worker_and_reports_answers(ray_local, t
     losses = [h["val_loss"] for h in m["outputs"]["history"]]
     assert m["outputs"]["best"]["val_loss"] == min(losses) < losses[0]  # training lowered the held-out loss of the base model
 
-    gen = ms["evaluate"]["generation"]
+    gen = ms["evaluate"]["outputs"]["generation"]
     assert set(gen) == {"base", "tuned"} and gen["tuned"]["examples"] == 4 and gen["tuned"]["errors"] == 0
     report = Path(ms["evaluate"]["outputs"]["markdown"]).read_text()
     assert "Answers: 4 held-out RAG examples" in report and Path(ms["evaluate"]["outputs"]["answers_chart"]).exists()

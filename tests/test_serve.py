@@ -47,15 +47,16 @@ def fake_trained_generator(workdir) -> str:
 
     from ragworks.manifest import write_manifest
     from ragworks.models import DEFAULT_GENERATOR, causal_lm_source, load_causal_lm
+    from ragworks.train import GeneratorOutputs
 
     torch.manual_seed(0)
     model, _ = load_causal_lm(DEFAULT_GENERATOR)
     peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, task_type="CAUSAL_LM"))
     adapter = workdir / "train_generator" / "adapter"
     peft.save_pretrained(str(adapter))
-    write_manifest(workdir / "train_generator", {"stage": "train_generator", "model": DEFAULT_GENERATOR,
-                                                 "base_model": causal_lm_source(DEFAULT_GENERATOR),
-                                                 "outputs": {"adapter": str(adapter)}})
+    outputs = GeneratorOutputs(adapter=str(adapter), heldout=str(workdir / "train_generator" / "heldout"),
+                               model=DEFAULT_GENERATOR, base_model=causal_lm_source(DEFAULT_GENERATOR))
+    write_manifest(workdir / "train_generator", {"stage": "train_generator", "outputs": outputs.model_dump()})
     return str(adapter)
 
 
@@ -90,6 +91,7 @@ def test_health_auth_and_validation(served):
     url = served["url"]
     health = httpx.get(f"{url}/healthz").json()  # open without a key
     assert health["status"] == "ok" and health["auth"] is True and health["adapter"] == served["adapter"]
+    assert health["engine"] == "transformers"
     body = {"query": "lava from volcanoes", "top_k": 2}
     assert httpx.post(f"{url}/v1/search", json=body).status_code == 401
     assert httpx.post(f"{url}/v1/search", json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
@@ -169,6 +171,50 @@ def test_chat_answers_with_the_trained_adapter_in_the_training_layout(served):
     assert served_text == answer(served["adapter"]) != answer(None)
 
 
+def test_openai_engine_generates_through_a_second_server_with_our_retrieval_and_citations(served):
+    """A second app on the same Serve answers through an OpenAI-compatible server on 127.0.0.1: retrieval, the
+    trained prompt layout, citations and auth stay the app's; only the generation goes out."""
+    from fake_llm import FakeLLM
+    from openai import OpenAI
+    from ray import serve
+
+    from ragworks.answers import messages
+    from ragworks.serve import build
+
+    ask = "lava and ash from volcanoes"
+    with FakeLLM() as llm:
+        serve.run(build({"workdir": str(served["root"] / "wd"), "max_tokens": 12, "api_key_env": KEY_ENV,
+                         "engine": {"kind": "openai", "base_url": llm.url, "model": "fake-model"},
+                         "cpus": {**SMALL, "Generator": 0.05}}), name="rag-openai", route_prefix="/openai")
+        try:
+            url = f"{served['url']}/openai"
+            health = httpx.get(f"{url}/healthz").json()
+            assert (health["engine"], health["generator"], health["adapter"]) == ("openai", "fake-model", None)
+            body = {"messages": [{"role": "user", "content": ask}], "top_k": 2}
+            assert httpx.post(f"{url}/v1/chat/completions", json=body).status_code == 401 and not llm.bodies
+            r = httpx.post(f"{url}/v1/chat/completions", json=body, headers=AUTH, timeout=60)
+            assert r.status_code == 200, r.text
+            out = r.json()
+            assert out["model"] == "fake-model" and out["context"][0].startswith("volcano")
+            assert out["choices"][0]["message"]["content"] == "Magma rises through the crust and [1]."
+            assert out["citations"] == [out["context"][0]]  # [1] maps back to the first retrieved chunk
+            hits = httpx.post(f"{url}/v1/search", json={"query": ask, "top_k": 2}, headers=AUTH).json()["data"]
+            sent = llm.bodies[-1]
+            assert [h["id"] for h in hits] == out["context"]
+            assert (sent["model"], sent["max_tokens"]) == ("fake-model", 12)
+            assert sent["messages"] == messages(ask, hits)  # the layout the generator trains on, context first
+
+            client = OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=60)
+            chunks = list(client.chat.completions.create(model="rag", messages=body["messages"], stream=True,
+                                                              extra_body={"top_k": 2}))
+            text = "".join(c.choices[0].delta.content or "" for c in chunks)
+            assert text == out["choices"][0]["message"]["content"] and llm.bodies[-1]["stream"] is True
+            assert chunks[-1].model_extra["citations"] == out["citations"]
+            assert chunks[-1].model_extra["context"] == out["context"]
+        finally:
+            serve.delete("rag-openai")
+
+
 def test_unauthenticated_bodies_are_not_validated(served):
     """401 before 422: a caller without the key learns nothing about the API from validation errors."""
     url = served["url"]
@@ -242,13 +288,18 @@ def test_a_killed_retriever_replica_costs_under_one_percent(served):
     assert httpx.post(f"{url}/v1/search", json={"query": "tides", "top_k": 1}, headers=AUTH).status_code == 200
 
 
-def test_vllm_engine_fails_fast_without_vllm_or_gpu(served, tmp_path):
-    """Checked before anything deploys (and before the workdir is read)."""
+def test_engine_options_fail_before_anything_deploys(served, tmp_path):
+    """vLLM without vLLM or a GPU, an endpoint without a model or URL: refused before anything deploys (vLLM before
+    the workdir is read)."""
+    from ragworks.engines import EngineUnavailable
     from ragworks.serve import build
-    from ragworks.synth.engines import EngineUnavailable
 
     with pytest.raises(EngineUnavailable, match="vllm"):
         build({"workdir": str(served["root"] / "wd"), "engine": "vllm"})
+    with pytest.raises(ValueError, match="name the model the endpoint serves"):
+        build({"workdir": str(served["root"] / "wd"), "engine": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1"}})
+    with pytest.raises(ValueError, match="base_url"):
+        build({"workdir": str(served["root"] / "wd"), "engine": "openai"})
     with pytest.raises(ValueError, match="unknown deployments"):
         build({"workdir": str(served["root"] / "wd"), "cpus": {"Embedder": 0.1, "Reranker": 1}})
     with pytest.raises(FileNotFoundError, match="no finished index"):

@@ -10,7 +10,7 @@ import typing
 from pathlib import Path
 
 import pytest
-from conftest import DOCS, QUERIES, write_jsonl
+from conftest import DOCS, write_jsonl
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -84,18 +84,7 @@ def count_words(cfg: WordCountsConfig, ctx) -> WordCountsOutputs:
     return WordCountsOutputs(words=str(out), counts={"chunks": written.count(), "words": int(written.sum("words"))})
 
 
-@pytest.fixture()
-def beir(tmp_path):
-    folder = tmp_path / "beir"
-    write_jsonl(folder / "corpus.jsonl", [{"_id": i, "title": t, "text": x} for i, t, x in DOCS])
-    write_jsonl(folder / "queries.jsonl", [{"_id": q, "text": t} for q, t, _ in QUERIES])
-    (folder / "qrels").mkdir()
-    (folder / "qrels" / "test.tsv").write_text(
-        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t1\n" for q, _, rel in QUERIES for d in rel))
-    return folder
-
-
-def test_a_registered_stage_runs_in_a_job_and_shows_in_the_report(ray_local, tmp_path, beir):
+def test_a_registered_stage_runs_in_a_job_and_shows_in_the_report(ray_local, tmp_path, beir_dir):
     from ray import cloudpickle
 
     # Ray's workers cannot import a test module: ship its code by value (a real stage lives in a package)
@@ -104,10 +93,10 @@ def test_a_registered_stage_runs_in_a_job_and_shows_in_the_report(ray_local, tmp
                       work=("chunks", "chunks"), help="words per chunk"))
     try:
         assert run_order().index("word_counts") < run_order().index("evaluate")
-        spec = parse_spec({"corpus": {"source": {"path": str(beir)}}, "index": {"concurrency": [1, 1]},
+        spec = parse_spec({"corpus": {"source": {"path": str(beir_dir)}}, "index": {"concurrency": [1, 1]},
                            "word_counts": {"min_word_length": 4}, "evaluate": {}})
         with pytest.raises(Exception, match="word_countz: unknown key \\(did you mean 'word_counts'\\?\\)"):
-            parse_spec({"corpus": {"source": {"path": str(beir)}}, "word_countz": {}})
+            parse_spec({"corpus": {"source": {"path": str(beir_dir)}}, "word_countz": {}})
         m = run_job(spec, workdir=tmp_path / "wd", console=QUIET)
     finally:
         unregister("word_counts")

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import S3_BUCKET, s3_keys
 
-from ragworks.incremental import done_keys, drop_partial_files
+from ragworks.incremental import attempt_folder, commit, drop_partial_files, not_written, read_columns
 from ragworks.storage import Folder, fetch, staged
 
 
@@ -39,7 +39,7 @@ def test_folders_resume_markers_and_model_fetch_on_s3(s3, tmp_path, monkeypatch)
     with out.fs.open_output_stream((out / "part-9.parquet").path) as f:
         f.write(whole.getvalue()[:-20])
     assert [f.name for f in drop_partial_files(out)] == ["part-9.parquet"]
-    assert done_keys(out) == {"k0a", "k0b", "k1a", "k1b"}
+    assert sorted(k for _, t in read_columns(out, ["key"]) for k in t["key"].to_pylist()) == ["k0a", "k0b", "k1a", "k1b"]
 
     out.move_to(root / "moved")  # no folder rename in an object store: copied, then deleted
     assert not out.exists() and [f.name for f in (root / "moved").files(".parquet")] == ["part-0.parquet", "part-1.parquet"]
@@ -61,3 +61,32 @@ def test_folders_resume_markers_and_model_fetch_on_s3(s3, tmp_path, monkeypatch)
 
     root.remove()
     assert s3_keys("unit/") == []
+
+
+def test_attempts_commit_one_row_per_key_and_a_late_write_never_reaches_the_output(ray_local, s3):
+    """A killed run's worker wrote a block after the resumed run listed what was written: both attempts
+    hold its keys. The commit keeps the earlier attempt's copies, once each, and moves only what it listed."""
+    import ray
+
+    stage = Folder(f"s3://{S3_BUCKET}/commit")
+    first, second = attempt_folder(stage), attempt_folder(stage)
+    assert first.name < second.name  # attempts sort by start time
+
+    def put(folder, name, keys, run):
+        table = pa.table({"key": keys, "run": [run] * len(keys)})
+        pq.write_table(table, (folder / "status=ok" / name).path, filesystem=folder.fs)
+
+    put(first, "a.parquet", ["k0", "k1"], "first")
+    put(first, "late.parquet", ["k2", "k3"], "first")  # the dead run's late block
+    put(second, "b.parquet", ["k2", "k3", "k4"], "second")  # the resumed run made k2, k3 again
+    wanted = ray.data.from_items([{"key": f"k{i}"} for i in range(6)])
+    assert sorted(r["key"] for r in not_written(wanted, stage / "_attempts").take_all()) == ["k5"]
+
+    out = stage / "generated"
+    assert commit(stage / "_attempts", out) == 2
+    rows = [r for _, t in read_columns(out, ["key", "run"]) for r in t.to_pylist()]
+    assert sorted(r["key"] for r in rows) == ["k0", "k1", "k2", "k3", "k4"]  # every key exactly once
+    assert {r["key"]: r["run"] for r in rows}["k2"] == "first"  # the earliest attempt's copy
+    assert all("/status=ok/" in str(f) for f in out.files(".parquet"))
+    put(first, "later.parquet", ["k0"], "first")  # a write after the commit: not in the output
+    assert sorted(k for _, t in read_columns(out, ["key"]) for k in t["key"].to_pylist()) == ["k0", "k1", "k2", "k3", "k4"]

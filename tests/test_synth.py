@@ -16,9 +16,10 @@ from conftest import write_jsonl
 from fake_llm import FakeLLM
 from rich.console import Console
 
-from ragworks.config import EngineConfig, FiltersConfig, parse_spec
+from ragworks.config import FiltersConfig, parse_spec
 from ragworks.runner import run_job
-from ragworks.synth.engines import EngineUnavailable, HFGenerate, check_vllm
+from ragworks.engines import EngineUnavailable, OpenAIEngineConfig, TransformersEngineConfig, check_engine
+from ragworks.engines.transformers import HFGenerate
 from ragworks.synth.filters import DropRepeats, rule_filters
 from ragworks.synth.parse import clean_query
 
@@ -86,11 +87,58 @@ def test_openai_engine_against_a_local_server_isolates_failing_rows(ray_local, t
     assert {r["doc_id"] for r in rejects} == {"FAIL"}  # only the failing document's rows
     assert all(r["reason"].startswith("generation failed") for r in rejects)
     assert "how do plants make glucose" in {r["query"] for r in ok}
-    assert m["throughput"]["tokens_per_s"] > 0 and m["throughput"]["rows_per_s"] > 0
+    assert m["outputs"]["throughput"]["tokens_per_s"] > 0 and m["outputs"]["throughput"]["rows_per_s"] > 0
+
+
+def test_openai_engine_spaces_request_starts_to_qps():
+    """qps=5: six parallel requests of one actor start 0.2 s apart, so they take at least a second."""
+    import numpy as np
+
+    from ragworks.engines.openai import OpenAIGenerate
+
+    with FakeLLM() as llm:
+        gen = OpenAIGenerate(OpenAIEngineConfig(base_url=llm.url, model="fake", batch_size=6, qps=5))
+        start = time.monotonic()
+        out = gen({"prompt": np.array([f"Document: d{i}\nQuery:" for i in range(6)], dtype=object)})
+        took = time.monotonic() - start
+        gaps = np.diff(sorted(llm.arrivals))
+    assert list(out["gen_error"]) == [""] * 6 and took >= 0.95
+    assert len(gaps) == 5 and gaps.min() >= 0.15, gaps  # spaced, not a burst then a wait
+
+
+def test_openai_engine_config_needs_base_url_and_takes_a_kind_as_shorthand():
+    from pydantic import ValidationError
+
+    from ragworks.config import SpecError
+    from ragworks.engines import engine_config
+
+    with pytest.raises(ValidationError, match="base_url"):
+        OpenAIEngineConfig(model="fake")
+    with pytest.raises(SpecError, match=r"synthesize.engine.base_url: Field required"):
+        parse_spec({"synthesize": {"engine": {"kind": "openai"}}})
+    with pytest.raises(SpecError, match=r"synthesize.engine: .*adapter is a field of the transformers engine"):
+        parse_spec({"synthesize": {"engine": {"kind": "openai", "base_url": "http://x/v1", "adapter": "a"}}})
+    assert engine_config("vllm").num_gpus == 1 and engine_config({"model": "m"}).kind == "transformers"
+
+
+def test_openai_chat_engine_sends_the_messages_and_streams_the_answer():
+    from ragworks.engines import chat_engine
+
+    ask = [{"role": "system", "content": "Cite."}, {"role": "user", "content": "Context:\n[1] Magma erupts as lava "
+                                                                               "from volcanoes\n\nQuestion: lava?"}]
+    with FakeLLM() as llm:
+        chat = chat_engine(OpenAIEngineConfig(base_url=llm.url, model="fake-model"))
+        out = chat.chat(ask, max_tokens=16, temperature=0.0, top_p=1.0)
+        pieces = list(chat.stream(ask, max_tokens=16, temperature=0.0, top_p=1.0))
+    assert out["text"] == "Magma erupts as lava from volcanoes [1]." and out["finish_reason"] == "stop"
+    assert out["completion_tokens"] == 7 and out["prompt_tokens"] > 0
+    assert len(pieces) == 7 and "".join(pieces) == out["text"]
+    assert llm.bodies[0] == {"model": "fake-model", "messages": ask, "max_tokens": 16, "temperature": 0.0, "top_p": 1.0}
+    assert llm.bodies[1]["stream"] is True
 
 
 def test_transformers_engine_isolates_a_failing_row(tiny_lm, monkeypatch):
-    gen = HFGenerate(EngineConfig(model=tiny_lm, sampling={"max_tokens": 4, "stop": []}))
+    gen = HFGenerate(TransformersEngineConfig(model=tiny_lm, sampling={"max_tokens": 4, "stop": []}))
     real = gen._generate
 
     def flaky(prompts):
@@ -115,8 +163,8 @@ def test_prefix_cache_gives_the_same_outputs_as_plain_batches(tiny_lm):
             " the immune system to recognise a pathogen by exposing it to an antigen", "black holes"]
     prompts = [f"{shots}Document: {d}\nQuery:" for d in docs]
     sampling = {"max_tokens": 8, "stop": []}
-    plain = HFGenerate(EngineConfig(model=tiny_lm, prefix_cache=False, sampling=sampling))
-    cached = HFGenerate(EngineConfig(model=tiny_lm, sampling=sampling))
+    plain = HFGenerate(TransformersEngineConfig(model=tiny_lm, prefix_cache=False, sampling=sampling))
+    cached = HFGenerate(TransformersEngineConfig(model=tiny_lm, sampling=sampling))
     for batch in (prompts[:3], prompts[3:], prompts[1:4]):
         want = plain({"prompt": np.array(batch, dtype=object)})
         got = cached({"prompt": np.array(batch, dtype=object)})
@@ -129,10 +177,10 @@ def test_prefix_cache_gives_the_same_outputs_as_plain_batches(tiny_lm):
 def test_engine_pool_grows_from_min_to_max_under_load(ray_local, tiny_lm):
     import ray
 
-    from ragworks.synth.engines import generate
+    from ragworks.engines import generate
 
-    cfg = EngineConfig(model=tiny_lm, batch_size=2, concurrency=(1, 2), num_cpus=0.25,
-                       sampling={"max_tokens": 64, "stop": []})
+    cfg = TransformersEngineConfig(model=tiny_lm, batch_size=2, concurrency=(1, 2), num_cpus=0.25,
+                                   sampling={"max_tokens": 64, "stop": []})
     ds = ray.data.from_items([{"prompt": f"prompt number {i} " * 40} for i in range(240)]).repartition(120)
     out = generate(ds, cfg).select_columns(["gen_worker", "gen_error"]).take_all()
     assert len(out) == 240 and all(r["gen_error"] == "" for r in out)
@@ -150,7 +198,7 @@ def test_vllm_spec_validates_without_vllm_and_fails_clearly(ray_local, tmp_path,
     # with vLLM present but no GPU in the cluster: fail at once instead of waiting for one
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else None)
     with pytest.raises(EngineUnavailable, match="needs a GPU, and this Ray cluster has 0"):
-        check_vllm(spec.synthesize.engine)
+        check_engine(spec.synthesize.engine)
 
 
 def test_resume_after_a_killed_run(ray_local, tmp_path, corpus_dir):
@@ -168,14 +216,14 @@ def test_resume_after_a_killed_run(ray_local, tmp_path, corpus_dir):
         proc = subprocess.Popen([sys.executable, "-m", "ragworks.cli", "run", str(job), "--workdir", str(workdir),
                                  "--address", ray.get_runtime_context().gcs_address],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
-        out = workdir / "synthesize" / "generated"
+        writing = workdir / "synthesize" / "_attempts"  # each run's rows as they stream, committed at the end
         deadline = time.time() + 240
-        while time.time() < deadline and len(list(out.rglob("*.parquet"))) < 3:
+        while time.time() < deadline and len(list(writing.rglob("*.parquet"))) < 3:
             time.sleep(0.1)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         assert not (workdir / "synthesize" / "manifest.json").exists(), "the run finished before it was killed"
-        written_before = {r["key"] for r in rows(out, whole_only=True)}
+        written_before = {r["key"] for r in rows(writing, whole_only=True)}
         assert written_before
         requests_before = llm.requests
 
@@ -183,7 +231,8 @@ def test_resume_after_a_killed_run(ray_local, tmp_path, corpus_dir):
         m = run_job(spec, workdir=workdir, console=QUIET)["synthesize"]
         requests_after = llm.requests - requests_before
 
-    final = rows(out)
+    final = rows(workdir / "synthesize" / "generated")
+    assert not writing.exists()  # every attempt committed
     keys = [r["key"] for r in final]
     n_chunks = m["outputs"]["counts"]["rows"] // 3
     assert len(keys) == len(set(keys)) == 3 * n_chunks  # every row once: no duplicates, nothing lost
@@ -204,6 +253,10 @@ def test_every_written_block_types_its_columns_alike():
     ok = parse_rows(block([" a claim about cells"], [""]), "queries")
     mixed = parse_rows(block([" a claim about cells", ""], ["", "HTTP 500"]), "queries")
     assert ok.schema == mixed.schema and ok.schema.field("reason").type == pa.string()
+    # a RAG block whose first row failed: the rows after it keep their oracle (the first row names the columns)
+    rag = block(["", "Where is it?\nAnswer: Here."], ["HTTP 500", ""]).append_column("has_oracle", pa.array([True, True]))
+    parsed = parse_rows(rag, "rag_examples").to_pylist()
+    assert [r["oracle_id"] for r in parsed] == [None, "c"] and parsed[1]["answer"] == "Here. [c]"
 
 
 def test_rule_filters_and_dedup():

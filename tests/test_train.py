@@ -62,7 +62,7 @@ def test_lora_training_in_an_s3_workdir_resumes_after_a_killed_worker_reindexes_
     assert all(h["dev_pool"] == len(FACTS) for h in t["outputs"]["history"])  # every judged document, over max_corpus
     assert t["outputs"]["selected_on"] == "dev_ndcg@10" and t["outputs"]["best"]["step"] in steps
     assert t["outputs"]["best"]["dev_ndcg@10"] == max(h["dev_ndcg@10"] for h in t["outputs"]["history"])
-    assert t["throughput"]["pairs_per_s"] > 0
+    assert t["outputs"]["throughput"]["pairs_per_s"] > 0
 
     assert t["outputs"]["model"] == f"{workdir}/train_retriever/model"
     stored = s3_keys("train-reindex/")

@@ -132,10 +132,16 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="HTTP host; 0.0.0.0 exposes the API to the network"),
     port: int = typer.Option(8000, help="HTTP port"),
     generator: Optional[str] = typer.Option(None, help="Chat model: 'bundled:NAME', a Hugging Face id or a path "
-                                            "[default: the job's trained generator (base + LoRA adapter), else the "
-                                            "bundled SmolLM2]"),
+                                            "(default: the job's trained generator, base + LoRA adapter, else the "
+                                            "bundled SmolLM2); with --engine openai, the model the endpoint serves"),
+    engine: str = typer.Option("transformers", metavar="[transformers|openai|vllm]",
+                               help="What generates: a model in this app (transformers), or any OpenAI-compatible "
+                                    "server (openai: vLLM, TGI, llama.cpp; needs --base-url)"),
+    base_url: Optional[str] = typer.Option(None, help="--engine openai: the endpoint, e.g. http://127.0.0.1:8001/v1"),
+    engine_api_key_env: str = typer.Option("OPENAI_API_KEY", help="--engine openai: environment variable with the "
+                                           "key sent to the endpoint (not the key of this API)"),
     max_tokens: int = typer.Option(128, help="Answer length when a request names none"),
-    api_key_env: str = typer.Option("RAGWORKS_API_KEY", help="Environment variable with the API key; unset: no auth"),
+    api_key_env: str = typer.Option("RAGWORKS_API_KEY", help="Environment variable with this API's key; unset: no auth"),
     address: Optional[str] = typer.Option(None, help="Ray cluster address; default: embedded local Ray"),
 ) -> None:
     """Serve a job's index on Ray Serve: search, embeddings and RAG chat.
@@ -145,10 +151,15 @@ def serve(
     GET /healthz. The tuned index and the tuned generator are served when the job
     made them; a re-run that writes a new index goes live without a restart. For per-deployment replicas and
     autoscaling use `serve run serving/rag.yaml` instead.
+
+    To answer through a model server you already run (retrieval, the prompt layout, citations and auth stay here):
+
+      ragworks serve jobs/quickstart.yaml --engine openai --base-url http://127.0.0.1:8001/v1 --generator MODEL
     """
     import ray
     from ray import serve as ray_serve
 
+    from .engines import EngineUnavailable
     from .serve import build
 
     workdir = target
@@ -157,10 +168,13 @@ def serve(
             workdir = load_spec(Path(target)).resolved_workdir()
         except SpecError as err:
             _fail(err)
+    if engine == "openai" and not base_url:
+        _fail(ValueError("--engine openai needs --base-url, e.g. http://127.0.0.1:8001/v1"))
+    endpoint = {"base_url": base_url, "api_key_env": engine_api_key_env} if engine == "openai" else {}
     try:
         application = build({"workdir": str(workdir), "generator": generator, "max_tokens": max_tokens,
-                             "api_key_env": api_key_env})
-    except (FileNotFoundError, ValueError) as err:
+                             "api_key_env": api_key_env, "engine": {"kind": engine, **endpoint}})
+    except (FileNotFoundError, ValueError, EngineUnavailable) as err:
         _fail(err)
     if address:
         ray.init(address=address)

@@ -140,40 +140,7 @@ class IndexConfig(Section):
 
 
 # ------------------------------------------------------------- synthesize
-class SamplingConfig(Section):
-    temperature: float = Field(0.0, ge=0.0, description="0: greedy")
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_tokens: int | None = Field(None, ge=1, description="default: 32 for queries, 128 for rag_examples")
-    stop: list[str] | None = Field(None, description="default: a newline for queries, a blank line for rag_examples")
-    seed: int = 0
-
-
-class EngineConfig(Section):
-    kind: Literal["transformers", "vllm", "openai"] = Field(
-        "transformers", description="transformers: CPU/GPU actor pool; vllm: ray.data.llm on GPUs; openai: any OpenAI-compatible endpoint")
-    model: str = Field("bundled:smollm2-135m-instruct", description="'bundled:NAME', a Hugging Face id or a local path")
-    batch_size: int = Field(16, ge=1)
-    prefix_cache: bool = Field(True, description="transformers: encode the prompt part all rows share (the few-shot "
-                                                  "examples) once and reuse its KV cache, as vLLM's prefix caching does")
-    concurrency: tuple[int, int] = Field((1, 2), description="engine actor pool: (min, max); the pool grows under load")
-    num_cpus: float = Field(1.0, gt=0, description="CPUs per engine actor; torch gets as many threads")
-    num_gpus: float = Field(0.0, ge=0, description="GPUs per engine actor (vllm: per engine replica, default 1)")
-    resources: dict[str, float] = Field(default_factory=dict, description=RESOURCES_HELP)
-    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
-    base_url: str | None = Field(None, description="openai: e.g. http://127.0.0.1:8000/v1")
-    api_key_env: str = Field("OPENAI_API_KEY", description="openai: environment variable holding the API key")
-    qps: int | None = Field(None, ge=1, description="openai: requests per second per actor")
-    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="vllm: passed to the vLLM engine")
-    adapter: str | None = Field(None, description="transformers: a PEFT LoRA adapter folder applied to the model")
-
-    @model_validator(mode="after")
-    def _openai_needs_url(self) -> "EngineConfig":
-        if self.kind == "openai" and not self.base_url:
-            raise ValueError("engine.kind 'openai' needs engine.base_url (e.g. http://127.0.0.1:8000/v1)")
-        if self.adapter and self.kind != "transformers":
-            raise ValueError(f"engine.adapter is applied by the transformers engine; with kind '{self.kind}' serve "
-                             "the adapter on the endpoint (vLLM: --enable-lora) and name it as engine.model")
-        return self
+from .engines.config import EngineConfig, TransformersEngineConfig  # noqa: E402 - the synthesize sections' engine
 
 
 class PromptConfig(Section):
@@ -200,7 +167,7 @@ class SynthesizeConfig(Section):
     task: Literal["queries", "rag_examples"] = "queries"
     per_chunk: int = Field(1, ge=1, description="generations per chunk (use temperature > 0 for more than one)")
     limit: int | None = Field(None, ge=1, description="only the first N chunks")
-    engine: EngineConfig = Field(default_factory=EngineConfig)
+    engine: EngineConfig = Field(default_factory=TransformersEngineConfig)
     prompt: PromptConfig = Field(default_factory=PromptConfig)
     rag: RagExamplesConfig = Field(default_factory=RagExamplesConfig)
 
@@ -406,20 +373,19 @@ def _loc(loc: tuple) -> str:
 
 
 def _suggest(model: type[BaseModel], loc: tuple) -> str:
-    """For an unknown key, the closest known key of the section it sits in."""
-    cls: Any = model
+    """For an unknown key, the closest known key of the section it sits in (for a union of sections, such as
+    the engines', the keys any of them knows)."""
+    classes: list = [model]
     for part in loc[:-1]:
-        field = getattr(cls, "model_fields", {}).get(part)
+        field = next((c.model_fields[part] for c in classes if part in getattr(c, "model_fields", {})), None)
         if field is None:
             return ""
         ann = field.annotation
-        for cand in getattr(ann, "__args__", (ann,)):
-            if isinstance(cand, type) and issubclass(cand, BaseModel):
-                cls = cand
-                break
-        else:
+        classes = [c for a in getattr(ann, "__args__", (ann,)) for c in getattr(a, "__args__", (a,))
+                   if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not classes:
             return ""
-    known = list(getattr(cls, "model_fields", {}))
+    known = list(dict.fromkeys(k for c in classes for k in c.model_fields))
     close = difflib.get_close_matches(str(loc[-1]), known, n=1)
     return f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(known)})"
 

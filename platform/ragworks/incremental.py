@@ -1,15 +1,21 @@
 """Output written as it is produced, so an interrupted stage resumes where it stopped.
 
-Ray Data writes one Parquet file per block as the stream runs. After a kill the
-folder holds whole files and at most a few truncated ones; truncated files are
-removed, and the keys in the whole ones are not generated again.
+Ray Data writes one Parquet file per block as the stream runs, into a folder of
+the run's own (an attempt). After a kill the attempts hold whole files and at
+most a few truncated ones; truncated files are removed, the keys in the whole
+ones are not generated again, and when the stage finishes `commit` moves every
+attempt's rows into the output, one row per key.
 """
 
 from __future__ import annotations
 
+import os
+import time
+import uuid
 from typing import Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .storage import Folder
@@ -38,21 +44,87 @@ def read_columns(folder: str | Folder, columns: list[str]) -> Iterator[tuple[Fol
         yield f, pq.read_table(f.path, columns=columns, filesystem=f.fs)
 
 
-def done_keys(folder: str | Folder, column: str = "key") -> set[str]:
-    """Keys already written; only the key column is read."""
-    keys: set[str] = set()
-    for _, t in read_columns(folder, [column]):
-        keys.update(t.column(column).to_pylist())
-    return keys
+ATTEMPTS = "_attempts"
 
 
-def skip_done(batch, done: set[str], column: str = "key"):
-    """Ray Data batch function (pyarrow): rows whose key is not written yet."""
-    import pyarrow.compute as pc
+def attempt_folder(stage_dir: Folder) -> Folder:
+    """Where this run writes its rows: a folder of its own, named so attempts sort by start time."""
+    return Folder(stage_dir) / ATTEMPTS / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
 
-    if not done:
-        return batch
-    return batch.filter(pc.invert(pc.is_in(batch[column], value_set=pa.array(sorted(done)))))
+
+def not_written(rows, attempts: Folder, key: str = "key"):
+    """The rows of `rows` whose key no earlier attempt wrote: a left anti-join in Ray Data, so no process
+    (the driver included) holds the written keys, however many there are."""
+    import ray
+
+    if not parquet_files(attempts):
+        return rows
+    written = ray.data.read_parquet(str(attempts), columns=[key], partitioning=None, num_cpus=0.25)
+    partitions = max(2, int(ray.cluster_resources().get("CPU", 2)))
+    return rows.join(written, join_type="left_anti", num_partitions=partitions, on=(key,),
+                     aggregator_ray_remote_args={"num_cpus": 0.25})
+
+
+def commit(attempts: Folder, target: Folder, key: str = "key") -> int:
+    """Every attempt's whole files moved into `target`, one row per key; returns the rows dropped.
+
+    Exactly once by construction, whatever the timing: a run killed mid-stream may leave workers that
+    write a block after the next run listed what was written, so that block is generated twice. Here the
+    files are listed once (the snapshot), each key keeps its copy from the earliest attempt (then file
+    name), the later copies are cut out of their files, and only the snapshot's files are moved: a file a
+    dead run writes after it lands in its attempt folder, which no reader of `target` ever sees. The
+    duplicate keys are found by a Ray Data group-by; only they (at most a block or two per kill) reach
+    the driver.
+    """
+    import ray
+    from ray.data.expressions import col
+
+    attempts = Folder(attempts)
+    drop_partial_files(attempts)
+    files = parquet_files(attempts)
+    target.mkdir()
+    if not files:
+        return 0
+    paths = [f.path for f in files]
+    keys = ray.data.read_parquet(paths, filesystem=attempts.fs, columns=[key], partitioning=None,
+                                 include_paths=True, num_cpus=0.25)
+    twice = [r[key] for r in keys.groupby(key).count().filter(expr=col("count()") > 1).take_all()]
+    dropped = 0
+    if twice:
+        copies = keys.map_batches(lambda b: b.filter(pc.is_in(b[key], value_set=pa.array(twice))),
+                                  batch_format="pyarrow", num_cpus=0.25).take_all()
+        first: dict[str, str] = {}
+        for c in sorted(copies, key=lambda c: c["path"]):
+            first.setdefault(c[key], c["path"])
+        cut: dict[str, set] = {}
+        for c in copies:
+            if first[c[key]] != c["path"]:
+                cut.setdefault(c["path"], set()).add(c[key])
+        by_path = {f.path: f for f in files}
+        for path, drop in cut.items():
+            f = by_path[path]
+            table = pq.read_table(f.path, filesystem=f.fs)
+            kept = table.filter(pc.invert(pc.is_in(table[key], value_set=pa.array(sorted(drop)))))
+            dropped += table.num_rows - kept.num_rows
+            write_table(kept, f)
+    base = attempts.path.rstrip("/") + "/"
+    for f in files:
+        attempt, *folders, name = f.path[len(base):].split("/")
+        destination = target / "/".join([*folders, f"{attempt}-{name}"])
+        if destination.is_local:
+            os.makedirs(os.path.dirname(destination.path), exist_ok=True)
+        f.move_to(destination)
+    attempts.remove()
+    return dropped
+
+
+def write_table(table: pa.Table, f: Folder) -> None:
+    """A Parquet file replaced whole: written beside and renamed on disk; an object-store put is atomic."""
+    if f.is_local:
+        pq.write_table(table, f.path + ".tmp")
+        os.replace(f.path + ".tmp", f.path)
+    else:
+        pq.write_table(table, f.path, filesystem=f.fs)
 
 
 def string_columns(table: pa.Table, names: tuple[str, ...]) -> pa.Table:

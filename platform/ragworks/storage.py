@@ -121,8 +121,9 @@ class Folder:
         if self.is_local and target.is_local:
             os.rename(self.path, target.path)
             return
+        is_file = self.fs.get_file_info(self.path).type == pafs.FileType.File
         pafs.copy_files(self.path, target.path, source_filesystem=self.fs, destination_filesystem=target.fs)
-        self.remove()
+        self.unlink() if is_file else self.remove()
 
 
 @contextlib.contextmanager

@@ -1,9 +1,10 @@
 """Answer quality: the base and the tuned generator answer the same held-out RAG examples.
 
 Prompts are the chat layout the generator trained on (`ragworks.answers`),
-generated through the synthesize stage's engine (an actor pool, the adapter
-merged at load); the scores are citation accuracy, abstention without the
-oracle chunk, and answer F1 against the reference.
+answered through `ragworks.engines`, the interface synthesize and the server use
+(the transformers engine's actor pool, the adapter merged at load); the scores
+are citation accuracy, abstention without the oracle chunk, and answer F1
+against the reference.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from ray.data import ActorPoolStrategy
 
 from ..answers import messages, score_answers
 from ..train import GeneratorOutputs  # noqa: F401 - the annotation
-from ..config import EngineConfig, GenerationEvalConfig, SamplingConfig
-from ..synth.engines import generate
+from ..config import GenerationEvalConfig
+from ..engines import TransformersEngineConfig, generate
 from ..synth.rag_examples import CLAIM_KEY
 
 
@@ -60,9 +61,7 @@ def answer_metrics(cfg: GenerationEvalConfig, trained: "GeneratorOutputs", conso
                                    compute=ActorPoolStrategy(size=1), num_cpus=0.25).materialize()
     metrics, samples, kinds = {}, {}, {}
     for label, lora in (("base", None), ("tuned", adapter)):
-        engine = EngineConfig(kind="transformers", model=base, adapter=lora, batch_size=cfg.batch_size,
-                              concurrency=cfg.concurrency, num_cpus=cfg.num_cpus,
-                              sampling=SamplingConfig(max_tokens=cfg.max_tokens))
+        engine = answer_engine(cfg, base, lora)
         console.print(f"answering {prompts.count()} held-out examples with the {label} generator")
         answered = generate(prompts, engine).map_batches(context_ids, batch_format="numpy", num_cpus=0.25)
         rows = answered.take_all()  # at most max_examples short rows
@@ -73,6 +72,14 @@ def answer_metrics(cfg: GenerationEvalConfig, trained: "GeneratorOutputs", conso
         shown = [r for part in parts.values() for r in part[:3]] or rows[:5]
         samples[label] = [{k: r[k] for k in ("query", "answer", "reference", "oracle_id")} for r in shown]
     return {**metrics, **dict(sorted(kinds.items(), key=lambda kv: kv[0].split(", ")[::-1]))}, samples
+
+
+def answer_engine(cfg: GenerationEvalConfig, model: str, adapter: str | None) -> TransformersEngineConfig:
+    """The generator under test, as the engine that answers: the adapter must be merged into these weights, so
+    this is the transformers engine (an endpoint would answer with whatever weights it serves)."""
+    return TransformersEngineConfig(model=model, adapter=adapter, batch_size=cfg.batch_size,
+                                    concurrency=cfg.concurrency, num_cpus=cfg.num_cpus,
+                                    sampling={"max_tokens": cfg.max_tokens})
 
 
 def scores(rows: list[dict]) -> dict:

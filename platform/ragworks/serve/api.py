@@ -88,8 +88,8 @@ class RagAPI:
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
-        return {"status": "ok", "auth": self.api_key is not None, "generator": self.options["generator"],
-                "adapter": self.options["adapter"]}
+        return {"status": "ok", "auth": self.api_key is not None, "engine": self.options["engine"],
+                "generator": self.options["generator"], "adapter": self.options["adapter"]}
 
     async def _hits(self, query: str, mode: str, k: int) -> list[dict]:
         vector = None if mode == "fulltext" else await self.embedder.embed.remote(query)

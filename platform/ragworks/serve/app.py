@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field
 
 from .api import RagAPI
+from ..engines import BaseEngineConfig, EngineConfig, TransformersEngineConfig, check_engine
 from ..storage import Folder
 from .deployments import Embedder, Generator, Retriever
 
@@ -21,7 +20,10 @@ class ServeOptions(BaseModel):
                                   "workdir's trained generator (base model + LoRA adapter), else the bundled SmolLM2")
     adapter: str | None = Field(None, description="a PEFT LoRA adapter folder for the generator (default: the "
                                 "workdir's, when the generator is the one it was trained on)")
-    engine: Literal["transformers", "vllm"] = Field("transformers", description="generator engine; vllm needs a GPU")
+    engine: EngineConfig = Field(default_factory=TransformersEngineConfig, description=(
+        "what generates: a kind (transformers, openai, vllm) or an engine section, e.g. {kind: openai, base_url: "
+        "http://127.0.0.1:8001/v1, model: NAME} for a vLLM, TGI or llama.cpp server; retrieval, the prompt layout, "
+        "citations and auth stay this app's"))
     max_tokens: int = Field(128, ge=1, le=1024, description="answer length when a request names none")
     context_words: int = Field(120, ge=8, description="each retrieved chunk is cut to this many words in the prompt "
                                "(a trained generator's own setting wins)")
@@ -32,29 +34,34 @@ class ServeOptions(BaseModel):
     min_replicas: dict[str, int] = Field(default_factory=dict, description="replicas kept up by deployment name "
                                          "(autoscaling adds more up to each deployment's max_replicas)")
     cpus: dict[str, float] = Field(default_factory=dict, description="CPUs per replica by deployment name, over the "
-                                   "defaults (RagAPI 0.1, Embedder 0.5, Retriever 0.25, Generator 1)")
+                                   "defaults (RagAPI 0.1, Embedder 0.5, Retriever 0.25, Generator 1, or 0.1 when "
+                                   "it only calls an endpoint)")
 
 
-def check_vllm() -> None:
-    """Fail before deploying: the synthesize stage's vLLM checks, then say what is missing here."""
-    from ..synth.engines import EngineUnavailable, require_vllm
-
-    require_vllm("serve engine")
-    raise EngineUnavailable("serve engine 'vllm' (ray.serve.llm) is not wired into the RAG app yet; "
-                            "use engine: transformers")
-
-
-def choose_generator(opts: ServeOptions, workdir: Folder) -> tuple[str, str | None, int]:
-    """(model, adapter, context words per chunk): a job that trained a generator serves it, in the layout it
-    trained on, unless the options name another model."""
+def choose_generator(opts: ServeOptions, workdir: Folder) -> tuple[BaseEngineConfig, int]:
+    """(engine, context words per chunk). A job that trained a generator serves it in the layout it trained on:
+    with the transformers engine, its base model and LoRA adapter, unless the options name another model; an
+    endpoint serves whatever it serves, so only the trained layout's context length carries over."""
     from ..manifest import read_manifest
     from ..models import DEFAULT_GENERATOR
+    from ..train import GeneratorOutputs
 
-    trained = read_manifest(workdir / "train_generator")
-    if opts.adapter or trained is None or opts.generator not in (None, trained["model"], trained["base_model"]):
-        return opts.generator or DEFAULT_GENERATOR, opts.adapter, opts.context_words
-    words = (trained.get("config") or {}).get("max_context_words", opts.context_words)
-    return trained["base_model"], trained["outputs"]["adapter"], words
+    engine = opts.engine
+    named = opts.generator or (engine.model if "model" in engine.model_fields_set else None)
+    manifest = read_manifest(workdir / "train_generator")
+    trained = GeneratorOutputs.from_manifest(manifest) if manifest else None
+    words = trained.max_context_words if trained else opts.context_words
+    if engine.kind != "transformers":
+        if opts.adapter:
+            raise ValueError(f"adapter is merged by the transformers engine; with engine {engine.kind}, serve it on "
+                             "the endpoint (vLLM: --enable-lora) and name it with --generator")
+        if named is None:
+            raise ValueError(f"engine {engine.kind}: name the model the endpoint serves (--generator MODEL, or "
+                             "engine.model)")
+        return engine.model_copy(update={"model": named}), words
+    if opts.adapter or trained is None or named not in (None, trained.model, trained.base_model):
+        return engine.model_copy(update={"model": named or DEFAULT_GENERATOR, "adapter": opts.adapter}), opts.context_words
+    return engine.model_copy(update={"model": trained.base_model, "adapter": trained.adapter}), words
 
 
 def build(args: dict):
@@ -63,27 +70,35 @@ def build(args: dict):
     unknown = (set(opts.cpus) | set(opts.min_replicas)) - {"RagAPI", "Embedder", "Retriever", "Generator"}
     if unknown:
         raise ValueError(f"cpus / min_replicas: unknown deployments {sorted(unknown)}; known: RagAPI, Embedder, Retriever, Generator")
-    if opts.engine == "vllm":
-        check_vllm()
+    check_engine(opts.engine, "serve engine", chat=True)
     workdir = Folder(opts.workdir)
     if not (workdir / "index" / "manifest.json").exists():
         raise FileNotFoundError(f"{workdir}: no finished index stage to serve; run the job first")
-    generator, adapter, words = choose_generator(opts, workdir)
-    env = {opts.api_key_env: os.environ[opts.api_key_env]} if os.environ.get(opts.api_key_env) else {}
+    engine, words = choose_generator(opts, workdir)
 
-    def sized(deployment, **actor_options):
-        cpus = opts.cpus.get(deployment.name)
+    def sized(deployment, cpus: float | None = None, ongoing: int | None = None, **actor_options):
+        cpus = opts.cpus.get(deployment.name, cpus)
         options = {**deployment.ray_actor_options, **({"num_cpus": cpus} if cpus is not None else {}), **actor_options}
         scaling = dict(deployment._deployment_config.autoscaling_config.model_dump(include={
             "min_replicas", "max_replicas", "target_ongoing_requests"}))
         if deployment.name in opts.min_replicas:
             scaling["min_replicas"] = opts.min_replicas[deployment.name]
             scaling["max_replicas"] = max(scaling["max_replicas"], scaling["min_replicas"])
-        return deployment.options(ray_actor_options=options, autoscaling_config=scaling)
+        return deployment.options(ray_actor_options=options, autoscaling_config=scaling,
+                                  **({"max_ongoing_requests": ongoing} if ongoing else {}))
 
-    ingress = sized(RagAPI, **({"runtime_env": {"env_vars": env}} if env else {}))
-    return ingress.bind(sized(Embedder).bind(str(workdir), opts.reload_s),
-                        sized(Retriever).bind(str(workdir), opts.reload_s),
-                        sized(Generator).bind(generator, adapter),
-                        {**opts.model_dump(), "workdir": str(workdir), "generator": generator, "adapter": adapter,
-                         "context_words": words})
+    # An endpoint client mostly waits on the network: a tenth of a CPU, and many requests in flight, per replica.
+    remote = engine.kind == "openai"
+    generator = sized(Generator, cpus=0.1 if remote else None, ongoing=32 if remote else None,
+                      **env_of(getattr(engine, "api_key_env", None)))
+    return sized(RagAPI, **env_of(opts.api_key_env)).bind(
+        sized(Embedder).bind(str(workdir), opts.reload_s), sized(Retriever).bind(str(workdir), opts.reload_s),
+        generator.bind(engine.model_dump()),
+        {**opts.model_dump(), "workdir": str(workdir), "generator": engine.model,
+         "adapter": getattr(engine, "adapter", None), "context_words": words, "engine": engine.kind})
+
+
+def env_of(name: str | None) -> dict:
+    """ray_actor_options handing a key from the builder's environment to the replica (Serve replicas do not
+    inherit it on a cluster)."""
+    return {"runtime_env": {"env_vars": {name: os.environ[name]}}} if name and os.environ.get(name) else {}

@@ -9,7 +9,6 @@ corpus goes live without restarting the application.
 from __future__ import annotations
 
 import time
-from threading import Thread
 
 import numpy as np
 from pyarrow.fs import FileType
@@ -59,10 +58,11 @@ class Embedder:
         self._load()
 
     def _load(self) -> None:
+        from ..index import IndexOutputs
         from ..index.embed import load_embedder
         from ..manifest import read_manifest
 
-        name = read_manifest(self.watch.index_dir)["embedder"]
+        name = IndexOutputs.from_manifest(read_manifest(self.watch.index_dir)).embedder
         if name != self.name:
             self.model, self.name = load_embedder(name), name
 
@@ -105,45 +105,20 @@ class Retriever:
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=4,
                   autoscaling_config={"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 2})
 class Generator:
-    """A causal LM (transformers engine) answering from the retrieved chunks; a trained LoRA adapter merged in."""
+    """Answers from the retrieved chunks through any engine (`ragworks.engines`): a local causal LM with the
+    trained LoRA adapter merged in, or an OpenAI-compatible endpoint. The engine arrives as a plain dict, which
+    Serve can ship to replicas and a serve config can write."""
 
-    def __init__(self, model: str, adapter: str | None = None):
-        from ..models import load_causal_lm
+    def __init__(self, engine: dict):
+        from ..engines import chat_engine, engine_config
 
-        limit_torch_threads()
-        self.name, self.adapter = model, adapter
-        self.model, self.tok = load_causal_lm(model, adapter=adapter)
-
-    def _inputs(self, messages: list[dict]):
-        text = self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return self.tok(text, return_tensors="pt", return_token_type_ids=False)
-
-    def _kwargs(self, max_tokens: int, temperature: float, top_p: float) -> dict:
-        kwargs = {"max_new_tokens": max_tokens, "pad_token_id": self.tok.pad_token_id, "do_sample": temperature > 0}
-        if temperature > 0:
-            kwargs.update(temperature=temperature, top_p=top_p)
-        return kwargs
+        cfg = engine_config(engine)
+        self.name, self.kind = cfg.model, cfg.kind
+        self.engine = chat_engine(cfg)  # a local model limits torch to this replica's CPUs as it loads
 
     def complete(self, messages: list[dict], max_tokens: int, temperature: float = 0.0, top_p: float = 1.0) -> dict:
-        import torch
-
-        inputs = self._inputs(messages)
-        with torch.inference_mode():
-            out = self.model.generate(**inputs, **self._kwargs(max_tokens, temperature, top_p))
-        new = out[0, inputs["input_ids"].shape[1]:]
-        text = self.tok.decode(new, skip_special_tokens=True)
-        finish = "length" if len(new) >= max_tokens else "stop"
-        return {"text": text.strip(), "prompt_tokens": int(inputs["input_ids"].shape[1]),
-                "completion_tokens": int(len(new)), "finish_reason": finish}
+        return self.engine.chat(messages, max_tokens, temperature, top_p)
 
     def stream(self, messages: list[dict], max_tokens: int, temperature: float = 0.0, top_p: float = 1.0):
         """Text pieces as the model writes them (a Serve streaming method)."""
-        from transformers import TextIteratorStreamer
-
-        inputs = self._inputs(messages)
-        streamer = TextIteratorStreamer(self.tok, skip_prompt=True, skip_special_tokens=True)
-        worker = Thread(target=self.model.generate, kwargs={**inputs, **self._kwargs(max_tokens, temperature, top_p),
-                                                            "streamer": streamer})
-        worker.start()
-        yield from (piece for piece in streamer if piece)
-        worker.join()
+        yield from self.engine.stream(messages, max_tokens, temperature, top_p)

@@ -18,9 +18,9 @@ import ray
 
 from ..answers import ABSTAIN
 from ..config import SynthesizeConfig
-from ..incremental import done_keys, drop_partial_files, read_columns, skip_done, string_columns
+from ..incremental import ATTEMPTS, attempt_folder, commit, drop_partial_files, not_written, read_columns, string_columns
 from ..manifest import files_fingerprint
-from .engines import check_engine, generate
+from ..engines import check_engine, generate
 from . import GeneratedOutputs
 from .parse import clean_query, parse_qa
 from .prompts import QueryPrompt
@@ -61,7 +61,8 @@ def parse_rows(batch: pa.Table, task: str, copies: frozenset = frozenset()) -> p
     rows = batch.to_pylist()
     for r in rows:
         r.pop("prompt", None)
-        r["status"], r["reason"], r["query"], r["answer"] = "ok", None, None, None
+        # every row names every column: a block's first row decides its columns (pa.Table.from_pylist)
+        r["status"], r["reason"], r["query"], r["answer"], r["oracle_id"] = "ok", None, None, None, None
         if r["gen_error"]:
             r["status"], r["reason"] = "reject", f"generation failed: {r['gen_error']}"
         elif task == "queries":
@@ -85,13 +86,15 @@ def run(cfg: SynthesizeConfig, ctx) -> GeneratedOutputs:
     """Both generating stages: `synthesize` (either task) and `rag_examples`."""
     engine = engine_for(cfg)
     check_engine(engine)  # before any work: no GPU, no vLLM, say so now
-    out = ctx.stage_dir / "generated"
-    dropped = drop_partial_files(out)
-    done = done_keys(out)
-    before, tokens_before = count_generated(out)  # a resumed run's rate counts only its own rows
-    if done or dropped:
-        ctx.console.print(f"resuming: {len(done):,} rows already written"
+    out, attempts = ctx.stage_dir / "generated", ctx.stage_dir / ATTEMPTS
+    if out.exists():  # a half-done run of an earlier layout wrote its rows there: one more attempt
+        out.move_to(attempts / ("0" * 20))
+    dropped = drop_partial_files(attempts)
+    before, tokens_before = count_generated(attempts)  # a resumed run's rate counts only its own rows
+    if before["rows"] or dropped:
+        ctx.console.print(f"resuming: {before['rows']:,} rows already written"
                           + (f", {len(dropped)} partial files removed" if dropped else ""))
+    mine = attempt_folder(ctx.stage_dir)
 
     # Light per-row steps take a quarter CPU, so the engine pool can grow into the rest.
     light = {"batch_format": "pyarrow", "num_cpus": LIGHT_CPUS}
@@ -99,16 +102,16 @@ def run(cfg: SynthesizeConfig, ctx) -> GeneratedOutputs:
     if cfg.task == "rag_examples" and cfg.rag.claims:
         claims = ray.data.read_parquet(ctx.output("filters").kept, partitioning=None, num_cpus=LIGHT_CPUS)
         claims = claims.select_columns(["id", "doc_id", "title", "text", "sample", "key", "query"]).limit(cfg.rag.claims)
-        claims = claims.map_batches(claim_keys, **light).map_batches(skip_done, fn_kwargs={"done": done}, **light)
+        claims = not_written(claims.map_batches(claim_keys, **light), attempts)
         claims = with_context(claims, cfg, ctx)
-        claims.map_batches(claim_answers, fn_kwargs={"max_words": cfg.prompt.max_doc_words}, **light).write_parquet(str(out), **write)
+        claims.map_batches(claim_answers, fn_kwargs={"max_words": cfg.prompt.max_doc_words}, **light).write_parquet(str(mine), **write)
         ctx.console.print(f"claim examples: the first {cfg.rag.claims:,} claims the filters kept")
 
     chunks = ray.data.read_parquet(ctx.output("corpus").chunks, num_cpus=LIGHT_CPUS).select_columns(["id", "doc_id", "title", "text"])
     if cfg.limit:
         chunks = chunks.limit(cfg.limit)
     rows = chunks.map_batches(expand, fn_kwargs={"per_chunk": cfg.per_chunk}, **light)
-    rows = rows.map_batches(skip_done, fn_kwargs={"done": done}, **light)
+    rows = not_written(rows, attempts)
     if cfg.task == "queries":
         rows = rows.map_batches(query_prompts, fn_kwargs={"prompt_cfg": cfg.prompt}, **light)
     else:
@@ -120,9 +123,11 @@ def run(cfg: SynthesizeConfig, ctx) -> GeneratedOutputs:
     rows = generate(rows, engine)
     copies = frozenset(e["query"].lower() for e in QueryPrompt(cfg.prompt).examples)
     rows = rows.map_batches(parse_rows, fn_kwargs={"task": cfg.task, "copies": copies}, **light)
-    rows.write_parquet(str(out), **write)
+    rows.write_parquet(str(mine), **write)
 
+    duplicates = commit(attempts, out)  # one row per key, whatever a killed run's workers wrote late
     counts, tokens = count_generated(out)
+    counts["duplicates_dropped"] = duplicates
     seconds = max(1e-9, time.perf_counter() - ctx.started)
     stats = {"tokens_per_s": round((tokens - tokens_before) / seconds, 2),
              "rows_per_s": round((counts["rows"] - before["rows"]) / seconds, 3), "generated_tokens": tokens}

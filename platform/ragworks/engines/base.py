@@ -1,0 +1,108 @@
+"""The engine interface and the registry of engines by kind.
+
+Modelled on the builder registry of Ray's `ray.llm._internal.batch`, reduced to
+a dict: a kind names the module that implements it, imported only when that kind
+is used, so choosing the openai engine never imports torch and choosing
+transformers never needs httpx.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import socket
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, ClassVar, Iterator
+
+from ..stage import StageError
+
+if TYPE_CHECKING:
+    import ray.data
+
+    from .config import BaseEngineConfig
+
+OUTPUT_COLUMNS = ("generated_text", "gen_error", "gen_tokens")
+
+# kind -> "module:Class" (relative to this package); adding an engine is a module and a line here
+# (and its config class in config.py).
+ENGINES: dict[str, str] = {
+    "transformers": ".transformers:TransformersEngine",
+    "vllm": ".vllm:VllmEngine",
+    "openai": ".openai:OpenAIEngine",
+}
+
+
+class EngineUnavailable(StageError):
+    """The engine cannot run here; the message says what to install or change (a stage reports it in one line)."""
+
+
+class ChatModel(ABC):
+    """One loaded model (or one endpoint client) answering chat turns: what a Serve replica holds."""
+
+    @abstractmethod
+    def chat(self, messages: list[dict], max_tokens: int, temperature: float = 0.0, top_p: float = 1.0) -> dict:
+        """{"text", "prompt_tokens", "completion_tokens", "finish_reason"}."""
+
+    @abstractmethod
+    def stream(self, messages: list[dict], max_tokens: int, temperature: float = 0.0,
+               top_p: float = 1.0) -> Iterator[str]:
+        """Text pieces as they are written."""
+
+
+class Engine(ABC):
+    """One kind of generation backend. Building one is cheap (nothing loads); the heavy parts live in the
+    Ray Data actors `generate` starts and in the `ChatModel` `chat_model` returns."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, cfg: "BaseEngineConfig"):
+        self.cfg = cfg
+
+    def check(self, field: str = "synthesize.engine.kind", chat: bool = False) -> None:
+        """Raise EngineUnavailable now, before any work, when this engine cannot run on this cluster."""
+
+    @abstractmethod
+    def generate(self, ds: "ray.data.Dataset") -> "ray.data.Dataset":
+        """`prompt` column in; OUTPUT_COLUMNS and `gen_worker` added; a failing row fails alone."""
+
+    @abstractmethod
+    def chat_model(self) -> ChatModel:
+        """Load the model (or open the client) for online chat; called once per Serve replica."""
+
+
+class PoolEngine(Engine):
+    """An engine whose batch work is a Ray Data actor pool of `batch_class` (a callable class built from the
+    config) and whose chat model is `chat_class`: what an engine that runs in Ray's own workers needs."""
+
+    batch_class: ClassVar[type]
+    chat_class: ClassVar[type[ChatModel]]
+
+    @abstractmethod
+    def pool(self) -> dict:
+        """map_batches kwargs: the actor pool and what each actor asks of Ray."""
+
+    def generate(self, ds):
+        return ds.map_batches(self.batch_class, fn_constructor_args=(self.cfg,), batch_size=self.cfg.batch_size,
+                              **self.pool())
+
+    def chat_model(self) -> ChatModel:
+        return self.chat_class(self.cfg)
+
+
+def engine_for(cfg: "BaseEngineConfig") -> Engine:
+    module, _, name = ENGINES[cfg.kind].partition(":")
+    return getattr(importlib.import_module(module, __package__), name)(cfg)
+
+
+def worker_id() -> str:
+    """Which actor wrote a row: for debugging and for checking a pool's size."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def output_batch(batch: dict, texts: list[str], counts: list[int], errors: list[str], worker: str) -> dict:
+    """The input batch with the generation columns every engine adds (errors cut to 500 characters)."""
+    import numpy as np
+
+    return {**batch, "generated_text": np.array(texts, dtype=object), "gen_tokens": np.array(counts, dtype=np.int64),
+            "gen_error": np.array([e[:500] for e in errors], dtype=object),
+            "gen_worker": np.array([worker] * len(texts), dtype=object)}
