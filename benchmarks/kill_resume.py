@@ -30,7 +30,7 @@ from fake_llm import FakeLLM  # noqa: E402  (the test suite's OpenAI-compatible 
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument("--kills", type=int, default=10)
-ap.add_argument("--chunks", type=int, default=60, help="one-chunk documents")
+ap.add_argument("--chunks", type=int, default=200, help="one-chunk documents")
 ap.add_argument("--per-chunk", type=int, default=4, help="generations per chunk (keys = chunks x this)")
 ap.add_argument("--batch-size", type=int, default=4)
 ap.add_argument("--delay", type=float, default=0.5, help="seconds the fake server takes per request")
