@@ -106,7 +106,9 @@ def commit(attempts: Folder, target: Folder, key: str = "key") -> int:
             table = pq.read_table(f.path, filesystem=f.fs)
             kept = table.filter(pc.invert(pc.is_in(table[key], value_set=pa.array(sorted(drop)))))
             dropped += table.num_rows - kept.num_rows
-            write_table(kept, f)
+            buffer = pa.BufferOutputStream()
+            pq.write_table(kept, buffer)
+            f.write_bytes(buffer.getvalue().to_pybytes())  # replaced whole, never half-written
     base = attempts.path.rstrip("/") + "/"
     for f in files:
         attempt, *folders, name = f.path[len(base):].split("/")
@@ -116,15 +118,6 @@ def commit(attempts: Folder, target: Folder, key: str = "key") -> int:
         f.move_to(destination)
     attempts.remove()
     return dropped
-
-
-def write_table(table: pa.Table, f: Folder) -> None:
-    """A Parquet file replaced whole: written beside and renamed on disk; an object-store put is atomic."""
-    if f.is_local:
-        pq.write_table(table, f.path + ".tmp")
-        os.replace(f.path + ".tmp", f.path)
-    else:
-        pq.write_table(table, f.path, filesystem=f.fs)
 
 
 def string_columns(table: pa.Table, names: tuple[str, ...]) -> pa.Table:

@@ -94,15 +94,18 @@ class Folder:
 
     # -- changes
     def write_text(self, text: str) -> None:
+        self.write_bytes(text.encode())
+
+    def write_bytes(self, data: bytes) -> None:
         """Atomic: a local file is written beside and renamed; an object-store put is atomic already."""
         if self.is_local:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path + ".tmp"
-            Path(tmp).write_text(text)
+            Path(tmp).write_bytes(data)
             os.replace(tmp, self.path)
         else:
             with self.fs.open_output_stream(self.path) as f:
-                f.write(text.encode())
+                f.write(data)
 
     def mkdir(self) -> None:
         self.fs.create_dir(self.path, recursive=True)

@@ -21,10 +21,9 @@ class IndexOutputs(Outputs):
 
     @classmethod
     def legacy(cls, manifest: dict, data: dict) -> dict:
-        config = manifest.get("config") or {}
-        ann = config.get("ann") or {}
-        return {"metric": config.get("metric", "cosine"), "nprobes": ann.get("nprobes", 32),
-                "refine_factor": ann.get("refine_factor"), "hybrid": config.get("hybrid", {"fusion": "rrf"}), **data}
+        # metric and hybrid sit at the config's top level (the shared fill finds them); the ANN settings under `ann`
+        ann = (manifest.get("config") or {}).get("ann") or {}
+        return super().legacy(manifest, {**{k: ann[k] for k in ("nprobes", "refine_factor") if k in ann}, **data})
 
 
 STAGES = (
