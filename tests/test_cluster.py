@@ -251,7 +251,7 @@ def test_a_killed_worker_node_loses_no_row_and_duplicates_none(local_cluster, tm
             time.sleep(0.2)
         assert list(writing.rglob("*.parquet")), "synthesize never wrote a file"
         engines = [a for a in list_actors(address=local_cluster, filters=[("state", "=", "ALIVE")], detail=True)
-                   if "OpenAIGenerate" in (a.repr_name or "") + (a.class_name or "")
+                   if "GenerateAndSink" in (a.repr_name or "") + (a.class_name or "")
                    or a.class_name == "_MapWorker"]
         assert engines, "no engine actor alive"
         victim = raylet_of(engines[0].pid)

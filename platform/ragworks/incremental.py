@@ -1,14 +1,15 @@
 """Output written as it is produced, so an interrupted stage resumes where it stopped.
 
-Ray Data writes one Parquet file per block as the stream runs, into a folder of
-the run's own (an attempt). After a kill the attempts hold whole files and at
-most a few truncated ones; truncated files are removed, the keys in the whole
-ones are not generated again, and when the stage finishes `commit` moves every
-attempt's rows into the output, one row per key.
+Each generated block is written as one Parquet file per partition (`write_block`),
+by the worker that generated it, into a folder of the run's own (an attempt). After a
+kill the attempts hold whole files and at most a few truncated ones; truncated files
+are removed, the keys in the whole ones are not generated again, and when the stage
+finishes `commit` moves every attempt's rows into the output, one row per key.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 import uuid
@@ -52,6 +53,20 @@ def attempt_folder(stage_dir: Folder) -> Folder:
     return Folder(stage_dir) / ATTEMPTS / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
 
 
+def write_block(table: pa.Table, folder: str, partition: str = "status", key: str = "key") -> pa.Table:
+    """One block's rows written at once, one file per `partition` value, named by the block's keys: the same
+    input block always lands on the same object (a dead run's late write and its rewrite replace each other),
+    and each file appears whole or not at all (`Folder.write_bytes`). Returns {rows: n}, a block's summary."""
+    if table.num_rows:
+        name = hashlib.sha1("\n".join(sorted(table[key].to_pylist())).encode()).hexdigest()[:24]
+        for value in pc.unique(table[partition]).to_pylist():
+            part = table.filter(pc.equal(table[partition], value)).drop_columns([partition])
+            buffer = pa.BufferOutputStream()
+            pq.write_table(part, buffer)
+            (Folder(folder) / f"{partition}={value}" / f"{name}.parquet").write_bytes(buffer.getvalue().to_pybytes())
+    return pa.table({"rows": [table.num_rows]})
+
+
 def not_written(rows, attempts: Folder, key: str = "key"):
     """The rows of `rows` whose key no earlier attempt wrote: a left anti-join in Ray Data, so no process
     (the driver included) holds the written keys, however many there are."""
@@ -59,7 +74,7 @@ def not_written(rows, attempts: Folder, key: str = "key"):
 
     if not parquet_files(attempts):
         return rows
-    written = ray.data.read_parquet(str(attempts), columns=[key], partitioning=None, num_cpus=0.25)
+    written = ray.data.read_parquet(str(attempts), partitioning=None, num_cpus=0.25).select_columns([key])
     partitions = max(2, int(ray.cluster_resources().get("CPU", 2)))
     return rows.join(written, join_type="left_anti", num_partitions=partitions, on=(key,),
                      aggregator_ray_remote_args={"num_cpus": 0.25})
@@ -86,8 +101,8 @@ def commit(attempts: Folder, target: Folder, key: str = "key") -> int:
     if not files:
         return 0
     paths = [f.path for f in files]
-    keys = ray.data.read_parquet(paths, filesystem=attempts.fs, columns=[key], partitioning=None,
-                                 include_paths=True, num_cpus=0.25)
+    keys = ray.data.read_parquet(paths, filesystem=attempts.fs, partitioning=None, include_paths=True,
+                                 num_cpus=0.25).select_columns([key, "path"])
     twice = [r[key] for r in keys.groupby(key).count().filter(expr=col("count()") > 1).take_all()]
     dropped = 0
     if twice:

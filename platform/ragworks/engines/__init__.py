@@ -1,6 +1,6 @@
 """Text generation, one interface for every stage and the server: transformers, vllm, openai.
 
-Batch stages (synthesize, rag_examples, evaluate's answers) call `generate` on a
+(`echo` answers without a model, for dry runs.) Batch stages (synthesize, rag_examples, evaluate's answers) call `generate` on a
 Ray Dataset; the Serve `Generator` holds a `chat_engine`. Importing this package
 is light (pydantic only): an engine's module, and torch or httpx with it, loads
 when that engine is used.
@@ -11,15 +11,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .base import ENGINES, OUTPUT_COLUMNS, ChatModel, Engine, EngineUnavailable, engine_for
-from .config import (BaseEngineConfig, EngineConfig, OpenAIEngineConfig, SamplingConfig, TransformersEngineConfig,
+from .config import (BaseEngineConfig, EchoEngineConfig, EngineConfig, OpenAIEngineConfig, SamplingConfig, TransformersEngineConfig,
                      VllmEngineConfig, engine_config)
 
 if TYPE_CHECKING:
     import ray.data
 
-__all__ = ["ENGINES", "OUTPUT_COLUMNS", "BaseEngineConfig", "ChatModel", "Engine", "EngineConfig", "EngineUnavailable",
+__all__ = ["ENGINES", "OUTPUT_COLUMNS", "BaseEngineConfig", "EchoEngineConfig", "ChatModel", "Engine", "EngineConfig", "EngineUnavailable",
            "OpenAIEngineConfig", "SamplingConfig", "TransformersEngineConfig", "VllmEngineConfig", "chat_engine",
-           "check_engine", "engine_config", "engine_for", "generate", "require_vllm"]
+           "check_engine", "engine_config", "engine_for", "generate", "generate_into", "require_vllm"]
 
 
 def check_engine(cfg: BaseEngineConfig, field: str = "synthesize.engine.kind", chat: bool = False) -> None:
@@ -32,6 +32,14 @@ def generate(ds: "ray.data.Dataset", cfg: BaseEngineConfig) -> "ray.data.Dataset
     engine = engine_for(cfg)
     engine.check()
     return engine.generate(ds)
+
+
+def generate_into(ds: "ray.data.Dataset", cfg: BaseEngineConfig, finish, sink) -> "ray.data.Dataset":
+    """`generate`, then `sink(finish(block))` for each generated block, as close to the engine as it can run
+    (inside the generating actor for pool engines): the dataset of what `sink` returns."""
+    engine = engine_for(cfg)
+    engine.check()
+    return engine.generate_into(ds, finish, sink)
 
 
 def chat_engine(cfg: BaseEngineConfig) -> ChatModel:

@@ -12,7 +12,7 @@ import importlib
 import os
 import socket
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, ClassVar, Iterator
+from typing import TYPE_CHECKING, Callable, ClassVar, Iterator
 
 from ..stage import StageError
 
@@ -29,6 +29,7 @@ ENGINES: dict[str, str] = {
     "transformers": ".transformers:TransformersEngine",
     "vllm": ".vllm:VllmEngine",
     "openai": ".openai:OpenAIEngine",
+    "echo": ".echo:EchoEngine",
 }
 
 
@@ -69,6 +70,12 @@ class Engine(ABC):
     def chat_model(self) -> ChatModel:
         """Load the model (or open the client) for online chat; called once per Serve replica."""
 
+    def generate_into(self, ds: "ray.data.Dataset", finish: Callable, sink: Callable) -> "ray.data.Dataset":
+        """Generate, `finish` each generated block (a pyarrow table in and out) and hand it to `sink`, which
+        writes it and returns a small summary block. Here the sink runs in a light task after the engine;
+        a pool engine runs it inside the actor that generated the block (`PoolEngine.generate_into`)."""
+        return self.generate(ds).map_batches(FinishAndSink(finish, sink), batch_format="pyarrow", num_cpus=0.25)
+
 
 class PoolEngine(Engine):
     """An engine whose batch work is a Ray Data actor pool of `batch_class` (a callable class built from the
@@ -87,6 +94,37 @@ class PoolEngine(Engine):
 
     def chat_model(self) -> ChatModel:
         return self.chat_class(self.cfg)
+
+    def generate_into(self, ds, finish, sink):
+        """The block is written by the actor that generated it, as soon as it is generated: a killed run
+        loses only the blocks its actors were generating, never generated rows queued for a writer (Ray
+        Data's writer tasks can trail the pool by hundreds of rows when CPUs are short)."""
+        return ds.map_batches(GenerateAndSink, fn_constructor_args=(self.batch_class, self.cfg, finish, sink),
+                              batch_size=self.cfg.batch_size, **self.pool())
+
+
+class FinishAndSink:
+    """`sink(finish(block))`: the end of `Engine.generate_into`, for a block already generated."""
+
+    def __init__(self, finish: Callable, sink: Callable):
+        self.finish, self.sink = finish, sink
+
+    def __call__(self, block):
+        return self.sink(self.finish(block))
+
+
+class GenerateAndSink(FinishAndSink):
+    """One pool actor that generates a block, finishes it and writes it (the engine is loaded once)."""
+
+    def __init__(self, batch_class: type, cfg: "BaseEngineConfig", finish: Callable, sink: Callable):
+        super().__init__(finish, sink)
+        self.generate = batch_class(cfg)
+
+    def __call__(self, batch):
+        from ray.data.block import BlockAccessor
+
+        # the table Ray Data itself would make of the engine's output (list columns included)
+        return super().__call__(BlockAccessor.batch_to_block(self.generate(batch)))
 
 
 def engine_for(cfg: "BaseEngineConfig") -> Engine:

@@ -36,7 +36,8 @@ class BaseEngineConfig(Section):
 class TransformersEngineConfig(BaseEngineConfig):
     kind: Literal["transformers"] = Field(
         "transformers", description="transformers: CPU/GPU actor pool; vllm: ray.data.llm on GPUs; "
-                                    "openai: any OpenAI-compatible endpoint")
+                                    "openai: any OpenAI-compatible endpoint; echo: no model, "
+                                    "the prompt's last words (dry runs)")
     prefix_cache: bool = Field(True, description="transformers: encode the prompt part all rows share (the few-shot "
                                                   "examples) once and reuse its KV cache, as vLLM's prefix caching does")
     num_cpus: float = Field(1.0, gt=0, description="CPUs per engine actor; torch gets as many threads")
@@ -65,8 +66,16 @@ class OpenAIEngineConfig(BaseEngineConfig):
         return self
 
 
+class EchoEngineConfig(BaseEngineConfig):
+    """No model: each prompt's last `sampling.max_tokens` words back (dry runs, tests, benchmarks at scale)."""
+
+    kind: Literal["echo"] = "echo"
+    model: str = Field("echo", description="echo: a name for the logs; no model is loaded")
+
+
 CONFIGS: dict[str, type[BaseEngineConfig]] = {
-    "transformers": TransformersEngineConfig, "vllm": VllmEngineConfig, "openai": OpenAIEngineConfig}
+    "transformers": TransformersEngineConfig, "vllm": VllmEngineConfig, "openai": OpenAIEngineConfig,
+    "echo": EchoEngineConfig}
 
 
 def _by_kind(value: Any) -> Any:
@@ -96,7 +105,7 @@ def _no_foreign_fields(kind: str, cls: type[BaseEngineConfig], value: dict) -> N
 
 
 EngineConfig = Annotated[
-    Union[TransformersEngineConfig, VllmEngineConfig, OpenAIEngineConfig],
+    Union[TransformersEngineConfig, VllmEngineConfig, OpenAIEngineConfig, EchoEngineConfig],
     Field(discriminator="kind"), BeforeValidator(_by_kind)]
 
 _ADAPTER: TypeAdapter = TypeAdapter(EngineConfig)

@@ -10,6 +10,7 @@ chunk's closest sentence (users who ask claims, like SciFact's, get cited answer
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import numpy as np
 import pyarrow as pa
@@ -18,9 +19,10 @@ import ray
 
 from ..answers import ABSTAIN
 from ..config import SynthesizeConfig
-from ..incremental import ATTEMPTS, attempt_folder, commit, drop_partial_files, not_written, read_columns, string_columns
+from ..incremental import (ATTEMPTS, attempt_folder, commit, drop_partial_files, not_written, read_columns, string_columns,
+                           write_block)
 from ..manifest import files_fingerprint
-from ..engines import check_engine, generate
+from ..engines import check_engine, generate_into
 from . import GeneratedOutputs
 from .parse import clean_query, parse_qa
 from .prompts import QueryPrompt
@@ -98,13 +100,14 @@ def run(cfg: SynthesizeConfig, ctx) -> GeneratedOutputs:
 
     # Light per-row steps take a quarter CPU, so the engine pool can grow into the rest.
     light = {"batch_format": "pyarrow", "num_cpus": LIGHT_CPUS}
-    write = {"partition_cols": ["status"], "ray_remote_args": {"num_cpus": LIGHT_CPUS}}
+    sink = partial(write_block, folder=mine)  # one file per block and status, by the block's keys
     if cfg.task == "rag_examples" and cfg.rag.claims:
         claims = ray.data.read_parquet(ctx.output("filters").kept, partitioning=None, num_cpus=LIGHT_CPUS)
         claims = claims.select_columns(["id", "doc_id", "title", "text", "sample", "key", "query"]).limit(cfg.rag.claims)
         claims = not_written(claims.map_batches(claim_keys, **light), attempts)
         claims = with_context(claims, cfg, ctx)
-        claims.map_batches(claim_answers, fn_kwargs={"max_words": cfg.prompt.max_doc_words}, **light).write_parquet(str(mine), **write)
+        claims.map_batches(claim_answers, fn_kwargs={"max_words": cfg.prompt.max_doc_words}, **light) \
+            .map_batches(sink, **light).materialize()
         ctx.console.print(f"claim examples: the first {cfg.rag.claims:,} claims the filters kept")
 
     chunks = ray.data.read_parquet(ctx.output("corpus").chunks, num_cpus=LIGHT_CPUS).select_columns(["id", "doc_id", "title", "text"])
@@ -116,14 +119,12 @@ def run(cfg: SynthesizeConfig, ctx) -> GeneratedOutputs:
         rows = rows.map_batches(query_prompts, fn_kwargs={"prompt_cfg": cfg.prompt}, **light)
     else:
         rows = with_context(rows, cfg, ctx)
-    # Blocks of one engine batch: each is written as soon as it is generated.
+    # Blocks of one engine batch, spread over the pool; the actor that generates a block writes it.
     rows = rows.repartition(target_num_rows_per_block=engine.batch_size)
     ctx.console.print(f"generating with {engine.kind} ({engine.model}), actors {tuple(engine.concurrency)}, "
                       f"batch {engine.batch_size}")
-    rows = generate(rows, engine)
     copies = frozenset(e["query"].lower() for e in QueryPrompt(cfg.prompt).examples)
-    rows = rows.map_batches(parse_rows, fn_kwargs={"task": cfg.task, "copies": copies}, **light)
-    rows.write_parquet(str(mine), **write)
+    generate_into(rows, engine, partial(parse_rows, task=cfg.task, copies=copies), sink).materialize()
 
     duplicates = commit(attempts, out)  # one row per key, whatever a killed run's workers wrote late
     counts, tokens = count_generated(out)
