@@ -66,9 +66,12 @@ def files() -> int:
     return len(list(attempts.rglob("*.parquet"))) if attempts.exists() else 0
 
 
-def finish(proc: subprocess.Popen) -> tuple[int, float]:
-    """Exit status and peak RSS (MB) of the driver process: wait4's rusage, kept after a SIGKILL too."""
-    _, status, usage = os.wait4(proc.pid, 0)
+def finish(proc: subprocess.Popen, block: bool = True) -> tuple[int, float] | None:
+    """Exit status and peak RSS (MB) of the driver process (wait4's rusage, kept after a SIGKILL too);
+    None while it runs, when not `block`ing."""
+    pid, status, usage = os.wait4(proc.pid, 0 if block else os.WNOHANG)
+    if not pid:
+        return None
     proc.returncode = os.waitstatus_to_exitcode(status)
     return proc.returncode, usage.ru_maxrss / 1024
 
@@ -94,18 +97,18 @@ with server as llm:
     shutil.rmtree(workdir / "synthesize")
     requests_before = llm.requests if llm else 0
 
-    kills, resumed_rss = [], []
+    kills, resumed_rss, ended = [], [], None
     for round_ in range(args.kills):
         written = files()
         proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                                 start_new_session=True)
         # a moment of the generation: after this round's first new file, then a seeded wait
         deadline = time.time() + 600
-        while time.time() < deadline and proc.poll() is None and files() <= written:
+        while time.time() < deadline and files() <= written and (ended := finish(proc, block=False)) is None:
             time.sleep(0.05)
         wait = rng.uniform(0.0, 4.0)
         time.sleep(wait)
-        if proc.poll() is not None:
+        if ended or (ended := finish(proc, block=False)):
             print(f"round {round_}: finished before the kill")
             break
         requests = llm.requests - requests_before if llm else 0
@@ -116,8 +119,7 @@ with server as llm:
         kills.append({"round": round_, "after_s": round(wait, 2), "requests": requests, "files": files()})
         print(f"round {round_}: killed {wait:.2f} s after its first file; {requests} requests so far, "
               f"{files()} files in the attempts; driver peak RSS {rss:.0f} MB")
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    rc, rss = finish(proc)
+    rc, rss = ended or finish(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env))
     resumed_rss.append(rss)
     requests = llm.requests - requests_before if llm else 0
     assert rc == 0, f"the last round failed ({rc})"

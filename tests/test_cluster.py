@@ -268,4 +268,6 @@ def test_a_killed_worker_node_loses_no_row_and_duplicates_none(local_cluster, tm
     assert len(keys) == len(set(keys)) == 2 * len(docs)  # every row once
     manifest = json.loads((workdir / "synthesize" / "manifest.json").read_text())
     assert manifest["outputs"]["counts"]["rows"] == 2 * len(docs) and manifest["outputs"]["counts"]["ok"] == 2 * len(docs)
-    assert requests >= len(keys)
+    # the block the dead node's actor was generating is generated again; nothing else is (the actor wrote
+    # every block it finished before the node died): at most one block of 2 beyond one request per key
+    assert len(keys) <= requests <= len(keys) + 2

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import S3_BUCKET, s3_keys
 
-from ragworks.incremental import attempt_folder, commit, drop_partial_files, not_written, read_columns
+from ragworks.incremental import attempt_folder, commit, drop_partial_files, not_written, read_columns, write_block
 from ragworks.storage import Folder, fetch, staged
 
 
@@ -90,3 +90,20 @@ def test_attempts_commit_one_row_per_key_and_a_late_write_never_reaches_the_outp
     assert all("/status=ok/" in str(f) for f in out.files(".parquet"))
     put(first, "later.parquet", ["k0"], "first")  # a write after the commit: not in the output
     assert sorted(k for _, t in read_columns(out, ["key"]) for k in t["key"].to_pylist()) == ["k0", "k1", "k2", "k3", "k4"]
+
+
+def test_a_block_is_written_whole_once_per_status_under_a_name_its_keys_decide(tmp_path):
+    """What an engine actor writes per generated block: a rewrite of the same block (a dead run's late write,
+    a retried task) lands on the same file, so it can never add a second copy."""
+    block = pa.table({"key": ["c:1", "c:0", "d:0"], "status": ["ok", "reject", "ok"], "query": ["q1", None, "q2"]})
+    assert write_block(block, tmp_path)["rows"].to_pylist() == [3]
+    first = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    files = [p for p in first if p.endswith(".parquet")]
+    assert len(first) == 4 and [f.split("/")[0] for f in files] == ["status=ok", "status=reject"]
+    assert [pq.read_table(tmp_path / f)["key"].to_pylist() for f in files] == [["c:1", "d:0"], ["c:0"]]
+    assert "status" not in pq.read_table(next(tmp_path.rglob("*.parquet"))).column_names  # the folder names it
+    write_block(block.take([2, 0, 1]), tmp_path)  # the same keys in another order: the same files, replaced
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == first
+    write_block(block.slice(0, 2), tmp_path)  # another block: another name
+    assert len(list(tmp_path.rglob("*.parquet"))) == 4
+    assert write_block(block.slice(0, 0), tmp_path)["rows"].to_pylist() == [0]
