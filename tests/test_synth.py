@@ -218,8 +218,10 @@ def test_resume_after_a_killed_run(ray_local, tmp_path, corpus_dir):
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
         writing = workdir / "synthesize" / "_attempts"  # each run's rows as they stream, committed at the end
         deadline = time.time() + 240
-        while time.time() < deadline and len(list(writing.rglob("*.parquet"))) < 3:
+        while time.time() < deadline and proc.poll() is None and len(list(writing.rglob("*.parquet"))) < 3:
             time.sleep(0.1)
+        assert proc.poll() is None, f"the run ended (exit code {proc.returncode}) before it was killed"
+        assert len(list(writing.rglob("*.parquet"))) >= 3, "the run wrote fewer than 3 files in 240 s"
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         assert not (workdir / "synthesize" / "manifest.json").exists(), "the run finished before it was killed"
