@@ -1,6 +1,7 @@
-"""Text generation, one interface for every stage and the server: transformers, vllm, openai.
+"""Text generation, one interface for every stage and the server: transformers, vllm, openai
+(and echo, no model, for dry runs).
 
-(`echo` answers without a model, for dry runs.) Batch stages (synthesize, rag_examples, evaluate's answers) call `generate` on a
+Batch stages (synthesize, rag_examples, evaluate's answers) call `generate` on a
 Ray Dataset; the Serve `Generator` holds a `chat_engine`. Importing this package
 is light (pydantic only): an engine's module, and torch or httpx with it, loads
 when that engine is used.
@@ -11,15 +12,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .base import ENGINES, OUTPUT_COLUMNS, ChatModel, Engine, EngineUnavailable, engine_for
-from .config import (BaseEngineConfig, EchoEngineConfig, EngineConfig, OpenAIEngineConfig, SamplingConfig, TransformersEngineConfig,
-                     VllmEngineConfig, engine_config)
+from .config import (BaseEngineConfig, EchoEngineConfig, EngineConfig, OpenAIEngineConfig, SamplingConfig,
+                     TransformersEngineConfig, VllmEngineConfig, engine_config)
 
 if TYPE_CHECKING:
     import ray.data
 
-__all__ = ["ENGINES", "OUTPUT_COLUMNS", "BaseEngineConfig", "EchoEngineConfig", "ChatModel", "Engine", "EngineConfig", "EngineUnavailable",
-           "OpenAIEngineConfig", "SamplingConfig", "TransformersEngineConfig", "VllmEngineConfig", "chat_engine",
-           "check_engine", "engine_config", "engine_for", "generate", "generate_into", "require_vllm"]
+__all__ = ["ENGINES", "OUTPUT_COLUMNS", "BaseEngineConfig", "ChatModel", "EchoEngineConfig", "Engine", "EngineConfig",
+           "EngineUnavailable", "OpenAIEngineConfig", "SamplingConfig", "TransformersEngineConfig", "VllmEngineConfig",
+           "chat_engine", "check_engine", "engine_config", "engine_for", "generate", "generate_into", "require_vllm"]
 
 
 def check_engine(cfg: BaseEngineConfig, field: str = "synthesize.engine.kind", chat: bool = False) -> None:

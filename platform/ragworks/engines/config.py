@@ -36,8 +36,8 @@ class BaseEngineConfig(Section):
 class TransformersEngineConfig(BaseEngineConfig):
     kind: Literal["transformers"] = Field(
         "transformers", description="transformers: CPU/GPU actor pool; vllm: ray.data.llm on GPUs; "
-                                    "openai: any OpenAI-compatible endpoint; echo: no model, "
-                                    "the prompt's last words (dry runs)")
+                                    "openai: any OpenAI-compatible endpoint; "
+                                    "echo: no model, the prompt's last words (dry runs)")
     prefix_cache: bool = Field(True, description="transformers: encode the prompt part all rows share (the few-shot "
                                                   "examples) once and reuse its KV cache, as vLLM's prefix caching does")
     num_cpus: float = Field(1.0, gt=0, description="CPUs per engine actor; torch gets as many threads")
