@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
-
 import lancedb
-import pyarrow as pa
 import ray
 
 from ..config import IndexConfig
@@ -13,6 +10,7 @@ from ..runtime import actor_pool
 from ..stage import StageError
 from . import IndexOutputs
 from .embed import Embed
+from .lance_sink import LanceFragments
 
 TABLE_COLUMNS = ["id", "doc_id", "chunk_index", "n_tokens", "title", "text", "source", "line", "metadata"]
 
@@ -25,18 +23,31 @@ def ann_config(cfg: IndexConfig):
     return kinds[cfg.ann.index_type](distance_type=cfg.metric, num_partitions=cfg.ann.num_partitions)
 
 
-def write_table(db, name: str, ds: ray.data.Dataset):
-    """Stream the embedded blocks into one LanceDB table in a single commit.
-
-    The driver only ever holds one block; Ray's own `write_lance` would write in
-    parallel, but it pins a `pylance` API that LanceDB's releases do not keep.
-    """
-    batches = (b for t in ds.iter_batches(batch_format="pyarrow", batch_size=None) for b in t.to_batches())
-    first = next(batches, None)
-    if first is None:
+def write_table(db_dir: str, name: str, ds: ray.data.Dataset):
+    """The embedded blocks as one LanceDB table, written by the workers that hold them and committed once
+    (`LanceFragments`): the driver never holds a vector, however large the corpus."""
+    sink = LanceFragments(f"{db_dir}/{name}.lance")
+    ds.write_datasink(sink, ray_remote_args={"num_cpus": 0.25})
+    if not sink.rows:
         raise StageError("the corpus stage produced no chunks to index")
-    reader = pa.RecordBatchReader.from_batches(first.schema, itertools.chain([first], batches))
-    return db.create_table(name, data=reader, mode="overwrite")
+    return lancedb.connect(db_dir).open_table(name)
+
+
+def add_indexes(table, cfg: IndexConfig, console) -> list[str]:
+    """The ANN index once the table reaches `ann.min_rows` (below it exact search is as fast), and the
+    full-text index; returns their names."""
+    rows, indexes = table.count_rows(), []
+    if rows >= max(cfg.ann.min_rows, 1):
+        console.print(f"building {cfg.ann.index_type} vector index over {rows:,} rows")
+        table.create_index("vector", config=ann_config(cfg))
+        indexes.append(cfg.ann.index_type)
+    else:
+        console.print(f"{rows:,} rows < ann.min_rows={cfg.ann.min_rows:,}: exact vector search, no ANN index")
+    if cfg.fulltext.enabled:
+        table.create_fts_index("text", language=cfg.fulltext.language, stem=cfg.fulltext.stem,
+                               remove_stop_words=cfg.fulltext.remove_stop_words, replace=True)
+        indexes.append("FTS")
+    return indexes
 
 
 def run(cfg: IndexConfig, ctx) -> IndexOutputs:
@@ -60,19 +71,9 @@ def build(cfg: IndexConfig, ctx, embedder: str) -> IndexOutputs:
     ds = ds.map_batches(Embed, fn_constructor_args=(embedder, cfg.batch_size, cfg.num_gpus),
                         batch_size=cfg.batch_size, batch_format="pyarrow",
                         **actor_pool(cfg.concurrency, cfg.num_cpus, cfg.num_gpus, cfg.resources))
-    table = write_table(lancedb.connect(str(db_dir)), cfg.table, ds)
+    table = write_table(str(db_dir), cfg.table, ds)
     rows = table.count_rows()
-    indexes = []
-    if rows >= max(cfg.ann.min_rows, 1):
-        ctx.console.print(f"building {cfg.ann.index_type} vector index over {rows:,} rows")
-        table.create_index("vector", config=ann_config(cfg))
-        indexes.append(cfg.ann.index_type)
-    else:
-        ctx.console.print(f"{rows:,} rows < ann.min_rows={cfg.ann.min_rows:,}: exact vector search, no ANN index")
-    if cfg.fulltext.enabled:
-        table.create_fts_index("text", language=cfg.fulltext.language, stem=cfg.fulltext.stem,
-                               remove_stop_words=cfg.fulltext.remove_stop_words, replace=True)
-        indexes.append("FTS")
+    indexes = add_indexes(table, cfg, ctx.console)
     ctx.console.print(f"LanceDB table '{cfg.table}' at {uri}: {rows:,} rows, indexes: {', '.join(indexes) or 'none'}")
     return IndexOutputs(lancedb=str(db_dir), table=cfg.table, embedder=embedder, metric=cfg.metric,
                         nprobes=cfg.ann.nprobes, refine_factor=cfg.ann.refine_factor, hybrid=cfg.hybrid.model_dump(),
