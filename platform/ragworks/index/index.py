@@ -63,7 +63,6 @@ def build(cfg: IndexConfig, ctx, embedder: str) -> IndexOutputs:
                          f"check corpus.source; the reasons are in {corpus.rejects}")
     chunks_dir = corpus.chunks
     db_dir = ctx.stage_dir / "lancedb"
-    uri = db_dir / f"{cfg.table}.lance"
     ctx.console.print(f"embedding {chunks_dir} with {embedder}, actors {tuple(cfg.concurrency)}")
 
     # Small blocks so every actor in the pool gets work (a file is otherwise one block).
@@ -74,7 +73,7 @@ def build(cfg: IndexConfig, ctx, embedder: str) -> IndexOutputs:
     table = write_table(str(db_dir), cfg.table, ds)
     rows = table.count_rows()
     indexes = add_indexes(table, cfg, ctx.console)
-    ctx.console.print(f"LanceDB table '{cfg.table}' at {uri}: {rows:,} rows, indexes: {', '.join(indexes) or 'none'}")
+    ctx.console.print(f"LanceDB table '{cfg.table}' in {db_dir}: {rows:,} rows, indexes: {', '.join(indexes) or 'none'}")
     return IndexOutputs(lancedb=str(db_dir), table=cfg.table, embedder=embedder, metric=cfg.metric,
                         nprobes=cfg.ann.nprobes, refine_factor=cfg.ann.refine_factor, hybrid=cfg.hybrid.model_dump(),
                         indexes=indexes, version=table.version, counts={"rows": rows})
