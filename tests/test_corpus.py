@@ -162,3 +162,55 @@ def test_chunker_with_the_bundled_tokenizer():
     seen = [w for b in bodies for w in b.split()]
     assert set(seen) == set(words)  # nothing lost, no word cut in half
     assert chunk.split(None, "short text") == [("short text", 2)]
+
+
+def _letters(rng, n: int) -> str:
+    return " ".join("".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), size=rng.integers(3, 9))) for _ in range(n))
+
+
+def test_partitioned_dedup_decides_exactly_as_one_task(ray_local):
+    """The hash-partitioned passes (label propagation included) and the one-task path reach the same
+    decisions on rows that arrive shuffled across blocks, and the earliest copy by (file, line) is kept."""
+    import numpy as np
+    import ray
+
+    from ragworks.config import DedupConfig
+    from ragworks.corpus.dedup import POS_STRIDE, deduplicate
+    from ragworks.corpus.records import to_table
+
+    rng = np.random.default_rng(7)
+    base = [_letters(rng, 200) for _ in range(120)]
+    words = base[0].split()
+    docs = [{"doc_id": f"d{i}", "text": t} for i, t in enumerate(base)]
+    docs += [{"doc_id": "d5", "text": "a second record with the id d5"},  # repeated id
+             {"doc_id": "x1", "text": base[1]}, {"doc_id": "x2", "text": base[1]},  # two exact copies of d1
+             {"doc_id": "n1", "text": " ".join(words[:30] + ["zzzz"] + words[31:])},  # near copy of d0 (J 0.95)
+             {"doc_id": "n2", "text": " ".join(words[:50] + ["yyyy"] + words[51:]) + " qqqq"},  # near d0 (J 0.93)
+             {"doc_id": "far", "text": " ".join(words[:100]) + " " + _letters(rng, 100)},  # half of d0: not near
+             {"doc_id": "pad", "text": _letters(rng, 50)},
+             {"doc_id": "c2", "text": base[2]}]  # row 127: file 0, line 64; d2 is row 2: file 1, line 2
+    # odd rows are in file 0, even rows in file 1: "earliest" is by (file, line), not by row or arrival
+    rows = [{**d, "kind": "doc", "source": f"f{1 - i % 2}", "line": i // 2 + 1} for i, d in enumerate(docs)]
+    table = to_table(rows)
+    pos = [(1 - i % 2) * POS_STRIDE + (i // 2 + 1) for i in range(len(rows))]
+    table = table.append_column("pos", pa.array(pos, pa.int64())).take(pa.array(rng.permutation(len(rows))))
+    ds = ray.data.from_arrow([table.slice(i, 20) for i in range(0, table.num_rows, 20)])
+
+    def decide(max_rows: int) -> dict:
+        cfg = DedupConfig(near={"enabled": True}, max_rows_in_one_task=max_rows, partitions=3)
+        out, plan = deduplicate(ds, cfg)
+        got = {(r["doc_id"], r["line"]): (r["kind"], r["duplicate_of"], r["reason"])
+               for r in out.take_all() if r["kind"] != "doc"}
+        return got, plan
+
+    one, plan1 = decide(10**6)
+    part, plan2 = decide(0)
+    assert (plan1["partitions"], plan2["partitions"]) == (1, 3)
+    assert one == part
+    assert one == {
+        ("d5", 61): ("reject", None, "duplicate id 'd5' (an earlier record has the same id)"),  # row 120, file 1
+        ("x1", 61): ("duplicate", "d1", "exact duplicate of d1"),
+        ("x2", 62): ("duplicate", "d1", "exact duplicate of d1"),
+        ("d2", 2): ("duplicate", "c2", "exact duplicate of c2"),  # the copy in file 0 is the earlier
+        ("d0", 1): ("duplicate", "n1", "near duplicate of n1"),  # d0 is in file 1, its near copy n1 in file 0
+        ("n2", 63): ("duplicate", "n1", "near duplicate of n1")}

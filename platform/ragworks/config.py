@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from .models import DEFAULT_EMBEDDER
+from .models import DEFAULT_EMBEDDER, STATIC, STATIC_EMBEDDER
 from .sections import RESOURCES_HELP, Mode, Section
 from .storage import Folder, is_uri
 
@@ -53,11 +53,27 @@ class NearDedupConfig(Section):
     threshold: float = Field(0.9, gt=0.0, le=1.0, description="estimated Jaccard similarity of word shingles")
     num_perm: int = Field(128, ge=16)
     shingle_words: int = Field(5, ge=1)
+    bands: int | None = Field(None, ge=1, description="LSH bands; null: derived from the threshold (see rows)")
+    rows: int | None = Field(None, ge=1, description="MinHash values per band; null: derived from the threshold, "
+                             "the most rows that still make a pair at the threshold a candidate 99.5% of the time")
+    verify: bool = Field(True, description="keep a candidate pair only if its signatures agree on at least "
+                         "`threshold` of the permutations (LSH alone also pairs documents well below it)")
+
+    @model_validator(mode="after")
+    def _bands_fit(self) -> "NearDedupConfig":
+        if self.bands and self.rows and self.bands * self.rows > self.num_perm:
+            raise ValueError(f"bands x rows ({self.bands} x {self.rows}) is more than num_perm ({self.num_perm})")
+        return self
 
 
 class DedupConfig(Section):
     exact: bool = True
     near: NearDedupConfig = Field(default_factory=NearDedupConfig)
+    max_rows_in_one_task: int = Field(200_000, ge=0, description="up to this many documents (or candidate pairs) "
+                                      "are deduplicated in one task; above it, in hash-partitioned passes that no "
+                                      "process holds whole (0: always partitioned)")
+    partitions: int | None = Field(None, ge=1, description="hash partitions of the partitioned passes; null: "
+                                   "one per 100,000 documents, at least the cluster's CPUs")
 
 
 class ChunkingConfig(Section):
@@ -74,6 +90,8 @@ class ChunkingConfig(Section):
         if self.tokenizer != "embedder":
             return self.tokenizer
         embedder = self._embedder or "base"
+        if embedder == STATIC_EMBEDDER:  # no length limit of its own; its vocabulary is its teacher's
+            embedder = STATIC.source
         return DEFAULT_EMBEDDER if embedder in ("base", "trained") else embedder
 
     @model_validator(mode="after")
@@ -119,7 +137,8 @@ class HybridConfig(Section):
 
 
 class IndexConfig(Section):
-    embedder: str = Field("base", description="'base' (bundled all-MiniLM-L6-v2), 'trained' (base first, then "
+    embedder: str = Field("base", description="'base' (bundled all-MiniLM-L6-v2), 'static' (a static model distilled "
+                                               "from it: far faster on CPU, less accurate), 'trained' (base first, then "
                                                "re-indexed with train_retriever's model), 'bundled:NAME', a Hugging Face id or a path")
     table: str = "chunks"
     batch_size: int = Field(64, ge=1)

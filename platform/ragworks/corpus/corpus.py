@@ -1,7 +1,10 @@
-"""Stage `corpus`: read -> normalise -> dedup -> chunk -> write, in one streaming pass.
+"""Stage `corpus`: read -> normalise -> dedup -> chunk -> write.
 
 Every input record ends as exactly one of: the chunks of a kept document, a
 duplicate, or a reject; so input = documents + duplicates + rejects, always.
+Dedup needs the whole corpus's keys before it can decide, so the normalised
+documents are materialised (in Ray's object store, spilled to disk when large)
+between the read and the chunking; nothing relies on the order rows arrive in.
 """
 
 from __future__ import annotations
@@ -12,11 +15,11 @@ from rich.table import Table
 
 from ..config import CorpusConfig
 from ..manifest import files_fingerprint
-from ..runtime import actor_pool, single_ordered_actor
+from ..runtime import actor_pool
 from ..storage import Folder
 from . import CorpusOutputs
 from .chunking import Chunk
-from .dedup import Deduplicate
+from .dedup import add_positions, deduplicate
 from .normalize import normalize_batch
 from .readers import read_source, source_files
 
@@ -31,10 +34,13 @@ def external_inputs(cfg: CorpusConfig) -> dict:
 def run(cfg: CorpusConfig, ctx) -> CorpusOutputs:
     ctx.console.print(f"reading {cfg.source.format} records from {cfg.source.path}")
 
+    files = {path: i for i, path in enumerate(source_files(cfg.source))}
     ds = read_source(cfg.source)
     ds = ds.map_batches(normalize_batch, fn_kwargs={"cfg": cfg.normalize}, batch_format="pyarrow")
-    ds = ds.map_batches(Deduplicate, fn_constructor_args=(cfg.dedup,), num_cpus=0.25, **single_ordered_actor(),
-                        batch_format="pyarrow")
+    ds = ds.map_batches(add_positions, fn_kwargs={"files": files}, batch_format="pyarrow").materialize()
+    ds, plan = deduplicate(ds, cfg.dedup)
+    ctx.console.print(f"dedup: {plan['documents']:,} documents, "
+                      + ("in one task" if plan["partitions"] == 1 else f"{plan['partitions']} hash partitions"))
     ds = ds.map_batches(Chunk, fn_constructor_args=(cfg.chunking, cfg.chunking.tokenizer_model),
                         batch_format="pyarrow", **actor_pool(cfg.concurrency, 0.5, resources=cfg.resources))
 

@@ -1,82 +1,396 @@
-"""Exact and near-duplicate removal in one streaming pass.
+"""Exact and near-duplicate detection as keyed, hash-partitioned passes.
 
-Dedup is global: every document must be compared with all earlier ones. A
-single Ray Data actor holds the hashes (and the MinHash LSH index), so the pass
-streams instead of shuffling; the first copy seen is kept, and every later copy
-becomes a `duplicate` row naming the one it duplicates.
+Dedup is global, but no process has to see every document: copies share a key
+(the id, the content hash, an LSH band key), so a hash shuffle on that key
+brings them together and each partition decides on its own. The copy kept is
+the earliest by (file, line), `pos`, which is "first copy wins" for one file
+read in order, whatever order Ray runs the blocks in; every other copy becomes
+a `duplicate` row naming the kept one (a `reject` for a repeated id).
+
+Near duplicates follow the large-scale recipe of datatrove and NeMo Curator:
+MinHash signatures (Broder 1997; computed by rensa) in a parallel map, one key
+per LSH band (Leskovec, Rajaraman & Ullman, Mining of Massive Datasets, ch. 3),
+candidate pairs within a band bucket (a star to its earliest member), a check of
+each pair's estimated Jaccard, and connected components of what remains: in one
+task while the pairs fit `max_rows_in_one_task` (scipy), otherwise by min-label
+propagation over Ray Data joins, where only edge and label blocks move. Each
+component keeps its earliest document.
+
+Up to `max_rows_in_one_task` documents, the same functions run on the whole key
+table in one task: a shuffle costs more than it saves on a small corpus.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+from ray.data.expressions import col
 
-from ..config import DedupConfig
-from .records import reject, to_table
+from ..config import DedupConfig, NearDedupConfig
+
+log = logging.getLogger(__name__)
 
 _WORD = re.compile(r"\w+")
+POS_STRIDE = 1 << 40  # pos = file index * POS_STRIDE + line: the order key "earliest copy" means
+SEED = 1  # MinHash permutations and band hashes: the same in every worker
+MAX_ITER = 50  # label propagation rounds; a component's diameter bounds what it needs
+DECISIONS = pa.schema([("pos", pa.int64()), ("d_kind", pa.string()), ("d_of", pa.string()),
+                       ("d_reason", pa.string())])
 
 
-def content_hash(title: str | None, text: str) -> str:
-    return hashlib.sha1(f"{title or ''}\n{text}".encode()).hexdigest()
+# ------------------------------------------------------------------ keys
+def content_hash(title: str | None, text: str) -> bytes:
+    return hashlib.sha1(f"{title or ''}\n{text}".encode()).digest()
 
 
-def shingles(text: str, n: int) -> set[bytes]:
+def shingles(text: str, n: int) -> list[str]:
     words = _WORD.findall(text.lower())
     if len(words) <= n:
-        return {" ".join(words).encode()}
-    return {" ".join(words[i : i + n]).encode() for i in range(len(words) - n + 1)}
+        return [" ".join(words)]
+    return [" ".join(words[i: i + n]) for i in range(len(words) - n + 1)]
 
 
-class Deduplicate:
-    """Ray Data callable class; run it with concurrency=1 so one actor sees every doc."""
+def lsh_params(near: NearDedupConfig) -> tuple[int, int]:
+    """(bands, rows): what the spec says, else the most rows per band (the fewest candidates far below the
+    threshold) that still make a pair at the threshold a candidate 99.5% of the time, 1 - (1 - t^r)^b."""
+    p, t = near.num_perm, near.threshold
+    if near.bands and near.rows:
+        return near.bands, near.rows
+    if near.rows:
+        return max(1, p // near.rows), near.rows
+    if near.bands:
+        return near.bands, max(1, p // near.bands)
+    for r in range(p, 0, -1):
+        b = p // r
+        if 1 - (1 - t ** r) ** b >= 0.995:
+            return b, r
+    return p, 1
 
-    def __init__(self, cfg: DedupConfig):
-        self.cfg = cfg
-        self.seen: dict[str, str] = {}
-        self.ids: set[str] = set()
-        self.lsh = None
-        if cfg.near.enabled:
-            from datasketch import MinHashLSH
 
-            self.lsh = MinHashLSH(threshold=cfg.near.threshold, num_perm=cfg.near.num_perm)
+def add_positions(batch: pa.Table, files: dict[str, int]) -> pa.Table:
+    """The explicit order key: nothing downstream relies on the order Ray delivers rows in."""
+    lines = batch["line"].fill_null(0).to_numpy()
+    index = np.array([files[s] for s in batch["source"].to_pylist()], dtype=np.int64)
+    return batch.append_column("pos", pa.array(index * POS_STRIDE + lines, pa.int64()))
 
-    def _minhash(self, text: str):
-        from datasketch import MinHash
 
-        m = MinHash(num_perm=self.cfg.near.num_perm)
-        m.update_batch(list(shingles(text, self.cfg.near.shingle_words)))
-        return m
+def _as_fixed_binary(matrix: np.ndarray) -> pa.Array:
+    matrix = np.ascontiguousarray(matrix)
+    width = matrix.shape[1] * matrix.itemsize
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(matrix), [None, pa.py_buffer(matrix.tobytes())])
 
-    def check(self, doc_id: str, title: str | None, text: str) -> tuple[str, str] | None:
-        """(kind, original id) when this doc duplicates an earlier one; else remember it."""
-        if self.cfg.exact:
-            h = content_hash(title, text)
-            if h in self.seen:
-                return "exact", self.seen[h]
-            self.seen[h] = doc_id
-        if self.lsh is not None:
-            m = self._minhash(text)
-            hits = self.lsh.query(m)
-            if hits:
-                return "near", min(hits)
-            self.lsh.insert(doc_id, m)
-        return None
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        out = []
-        for row in batch.to_pylist():
-            if row["kind"] == "doc":
-                if row["doc_id"] in self.ids:
-                    row = reject(row, f"duplicate id '{row['doc_id']}' (an earlier record has the same id)")
-                else:
-                    self.ids.add(row["doc_id"])
-                    found = self.check(row["doc_id"], row["title"], row["text"])
-                    if found is not None:
-                        kind, original = found
-                        row = {**row, "kind": "duplicate", "duplicate_of": original,
-                               "reason": f"{kind} duplicate of {original}"}
-            out.append(row)
-        return to_table(out)
+def signature_matrix(col: pa.ChunkedArray | pa.Array, num_perm: int) -> np.ndarray:
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if not pa.types.is_fixed_size_binary(arr.type):  # a join hands it back as plain binary
+        arr = arr.cast(pa.binary(4 * num_perm))
+    flat = np.frombuffer(arr.buffers()[1], dtype=np.uint32)
+    start = arr.offset * num_perm
+    return flat[start: start + len(arr) * num_perm].reshape(len(arr), num_perm)
+
+
+def signatures(texts: list[str], near: NearDedupConfig) -> pa.Array:
+    from rensa import RMinHash
+
+    sets = [shingles(t, near.shingle_words) for t in texts]
+    rows = RMinHash.digest_matrix_from_token_sets(sets, num_perm=near.num_perm, seed=SEED).to_rows() if sets else []
+    return _as_fixed_binary(np.asarray(rows, dtype=np.uint32).reshape(len(sets), near.num_perm))
+
+
+def doc_keys(batch: pa.Table, cfg: DedupConfig) -> pa.Table:
+    """Per document: its order key and id, and what dedup compares (content hash, MinHash signature)."""
+    docs = batch.filter(pc.equal(batch["kind"], "doc"))
+    cols = {"pos": docs["pos"], "doc_id": docs["doc_id"]}
+    titles, texts = docs["title"].to_pylist(), docs["text"].to_pylist()
+    if cfg.exact:
+        cols["chash"] = pa.array([content_hash(a, b) for a, b in zip(titles, texts)], pa.binary(20))
+    if cfg.near.enabled:
+        cols["sig"] = signatures(texts, cfg.near)
+    return pa.table(cols)
+
+
+# ------------------------------------------------------------------ per-partition decisions
+def first_of_key(t: pa.Table, key: str) -> tuple[pa.Table, np.ndarray]:
+    """`t` sorted by (key, pos) and, per row, the index of its key group's first (earliest) row.
+    `t` must hold every row of each key it holds: one partition of a hash shuffle on `key`."""
+    t = t.sort_by([(key, "ascending"), ("pos", "ascending")])
+    n = t.num_rows
+    starts = np.ones(n, dtype=bool)
+    if n > 1:
+        k = t[key].combine_chunks()
+        starts[1:] = pc.not_equal(k.slice(1), k.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+    first = np.maximum.accumulate(np.where(starts, np.arange(n), 0)) if n else np.zeros(0, dtype=np.int64)
+    return t, first
+
+
+def _decisions(pos, kind: str, of: pa.Array, reasons: list[str]) -> pa.Table:
+    n = len(pos)
+    return pa.table({"pos": pa.array(pos, pa.int64()), "d_kind": pa.array([kind] * n, pa.string()),
+                     "d_of": of.cast(pa.string()), "d_reason": pa.array(reasons, pa.string())}, schema=DECISIONS)
+
+
+def split_repeated_ids(t: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """(first record of each id, rejects for the later ones): an id names one document."""
+    t, first = first_of_key(t, "doc_id")
+    later = first != np.arange(t.num_rows)
+    ids = t["doc_id"].filter(pa.array(later)).to_pylist()
+    rejects = _decisions(t["pos"].to_numpy()[later], "reject", pa.nulls(len(ids), pa.string()),
+                         [f"duplicate id '{i}' (an earlier record has the same id)" for i in ids])
+    return t.filter(pa.array(~later)), rejects
+
+
+def split_exact(t: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """(first copy of each content, `exact duplicate` decisions for the other copies)."""
+    t, first = first_of_key(t, "chash")
+    later = first != np.arange(t.num_rows)
+    of = t["doc_id"].take(pa.array(first[later]))
+    dups = _decisions(t["pos"].to_numpy()[later], "duplicate", of, [f"exact duplicate of {o}" for o in of.to_pylist()])
+    return t.filter(pa.array(~later)), dups
+
+
+def band_rows(t: pa.Table, near: NearDedupConfig) -> pa.Table:
+    """One row per (document, band): a 64-bit hash of the band's MinHash values (and of the band's number),
+    so that documents equal on a band share a key."""
+    bands, rows = lsh_params(near)
+    sig = signature_matrix(t["sig"], near.num_perm)[:, : bands * rows].astype(np.uint64)
+    rng = np.random.default_rng(SEED)
+    mult = rng.integers(1, 1 << 62, size=(bands, rows), dtype=np.uint64) | np.uint64(1)
+    salt = rng.integers(1, 1 << 62, size=bands, dtype=np.uint64)
+    keys = np.empty((t.num_rows, bands), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(bands):
+            keys[:, j] = (sig[:, j * rows: (j + 1) * rows] * mult[j]).sum(axis=1, dtype=np.uint64) ^ salt[j]
+    idx = pa.array(np.repeat(np.arange(t.num_rows), bands))
+    return pa.table({"bkey": pa.array(keys.ravel()), "pos": t["pos"].take(idx), "doc_id": t["doc_id"].take(idx)})
+
+
+def star_edges(t: pa.Table) -> pa.Table:
+    """Candidate pairs of one band bucket: every member to the bucket's earliest (a star, diameter 2,
+    where a chain would make label propagation walk the whole bucket)."""
+    t, first = first_of_key(t, "bkey")
+    later = pa.array(first != np.arange(t.num_rows))
+    head = pa.array(first).filter(later)
+    return pa.table({"u": t["pos"].take(head), "u_id": t["doc_id"].take(head),
+                     "v": t["pos"].filter(later), "v_id": t["doc_id"].filter(later)})
+
+
+def unique_edges(e: pa.Table) -> pa.Table:
+    """A pair found in several bands once."""
+    if e.num_rows == 0:
+        return e
+    _, idx = np.unique(np.stack([e["u"].to_numpy(), e["v"].to_numpy()], axis=1), axis=0, return_index=True)
+    return e.take(pa.array(idx))
+
+
+def similar(sig_u: np.ndarray, sig_v: np.ndarray, threshold: float) -> np.ndarray:
+    """The share of permutations on which two signatures agree estimates their Jaccard (Broder 1997)."""
+    return (sig_u == sig_v).mean(axis=1) >= threshold if len(sig_u) else np.zeros(0, dtype=bool)
+
+
+def verify_local(edges: pa.Table, keys: pa.Table, near: NearDedupConfig) -> pa.Table:
+    pos = keys["pos"].to_numpy()
+    order = np.argsort(pos)
+    sig = signature_matrix(keys["sig"], near.num_perm)
+    at = lambda p: order[np.searchsorted(pos, p, sorter=order)]  # noqa: E731
+    keep = similar(sig[at(edges["u"].to_numpy())], sig[at(edges["v"].to_numpy())], near.threshold)
+    return edges.filter(pa.array(keep))
+
+
+def verify_joined(batch: pa.Table, near: NearDedupConfig) -> pa.Table:
+    keep = similar(signature_matrix(batch["sig_u"], near.num_perm), signature_matrix(batch["sig_v"], near.num_perm),
+                   near.threshold)
+    return batch.select(["u", "u_id", "v", "v_id"]).filter(pa.array(keep))
+
+
+def components_local(edges: pa.Table) -> pa.Table:
+    """`near duplicate` decisions: every document of a connected component but its earliest."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    m = edges.num_rows if edges is not None else 0
+    if m == 0:
+        return DECISIONS.empty_table()
+    allpos = np.concatenate([edges["u"].to_numpy(), edges["v"].to_numpy()])
+    ids = pa.concat_arrays([edges["u_id"].combine_chunks(), edges["v_id"].combine_chunks()])
+    nodes, first, inverse = np.unique(allpos, return_index=True, return_inverse=True)
+    n = len(nodes)
+    graph = coo_matrix((np.ones(m, dtype=np.int8), (inverse[:m], inverse[m:])), shape=(n, n))
+    _, label = connected_components(graph, directed=False)
+    rep = np.full(label.max() + 1, n)
+    np.minimum.at(rep, label, np.arange(n))  # nodes are sorted by pos: the smallest index is the earliest
+    rep_of = rep[label]
+    dup = rep_of != np.arange(n)
+    of = ids.take(pa.array(first[rep_of[dup]]))
+    return _decisions(nodes[dup], "duplicate", of, [f"near duplicate of {o}" for o in of.to_pylist()])
+
+
+def decide_in_one_task(cfg: DedupConfig, keys: pa.Table | None) -> pa.Table:
+    """Every decision for a key table small enough for one process: the partitioned passes' own functions."""
+    if keys is None or keys.num_rows == 0:
+        return DECISIONS.empty_table()
+    keys, out = split_repeated_ids(keys)
+    decided = [out]
+    if cfg.exact:
+        keys, dups = split_exact(keys)
+        decided.append(dups)
+    if cfg.near.enabled:
+        edges = unique_edges(star_edges(band_rows(keys, cfg.near)))
+        if cfg.near.verify:
+            edges = verify_local(edges, keys, cfg.near)
+        decided.append(components_local(edges))
+    return pa.concat_tables(decided)
+
+
+# ------------------------------------------------------------------ partitioned passes
+def _per_key(ds: ray.data.Dataset, key: str, fn, partitions: int, **kwargs) -> ray.data.Dataset:
+    """Apply `fn` to hash partitions of `ds` on `key`: each batch holds every row of the keys it holds."""
+    return ds.repartition(partitions, keys=[key]).map_batches(fn, batch_size=None, batch_format="pyarrow", **kwargs)
+
+
+def _first(fn):
+    def left(t: pa.Table, **kw) -> pa.Table:
+        return fn(t, **kw)[0]
+    return left
+
+
+def _second(fn):
+    def right(t: pa.Table, **kw) -> pa.Table:
+        return fn(t, **kw)[1]
+    return right
+
+
+def _partitioned_split(keys, fn, key: str, partitions: int):
+    """(kept keys, decisions) of one keyed rule, each side its own pass over the shuffled partitions."""
+    shuffled = keys.repartition(partitions, keys=[key]).materialize()
+    kept = shuffled.map_batches(_first(fn), batch_size=None, batch_format="pyarrow").materialize()
+    decided = shuffled.map_batches(_second(fn), batch_size=None, batch_format="pyarrow")
+    return kept, decided
+
+
+def _select(names: dict[str, str]):
+    """A join's output reduced to `names` (old -> new): join outputs keep the right side's key and suffixes."""
+    def select(t: pa.Table) -> pa.Table:
+        return pa.table({new: t[old] for old, new in names.items()})
+    return select
+
+
+def verify_partitioned(edges, keys, near: NearDedupConfig, partitions: int):
+    sigs = keys.select_columns(["pos", "sig"])
+    cols = {c: c for c in ("u", "u_id", "v", "v_id")}
+    edges = edges.join(sigs, "inner", partitions, on=("u",), right_on=("pos",)) \
+        .map_batches(_select({**cols, "sig": "sig_u"}), batch_format="pyarrow")
+    edges = edges.join(sigs, "inner", partitions, on=("v",), right_on=("pos",)) \
+        .map_batches(_select({**cols, "sig_u": "sig_u", "sig": "sig_v"}), batch_format="pyarrow")
+    return edges.map_batches(verify_joined, fn_kwargs={"near": near}, batch_format="pyarrow")
+
+
+def _both_directions(t: pa.Table) -> pa.Table:
+    return pa.table({"a": pa.concat_arrays([t["u"].combine_chunks(), t["v"].combine_chunks()]),
+                     "b": pa.concat_arrays([t["v"].combine_chunks(), t["u"].combine_chunks()])})
+
+
+def _min_label(t: pa.Table) -> pa.Table:
+    return pa.table({"node": t["node"], "label": t["min(label)"]})
+
+
+def components_partitioned(edges, keys, partitions: int):
+    """Min-label propagation (connected components by repeated neighbour minima, as in Hash-Min, Rastogi et
+    al. 2013): each round one join of edges with labels and one group-by; it stops when no label falls."""
+    sym = edges.map_batches(_both_directions, batch_format="pyarrow").materialize()
+    own = sym.map_batches(lambda t: pa.table({"node": t["a"], "label": t["a"]}), batch_format="pyarrow")
+    labels = own.union(sym.map_batches(lambda t: pa.table({"node": t["a"], "label": t["b"]}), batch_format="pyarrow")) \
+        .groupby("node").min("label").map_batches(_min_label, batch_format="pyarrow").materialize()
+    for rounds in range(1, MAX_ITER + 1):
+        heard = sym.join(labels, "inner", partitions, on=("a",), right_on=("node",)) \
+            .map_batches(lambda t: pa.table({"node": t["b"], "label": t["label"]}), batch_format="pyarrow")
+        new = heard.union(labels).groupby("node").min("label").map_batches(_min_label, batch_format="pyarrow") \
+            .materialize()
+        changed = new.join(labels, "inner", partitions, on=("node",), left_suffix="_new", right_suffix="_old") \
+            .filter(expr=col("label_new") != col("label_old")).count()
+        labels = new
+        if not changed:
+            break
+    else:
+        log.warning("near dedup: labels still changed after %d rounds; some duplicates may name a document "
+                    "that is itself a duplicate", MAX_ITER)
+    dups = labels.filter(expr=col("node") != col("label"))
+    named = dups.join(keys.select_columns(["pos", "doc_id"]), "inner", partitions, on=("label",), right_on=("pos",))
+    return named.map_batches(lambda t: _decisions(t["node"].to_numpy(), "duplicate", t["doc_id"].combine_chunks(),
+                                                  [f"near duplicate of {o}" for o in t["doc_id"].to_pylist()]),
+                             batch_format="pyarrow")
+
+
+def decide_partitioned(keys, cfg: DedupConfig, partitions: int) -> list:
+    keys, rejects = _partitioned_split(keys, split_repeated_ids, "doc_id", partitions)
+    decided = [rejects]
+    if cfg.exact:
+        keys, dups = _partitioned_split(keys, split_exact, "chash", partitions)
+        decided.append(dups)
+    if cfg.near.enabled:
+        edges = _per_key(keys.map_batches(band_rows, fn_kwargs={"near": cfg.near}, batch_format="pyarrow"),
+                         "bkey", star_edges, partitions)
+        if cfg.near.verify:
+            edges = verify_partitioned(edges, keys, cfg.near, partitions)
+        edges = edges.materialize()
+        if edges.count() <= cfg.max_rows_in_one_task:
+            decided.append(ray.data.from_arrow_refs([_in_one_task(components_local, edges.to_arrow_refs())]))
+        else:
+            decided.append(components_partitioned(edges, keys, partitions))
+    return decided
+
+
+@ray.remote(num_cpus=1)
+def _run_in_one_task(fn, args, *blocks):
+    return fn(*args, pa.concat_tables(blocks) if blocks else None)
+
+
+def _in_one_task(fn, refs, *args) -> ray.ObjectRef:
+    """fn(*args, the blocks as one table) in one Ray task; the driver only passes references."""
+    return _run_in_one_task.remote(fn, args, *refs)
+
+
+# ------------------------------------------------------------------ the stage's entry point
+def apply_decisions(batch: pa.Table, decisions=None) -> pa.Table:
+    """Turn decided documents into `duplicate` or `reject` rows; the others pass unchanged.
+    `decisions` (a reference, for a small set) is joined here; a large set arrives already joined."""
+    if decisions is not None:
+        table = ray.get(decisions) if isinstance(decisions, ray.ObjectRef) else decisions
+        batch = batch.join(table, "pos", join_type="left outer")
+    decided = pc.is_valid(batch["d_kind"])
+    out = batch
+    for name, value in (("kind", batch["d_kind"]), ("reason", batch["d_reason"]),
+                        ("duplicate_of", pc.if_else(pc.equal(batch["d_kind"], "duplicate"), batch["d_of"], None))):
+        merged = pc.if_else(decided, value, batch[name])
+        out = out.set_column(out.schema.get_field_index(name), name, merged.cast(batch.schema.field(name).type))
+    return out.drop_columns(["d_kind", "d_of", "d_reason"])
+
+
+def deduplicate(docs: ray.data.Dataset, cfg: DedupConfig) -> tuple[ray.data.Dataset, dict]:
+    """`docs` (rows with `pos`) with every repeated id rejected and every duplicate marked; and what ran where."""
+    keys = docs.map_batches(doc_keys, fn_kwargs={"cfg": cfg}, batch_format="pyarrow").materialize()
+    n = keys.count()
+    partitions = cfg.partitions or max(int(ray.cluster_resources().get("CPU", 1)), -(-n // 100_000))
+    if n <= cfg.max_rows_in_one_task:
+        decisions = _in_one_task(decide_in_one_task, keys.to_arrow_refs(), cfg)
+        return docs.map_batches(apply_decisions, fn_kwargs={"decisions": decisions}, batch_format="pyarrow"), \
+            {"documents": n, "partitions": 1}
+    decided = decide_partitioned(keys, cfg, partitions)
+    table = decided[0].union(*decided[1:]) if len(decided) > 1 else decided[0]
+    table = table.materialize()
+    if table.count() <= cfg.max_rows_in_one_task:
+        ref = _in_one_task(_or_empty, table.to_arrow_refs())
+        joined = docs.map_batches(apply_decisions, fn_kwargs={"decisions": ref}, batch_format="pyarrow")
+    else:
+        joined = docs.join(table, "left_outer", partitions, on=("pos",)) \
+            .map_batches(apply_decisions, batch_format="pyarrow")
+    return joined, {"documents": n, "partitions": partitions}
+
+
+def _or_empty(t: pa.Table | None) -> pa.Table:
+    return t if t is not None else DECISIONS.empty_table()
