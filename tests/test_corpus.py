@@ -214,3 +214,13 @@ def test_partitioned_dedup_decides_exactly_as_one_task(ray_local):
         ("d2", 2): ("duplicate", "c2", "exact duplicate of c2"),  # the copy in file 0 is the earlier
         ("d0", 1): ("duplicate", "n1", "near duplicate of n1"),  # d0 is in file 1, its near copy n1 in file 0
         ("n2", 63): ("duplicate", "n1", "near duplicate of n1")}
+
+
+def test_limit_keeps_the_first_records_by_file_and_line(ray_local, tmp_path):
+    """`limit` is the first N records in (file, line) order, however Ray schedules the two files' reads."""
+    for name in ("a", "b"):
+        write_jsonl(tmp_path / "in" / f"{name}.jsonl",
+                    [{"id": f"{name}{i}", "text": f"record {i} of file {name} " + "word " * (40 * i)} for i in range(5)])
+    m = run_corpus(tmp_path, {"format": "jsonl", "path": str(tmp_path / "in"), "id_field": "id", "limit": 7})
+    assert m["outputs"]["counts"]["input_records"] == 7
+    assert {c["doc_id"] for c in rows(m, "chunks")} == {"a0", "a1", "a2", "a3", "a4", "b0", "b1"}

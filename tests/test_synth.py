@@ -20,7 +20,7 @@ from ragworks.config import FiltersConfig, parse_spec
 from ragworks.runner import run_job
 from ragworks.engines import EngineUnavailable, OpenAIEngineConfig, TransformersEngineConfig, check_engine
 from ragworks.engines.transformers import HFGenerate
-from ragworks.synth.filters import DropRepeats, rule_filters
+from ragworks.synth.filters import drop_repeats, with_normalised_query, rule_filters
 from ragworks.synth.parse import clean_query
 
 QUIET = Console(quiet=True)
@@ -269,8 +269,11 @@ def test_rule_filters_and_dedup():
     assert out["dropped_by"].to_pylist() == [None, "cleanup", "length", None, "length", None]
     assert out["query"].to_pylist()[0] == "how do vaccines work"
     assert clean_query("Claim: 'Aspirin lowers risk.'\nsecond line") == "Aspirin lowers risk."
-    dedup = DropRepeats()(out)
-    assert dedup["dropped_by"].to_pylist() == [None, "cleanup", "length", None, "length", "dedup"]
+    # the first copy by key wins, whatever the row order: "how do vaccines work" is kept at key k5, not k0
+    keys = pa.array(["k9", "k1", "k2", "k3", "k4", "k5"])
+    dedup = drop_repeats(with_normalised_query(out.append_column("key", keys)))
+    assert dict(zip(dedup["key"].to_pylist(), dedup["dropped_by"].to_pylist())) == {
+        "k9": "dedup", "k1": "cleanup", "k2": "length", "k3": None, "k4": "length", "k5": None}
 
 
 def test_filters_and_negatives_stages(ray_local, tmp_path, corpus_dir):

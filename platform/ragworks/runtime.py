@@ -13,8 +13,7 @@ from .config import RayConfig
 
 def init_ray(cfg: RayConfig, address: str | None = None) -> None:
     """Connect to a cluster, or start an embedded one that stays on 127.0.0.1."""
-    # Rows keep their input order: `limit`, "first copy wins" dedup and resume all rely on it.
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    # No global preserve_order: where an order matters, rows carry a key for it (ordering.py).
     if ray.is_initialized():
         return
     # A driver started by the Jobs API (`ray job submit`) finds its cluster's GCS in RAY_ADDRESS; an
@@ -28,17 +27,6 @@ def init_ray(cfg: RayConfig, address: str | None = None) -> None:
         # "local": always a Ray of its own, even beside a cluster started on this machine with `ray start`.
         ray.init(address="local", num_cpus=cfg.num_cpus, dashboard_host=cfg.dashboard_host, include_dashboard=False,
                  **kwargs)
-
-
-def single_ordered_actor() -> dict:
-    """map_batches kwargs for a stateful pass that must see every row, in input order.
-
-    Ray Data lets actor tasks run out of order by default (an idle actor takes any
-    ready block); "first copy wins" dedup needs the blocks in the order they were read.
-    """
-    from ray.data import ActorPoolStrategy
-
-    return {"compute": ActorPoolStrategy(size=1), "allow_out_of_order_execution": False}
 
 
 def actor_pool(concurrency: tuple[int, int], num_cpus: float, num_gpus: float = 0.0,

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from ..config import CorpusConfig
 from ..manifest import files_fingerprint
+from ..ordering import first_rows
 from ..runtime import actor_pool
 from ..storage import Folder
 from . import CorpusOutputs
@@ -37,7 +38,10 @@ def run(cfg: CorpusConfig, ctx) -> CorpusOutputs:
     files = {path: i for i, path in enumerate(source_files(cfg.source))}
     ds = read_source(cfg.source)
     ds = ds.map_batches(normalize_batch, fn_kwargs={"cfg": cfg.normalize}, batch_format="pyarrow")
-    ds = ds.map_batches(add_positions, fn_kwargs={"files": files}, batch_format="pyarrow").materialize()
+    ds = ds.map_batches(add_positions, fn_kwargs={"files": files}, batch_format="pyarrow")
+    if cfg.source.limit:
+        ds = first_rows(ds, cfg.source.limit, ["pos"])
+    ds = ds.materialize()
     ds, plan = deduplicate(ds, cfg.dedup)
     ctx.console.print(f"dedup: {plan['documents']:,} documents, "
                       + ("in one task" if plan["partitions"] == 1 else f"{plan['partitions']} hash partitions"))

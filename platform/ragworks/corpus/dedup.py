@@ -33,6 +33,7 @@ import ray
 from ray.data.expressions import col
 
 from ..config import DedupConfig, NearDedupConfig
+from ..ordering import first_of_key, per_key
 
 log = logging.getLogger(__name__)
 
@@ -116,19 +117,6 @@ def doc_keys(batch: pa.Table, cfg: DedupConfig) -> pa.Table:
 
 
 # ------------------------------------------------------------------ per-partition decisions
-def first_of_key(t: pa.Table, key: str) -> tuple[pa.Table, np.ndarray]:
-    """`t` sorted by (key, pos) and, per row, the index of its key group's first (earliest) row.
-    `t` must hold every row of each key it holds: one partition of a hash shuffle on `key`."""
-    t = t.sort_by([(key, "ascending"), ("pos", "ascending")])
-    n = t.num_rows
-    starts = np.ones(n, dtype=bool)
-    if n > 1:
-        k = t[key].combine_chunks()
-        starts[1:] = pc.not_equal(k.slice(1), k.slice(0, n - 1)).to_numpy(zero_copy_only=False)
-    first = np.maximum.accumulate(np.where(starts, np.arange(n), 0)) if n else np.zeros(0, dtype=np.int64)
-    return t, first
-
-
 def _decisions(pos, kind: str, of: pa.Array, reasons: list[str]) -> pa.Table:
     n = len(pos)
     return pa.table({"pos": pa.array(pos, pa.int64()), "d_kind": pa.array([kind] * n, pa.string()),
@@ -137,7 +125,7 @@ def _decisions(pos, kind: str, of: pa.Array, reasons: list[str]) -> pa.Table:
 
 def split_repeated_ids(t: pa.Table) -> tuple[pa.Table, pa.Table]:
     """(first record of each id, rejects for the later ones): an id names one document."""
-    t, first = first_of_key(t, "doc_id")
+    t, first = first_of_key(t, "doc_id", "pos")
     later = first != np.arange(t.num_rows)
     ids = t["doc_id"].filter(pa.array(later)).to_pylist()
     rejects = _decisions(t["pos"].to_numpy()[later], "reject", pa.nulls(len(ids), pa.string()),
@@ -147,7 +135,7 @@ def split_repeated_ids(t: pa.Table) -> tuple[pa.Table, pa.Table]:
 
 def split_exact(t: pa.Table) -> tuple[pa.Table, pa.Table]:
     """(first copy of each content, `exact duplicate` decisions for the other copies)."""
-    t, first = first_of_key(t, "chash")
+    t, first = first_of_key(t, "chash", "pos")
     later = first != np.arange(t.num_rows)
     of = t["doc_id"].take(pa.array(first[later]))
     dups = _decisions(t["pos"].to_numpy()[later], "duplicate", of, [f"exact duplicate of {o}" for o in of.to_pylist()])
@@ -173,7 +161,7 @@ def band_rows(t: pa.Table, near: NearDedupConfig) -> pa.Table:
 def star_edges(t: pa.Table) -> pa.Table:
     """Candidate pairs of one band bucket: every member to the bucket's earliest (a star, diameter 2,
     where a chain would make label propagation walk the whole bucket)."""
-    t, first = first_of_key(t, "bkey")
+    t, first = first_of_key(t, "bkey", "pos")
     later = pa.array(first != np.arange(t.num_rows))
     head = pa.array(first).filter(later)
     return pa.table({"u": t["pos"].take(head), "u_id": t["doc_id"].take(head),
@@ -248,11 +236,6 @@ def decide_in_one_task(cfg: DedupConfig, keys: pa.Table | None) -> pa.Table:
 
 
 # ------------------------------------------------------------------ partitioned passes
-def _per_key(ds: ray.data.Dataset, key: str, fn, partitions: int, **kwargs) -> ray.data.Dataset:
-    """Apply `fn` to hash partitions of `ds` on `key`: each batch holds every row of the keys it holds."""
-    return ds.repartition(partitions, keys=[key]).map_batches(fn, batch_size=None, batch_format="pyarrow", **kwargs)
-
-
 def _first(fn):
     def left(t: pa.Table, **kw) -> pa.Table:
         return fn(t, **kw)[0]
@@ -333,8 +316,8 @@ def decide_partitioned(keys, cfg: DedupConfig, partitions: int) -> list:
         keys, dups = _partitioned_split(keys, split_exact, "chash", partitions)
         decided.append(dups)
     if cfg.near.enabled:
-        edges = _per_key(keys.map_batches(band_rows, fn_kwargs={"near": cfg.near}, batch_format="pyarrow"),
-                         "bkey", star_edges, partitions)
+        edges = per_key(keys.map_batches(band_rows, fn_kwargs={"near": cfg.near}, batch_format="pyarrow"),
+                        "bkey", star_edges, partitions)
         if cfg.near.verify:
             edges = verify_partitioned(edges, keys, cfg.near, partitions)
         edges = edges.materialize()

@@ -7,6 +7,7 @@ read into a reject that names the file and line.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Iterator
@@ -66,7 +67,8 @@ class RecordDatasource(FileBasedDatasource):
     def _read_stream(self, f: pa.NativeFile, path: str) -> Iterator[pa.Table]:
         reader = {"parquet": self._parquet, "files": self._file}.get(self.cfg.format, self._jsonl)
         rows: list[dict] = []
-        for row in reader(f, path):
+        # `limit` keeps the first N records by (file, line): no file can add more than N of them
+        for row in itertools.islice(reader(f, path), self.cfg.limit):
             rows.append(row)
             if len(rows) >= BLOCK_ROWS:
                 yield to_table(rows)
@@ -138,5 +140,5 @@ def source_files(cfg: SourceConfig) -> list[str]:
 
 def read_source(cfg: SourceConfig) -> ray.data.Dataset:
     files = source_files(cfg)
-    ds = ray.data.read_datasource(RecordDatasource(files, cfg))
-    return ds.limit(cfg.limit) if cfg.limit else ds
+    """Every record of every file, at most `limit` of each; the stage keeps the first `limit` by (file, line)."""
+    return ray.data.read_datasource(RecordDatasource(files, cfg))

@@ -20,6 +20,7 @@ from ..answers import messages, score_answers
 from ..train import GeneratorOutputs  # noqa: F401 - the annotation
 from ..config import GenerationEvalConfig
 from ..engines import TransformersEngineConfig, generate
+from ..ordering import first_rows
 from ..synth.rag_examples import CLAIM_KEY
 
 
@@ -56,7 +57,7 @@ def by_kind(rows: list[dict]) -> dict[str, list[dict]]:
 def answer_metrics(cfg: GenerationEvalConfig, trained: "GeneratorOutputs", console) -> tuple[dict, dict]:
     """({'base': metrics, 'tuned': metrics}, {label: a few answers to show})."""
     base, adapter, max_words = trained.base_model, trained.adapter, trained.max_context_words
-    examples = ray.data.read_parquet(trained.heldout, num_cpus=0.25).limit(cfg.max_examples)
+    examples = first_rows(ray.data.read_parquet(trained.heldout, num_cpus=0.25), cfg.max_examples, ["key"])
     prompts = examples.map_batches(ChatPrompts, fn_constructor_args=(base, max_words), batch_format="pyarrow",
                                    compute=ActorPoolStrategy(size=1), num_cpus=0.25).materialize()
     metrics, samples, kinds = {}, {}, {}
@@ -64,7 +65,7 @@ def answer_metrics(cfg: GenerationEvalConfig, trained: "GeneratorOutputs", conso
         engine = answer_engine(cfg, base, lora)
         console.print(f"answering {prompts.count()} held-out examples with the {label} generator")
         answered = generate(prompts, engine).map_batches(context_ids, batch_format="numpy", num_cpus=0.25)
-        rows = answered.take_all()  # at most max_examples short rows
+        rows = sorted(answered.take_all(), key=lambda r: r["key"])  # at most max_examples short rows
         for r in rows:
             r["context_ids"] = json.loads(r["context_ids"])
         metrics[label], parts = scores(rows), by_kind(rows)

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 from rich.table import Table
 
 from ..config import FiltersConfig
 from ..incremental import read_columns
 from ..index import IndexActor, unit
-from ..runtime import actor_pool, single_ordered_actor
+from ..ordering import first_of_key, per_key
+from ..runtime import actor_pool
 from . import FiltersOutputs
 from .parse import clean_query
 
@@ -39,21 +41,21 @@ def rule_filters(batch: pa.Table, cfg: FiltersConfig) -> pa.Table:
     return batch.append_column("dropped_by", pa.array(dropped, pa.string()))
 
 
-class DropRepeats:
-    """Ray Data callable class with one actor: the first copy of a query wins."""
+def with_normalised_query(batch: pa.Table) -> pa.Table:
+    """The dedup key: the case-folded query with its spaces collapsed; null for rows already dropped."""
+    norm = [" ".join(q.lower().split()) if d is None else None
+            for q, d in zip(batch["query"].to_pylist(), batch["dropped_by"].to_pylist())]
+    return batch.append_column("norm", pa.array(norm, pa.string()))
 
-    def __init__(self):
-        self.seen: set[str] = set()
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        dropped = batch["dropped_by"].to_pylist()
-        for i, q in enumerate(batch["query"].to_pylist()):
-            if dropped[i] is None:
-                norm = " ".join(q.lower().split())
-                if norm in self.seen:
-                    dropped[i] = "dedup"
-                self.seen.add(norm)
-        return batch.set_column(batch.schema.get_field_index("dropped_by"), "dropped_by", pa.array(dropped, pa.string()))
+def drop_repeats(batch: pa.Table) -> pa.Table:
+    """Every copy of a query but the first by `key` is dropped as `dedup`; `batch` holds all copies of its
+    queries (one partition of a hash shuffle on `norm`), so the same copy wins wherever the rows ran."""
+    batch, first = first_of_key(batch, "norm", "key")
+    later = pa.array((first != np.arange(batch.num_rows)) & batch["norm"].is_valid().to_numpy(zero_copy_only=False))
+    dropped = pc.if_else(later, "dedup", batch["dropped_by"])
+    batch = batch.set_column(batch.schema.get_field_index("dropped_by"), "dropped_by", dropped)
+    return batch.drop_columns(["norm"])
 
 
 class RoundTrip(IndexActor):
@@ -91,7 +93,7 @@ def run(cfg: FiltersConfig, ctx) -> FiltersOutputs:
     ds = ray.data.read_parquet(src, partitioning=None)  # the folder name is not a column
     ds = ds.map_batches(rule_filters, fn_kwargs={"cfg": cfg}, batch_format="pyarrow")
     if cfg.dedup:
-        ds = ds.map_batches(DropRepeats, num_cpus=0, **single_ordered_actor(), batch_format="pyarrow")
+        ds = per_key(ds.map_batches(with_normalised_query, batch_format="pyarrow"), "norm", drop_repeats)
     if cfg.consistency.enabled or cfg.min_score is not None:
         ds = ds.map_batches(RoundTrip, fn_constructor_args=(str(ctx.input_dir("index")), cfg),
                             batch_size=cfg.batch_size, batch_format="pyarrow",

@@ -22,6 +22,7 @@ from ..config import SynthesizeConfig
 from ..incremental import (ATTEMPTS, attempt_folder, commit, drop_partial_files, not_written, read_columns, string_columns,
                            write_block)
 from ..manifest import files_fingerprint
+from ..ordering import first_rows
 from ..engines import check_engine, generate_into
 from . import GeneratedOutputs
 from .parse import clean_query, parse_qa
@@ -103,16 +104,19 @@ def run(cfg: SynthesizeConfig, ctx) -> GeneratedOutputs:
     sink = partial(write_block, folder=mine)  # one file per block and status, by the block's keys
     if cfg.task == "rag_examples" and cfg.rag.claims:
         claims = ray.data.read_parquet(ctx.output("filters").kept, partitioning=None, num_cpus=LIGHT_CPUS)
-        claims = claims.select_columns(["id", "doc_id", "title", "text", "sample", "key", "query"]).limit(cfg.rag.claims)
+        claims = first_rows(claims.select_columns(["id", "doc_id", "title", "text", "sample", "key", "query"]),
+                            cfg.rag.claims, ["key"])
         claims = not_written(claims.map_batches(claim_keys, **light), attempts)
         claims = with_context(claims, cfg, ctx)
         claims.map_batches(claim_answers, fn_kwargs={"max_words": cfg.prompt.max_doc_words}, **light) \
             .map_batches(sink, **light).materialize()
         ctx.console.print(f"claim examples: the first {cfg.rag.claims:,} claims the filters kept")
 
-    chunks = ray.data.read_parquet(ctx.output("corpus").chunks, num_cpus=LIGHT_CPUS).select_columns(["id", "doc_id", "title", "text"])
-    if cfg.limit:
-        chunks = chunks.limit(cfg.limit)
+    chunks = ray.data.read_parquet(ctx.output("corpus").chunks, num_cpus=LIGHT_CPUS)
+    if cfg.limit:  # the first chunks in corpus order: by file, line and place in the document
+        chunks = first_rows(chunks.select_columns(["id", "doc_id", "title", "text", "source", "line", "chunk_index"]),
+                            cfg.limit, ["source", "line", "chunk_index"])
+    chunks = chunks.select_columns(["id", "doc_id", "title", "text"])
     rows = chunks.map_batches(expand, fn_kwargs={"per_chunk": cfg.per_chunk}, **light)
     rows = not_written(rows, attempts)
     if cfg.task == "queries":

@@ -22,6 +22,7 @@ import ray
 import ray.train
 
 from ..config import TrainerConfig
+from ..ordering import first_rows
 from ..storage import Folder, staged
 
 
@@ -54,8 +55,18 @@ def make_trainer(loop: Callable, loop_config: dict, cfg: TrainerConfig, datasets
                              checkpoint_config=CheckpointConfig(checkpoint_score_attribute=metric,
                                                                 checkpoint_score_order=order)),
         datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        dataset_config=DataConfig(datasets_to_split=["train"], execution_options={"train": ordered_ingest()}),
     )
+
+
+def ordered_ingest():
+    """Ray Data's ingest options with the train shard in a stable order: the seeded local shuffle then
+    repeats itself, and a restarted worker skips the very batches it trained on (`batches_done`)."""
+    from ray.train import DataConfig
+
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return options
 
 
 def start_worker(cfg: TrainerConfig):
@@ -98,12 +109,6 @@ def with_draw(batch, column: str):
     return batch.append_column("draw", pa.array(draw, pa.int64()))
 
 
-def first_drawn(batch, n: int):
-    import pyarrow.compute as pc
-
-    return batch.take(pc.sort_indices(batch, [("draw", "ascending")])[:n])
-
-
 def train_and_val(ds: "ray.data.Dataset", columns: list[str], validation_max: int, draw_by: str) -> tuple:
     """The rows marked `split` train and val, as the training loop reads them.
 
@@ -116,12 +121,10 @@ def train_and_val(ds: "ray.data.Dataset", columns: list[str], validation_max: in
     through these.
     """
     light = {"batch_format": "pyarrow", "num_cpus": 0.25}
-    keep = {"fn_kwargs": {"n": validation_max}, "batch_size": None, **light}
     train = ds.map_batches(take_split, fn_kwargs={"split": "train", "columns": columns}, **light)
     val = (ds.map_batches(take_split, fn_kwargs={"split": "val", "columns": columns}, **light)
-           .map_batches(with_draw, fn_kwargs={"column": draw_by}, **light)
-           .map_batches(first_drawn, **keep).repartition(1).map_batches(first_drawn, **keep)
-           .drop_columns(["draw"]).materialize())
+           .map_batches(with_draw, fn_kwargs={"column": draw_by}, **light))
+    val = first_rows(val, validation_max, ["draw"], num_cpus=0.25).drop_columns(["draw"]).materialize()
     return train, val
 
 
