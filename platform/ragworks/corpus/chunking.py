@@ -45,32 +45,41 @@ class Chunk:
         self.tok = AutoTokenizer.from_pretrained(resolve_model(tokenizer))
         self.tok.model_max_length = 1 << 30  # we count tokens of whole documents, never feed them to a model
 
-    def n_tokens(self, text: str) -> int:
-        return len(self.tok(text, add_special_tokens=False)["input_ids"])
+    def split_batch(self, titles: list[str | None], texts: list[str]) -> list[list[tuple[str, int]]]:
+        """One tokenizer call for a whole block (a call per row costs more than the tokenizing)."""
+        if not texts:
+            return []
+        prefixes = [f"{t}\n" if (self.cfg.title and t) else "" for t in titles]
+        prefix_tokens = [len(ids) for ids in self.tok(prefixes, add_special_tokens=False)["input_ids"]]
+        enc = self.tok(texts, add_special_tokens=False, return_offsets_mapping=True)
+        return [self._windows(p, n, text, enc["offset_mapping"][i], lambda i=i: enc.word_ids(i))
+                for i, (p, n, text) in enumerate(zip(prefixes, prefix_tokens, texts))]
 
     def split(self, title: str | None, text: str) -> list[tuple[str, int]]:
-        prefix = f"{title}\n" if (self.cfg.title and title) else ""
-        prefix_tokens = self.n_tokens(prefix) if prefix else 0
-        enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
-        offsets = enc["offset_mapping"]
+        return self.split_batch([title], [text])[0]
+
+    def _windows(self, prefix: str, prefix_tokens: int, text: str, offsets: list, word_ids) -> list[tuple[str, int]]:
         n = len(offsets)
         if self.cfg.max_tokens is None:
             return [(prefix + text, prefix_tokens + n)]
         budget = max(self.cfg.max_tokens - prefix_tokens, self.cfg.max_tokens // 2)
         overlap = min(self.cfg.overlap, budget - 1)
         out = []
-        for start, end in token_windows(enc.word_ids(), n, budget, overlap):
+        for start, end in token_windows(word_ids(), n, budget, overlap):
             body = text[offsets[start][0] : offsets[end - 1][1]] if n else text
             out.append((prefix + body, prefix_tokens + (end - start)))
         return out
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         out = []
-        for row in batch.to_pylist():
+        rows = batch.to_pylist()
+        docs = [r for r in rows if r["kind"] == "doc"]
+        pieces = iter(self.split_batch([r["title"] for r in docs], [r["text"] for r in docs]))
+        for row in rows:
             if row["kind"] != "doc":
                 out.append(row)
                 continue
-            for i, (text, n_tokens) in enumerate(self.split(row["title"], row["text"])):
+            for i, (text, n_tokens) in enumerate(next(pieces)):
                 out.append({**row, "kind": "chunk", "id": f"{row['doc_id']}#{i}", "chunk_index": i,
                             "text": text, "n_tokens": n_tokens})
         return to_table(out)

@@ -71,6 +71,7 @@ def _read(path: str) -> ray.data.Dataset | None:
 
 def count_outputs(outputs: dict[str, str]) -> dict[str, int]:
     chunks, dups, rejects = (_read(outputs[k]) for k in ("chunks", "duplicates", "rejects"))
+    chunks = chunks.select_columns(["chunk_index"]) if chunks else None  # never read the text to count
     n_chunks = chunks.count() if chunks else 0
     n_docs = chunks.filter(expr=col("chunk_index") == 0).count() if chunks else 0
     n_dups = dups.count() if dups else 0

@@ -169,11 +169,19 @@ def star_edges(t: pa.Table) -> pa.Table:
 
 
 def unique_edges(e: pa.Table) -> pa.Table:
-    """A pair found in several bands once."""
+    """A pair found in several bands once (a pair at J = 0.95 shares most bands)."""
+    e = e.drop_columns([c for c in ("pair",) if c in e.column_names])
     if e.num_rows == 0:
         return e
     _, idx = np.unique(np.stack([e["u"].to_numpy(), e["v"].to_numpy()], axis=1), axis=0, return_index=True)
     return e.take(pa.array(idx))
+
+
+def with_pair_key(e: pa.Table) -> pa.Table:
+    """(u, v) as one 16-byte key, to bring every copy of a pair to one partition."""
+    pair = np.stack([e["u"].to_numpy(), e["v"].to_numpy()], axis=1).astype(np.int64) if e.num_rows else \
+        np.zeros((0, 2), dtype=np.int64)
+    return e.append_column("pair", _as_fixed_binary(pair))
 
 
 def similar(sig_u: np.ndarray, sig_v: np.ndarray, threshold: float) -> np.ndarray:
@@ -318,6 +326,7 @@ def decide_partitioned(keys, cfg: DedupConfig, partitions: int) -> list:
     if cfg.near.enabled:
         edges = per_key(keys.map_batches(band_rows, fn_kwargs={"near": cfg.near}, batch_format="pyarrow"),
                         "bkey", star_edges, partitions)
+        edges = per_key(edges.map_batches(with_pair_key, batch_format="pyarrow"), "pair", unique_edges, partitions)
         if cfg.near.verify:
             edges = verify_partitioned(edges, keys, cfg.near, partitions)
         edges = edges.materialize()
