@@ -96,7 +96,8 @@ A spec has one section per stage it enables, run in this order:
 def eval_(
     dataset: Path = typer.Option(..., help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv", show_default=False),
     split: str = typer.Option("test", help="Which qrels/SPLIT.tsv to score"),
-    embedder: str = typer.Option("base", help="'base' (bundled all-MiniLM-L6-v2), a Hugging Face id or a local path"),
+    embedder: str = typer.Option("base", help="'base' (bundled all-MiniLM-L6-v2), 'static' (a static model distilled "
+                                              "from it, for large corpora), a Hugging Face id or a local path"),
     max_tokens: Optional[int] = typer.Option(None, help="Chunk size in tokens (default: one chunk per document, as BEIR does)"),
     fusion: str = typer.Option("linear", help="How hybrid search fuses dense and full-text: 'linear' (normalized scores, "
                                               "half each) or 'rrf' (reciprocal rank fusion)"),

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from .models import DEFAULT_EMBEDDER
+from .models import DEFAULT_EMBEDDER, STATIC, STATIC_EMBEDDER
 from .sections import RESOURCES_HELP, Mode, Section
 from .storage import Folder, is_uri
 
@@ -90,6 +90,8 @@ class ChunkingConfig(Section):
         if self.tokenizer != "embedder":
             return self.tokenizer
         embedder = self._embedder or "base"
+        if embedder == STATIC_EMBEDDER:  # no length limit of its own; its vocabulary is its teacher's
+            embedder = STATIC.source
         return DEFAULT_EMBEDDER if embedder in ("base", "trained") else embedder
 
     @model_validator(mode="after")
@@ -135,7 +137,8 @@ class HybridConfig(Section):
 
 
 class IndexConfig(Section):
-    embedder: str = Field("base", description="'base' (bundled all-MiniLM-L6-v2), 'trained' (base first, then "
+    embedder: str = Field("base", description="'base' (bundled all-MiniLM-L6-v2), 'static' (a static model distilled "
+                                               "from it: far faster on CPU, less accurate), 'trained' (base first, then "
                                                "re-indexed with train_retriever's model), 'bundled:NAME', a Hugging Face id or a path")
     table: str = "chunks"
     batch_size: int = Field(64, ge=1)
