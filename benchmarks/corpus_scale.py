@@ -17,7 +17,9 @@ What is measured, per tool: wall time of the whole command, start-up included (d
 CPU seconds of its process tree (docs per CPU second says more than docs/s on a machine shared with other
 work); the driver's peak RSS (its own VmHWM, and os.wait4's ru_maxrss as benchmarks/kill_resume.py reads it,
 which also covers the children the driver reaped); the peak RSS of its largest worker process (the process
-tree sampled every 0.5 s with psutil, each process's VmHWM read from /proc); exact copies found; near-duplicate
+tree sampled every 0.5 s with psutil, each process's VmHWM read from /proc; RSS includes the shared
+object-store pages a worker maps to read a block, so the largest private resident memory (RssAnon, sampled
+every 0.5 s) is printed beside it); exact copies found; near-duplicate
 recall (injected pairs with true J >= threshold + 0.05 that end up as duplicates of each other) and precision
 (flagged (duplicate, representative) pairs whose true Jaccard, computed from the two texts, is >=
 threshold - 0.05); recall per true-Jaccard bucket (the S-curve).
@@ -160,15 +162,15 @@ def load_texts(folder: Path) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------ measuring a command's process tree
-def _hwm_mb(pid: int) -> float | None:
-    """The process's own peak RSS so far (VmHWM), in MB; None once it is gone."""
+def _memory_mb(pid: int) -> tuple[float, float] | None:
+    """(peak RSS so far (VmHWM), private resident memory now (RssAnon)) in MB; None once it is gone. RSS
+    also counts the shared object-store pages a Ray worker maps to read a block (plasma is a shared-memory
+    file, so those pages are RssShmem); RssAnon is what the process itself holds."""
     try:
-        for line in open(f"/proc/{pid}/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
+        fields = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status") if ":" in line)
+        return int(fields["VmHWM"].split()[0]) / 1024, int(fields["RssAnon"].split()[0]) / 1024
+    except (OSError, KeyError, ValueError):
         return None
-    return None
 
 
 class TreeSampler(threading.Thread):
@@ -180,6 +182,7 @@ class TreeSampler(threading.Thread):
         super().__init__(daemon=True)
         self.pid, self.stop, self.cpu = pid, threading.Event(), {}
         self.peaks, self.names, self.peak_names = {}, {}, {}  # pid -> MB; its command line; that when it peaked
+        self.private = {}  # pid -> (largest RssAnon sampled, MB; its command line then)
         try:
             import psutil
 
@@ -212,15 +215,23 @@ class TreeSampler(threading.Thread):
                     except self.psutil.Error:
                         pass
             for pid in pids:
-                mb = _hwm_mb(pid)
-                if mb is not None and mb > self.peaks.get(pid, 0):
-                    self.peaks[pid], self.peak_names[pid] = mb, self.names.get(pid)  # a Ray worker's title changes
+                mem = _memory_mb(pid)
+                if mem is None:
+                    continue
+                if mem[0] > self.peaks.get(pid, 0):
+                    self.peaks[pid], self.peak_names[pid] = mem[0], self.names.get(pid)  # a Ray worker's title changes
+                if mem[1] > self.private.get(pid, (0, None))[0]:
+                    self.private[pid] = (mem[1], self.names.get(pid))
             self.stop.wait(0.5)
 
     def largest(self, is_worker) -> tuple[float, str]:
         workers = [(mb, self.peak_names[pid]) for pid, mb in self.peaks.items() if self.peak_names.get(pid)
                    and is_worker(self.peak_names[pid])]
         return max(workers, default=(float("nan"), "psutil missing" if self.psutil is None else "none seen"))
+
+    def largest_private(self, is_worker) -> tuple[float, str]:
+        workers = [(mb, name) for pid, (mb, name) in self.private.items() if name and is_worker(name)]
+        return max(workers, default=(float("nan"), "none seen"))
 
 
 def measure(command: list[str], env: dict, log: Path, is_worker) -> dict:
@@ -238,9 +249,11 @@ def measure(command: list[str], env: dict, log: Path, is_worker) -> dict:
     if rc != 0:
         sys.exit(f"{' '.join(command[1:4])} failed ({rc}); the end of {log}:\n" + "".join(open(log).readlines()[-30:]))
     worker_mb, worker = sampler.largest(is_worker)
+    private_mb, private_worker = sampler.largest_private(is_worker)
     # wait4's ru_maxrss also covers the children the driver reaped (an embedded Ray's raylet and GCS)
     return {"seconds": seconds, "wait4_mb": usage.ru_maxrss / 1024, "driver_mb": sampler.peaks.get(proc.pid),
-            "worker_mb": worker_mb, "worker": worker, "cpu_seconds": sum(sampler.cpu.values()) or None}
+            "worker_mb": worker_mb, "worker": worker, "private_mb": private_mb, "private_worker": private_worker,
+            "cpu_seconds": sum(sampler.cpu.values()) or None}
 
 
 # ------------------------------------------------------------------ ragworks: the corpus stage through the CLI
@@ -369,8 +382,10 @@ def report(results: dict[str, dict], truth: dict, n: int, bands: int, rows: int)
                                                    f"{r['score']['flagged']} low)" for r in runs]),
         ("driver peak RSS MB (VmHWM)", [f"{r['driver_mb']:.0f}" if r["driver_mb"] else "-" for r in runs]),
         ("  wait4 ru_maxrss MB", [f"{r['wait4_mb']:.0f}" for r in runs]),
-        ("largest worker peak MB", [f"{r['worker_mb']:.0f}" for r in runs]),
+        ("largest worker peak RSS MB", [f"{r['worker_mb']:.0f}" for r in runs]),
         ("  that worker", [r["worker"][:34] for r in runs]),
+        ("largest worker private MB", [f"{r['private_mb']:.0f}" for r in runs]),
+        ("  that worker", [r["private_worker"][:34] for r in runs]),
     ]
     widths = [max(len(name), *(len(cells[i]) for _, cells in table)) + 2 for i, name in enumerate(names)]
     print("\n" + " " * 28 + "".join(f"{x:>{w}}" for x, w in zip(names, widths)))

@@ -44,31 +44,48 @@ class Chunk:
         self.cfg = cfg
         self.tok = AutoTokenizer.from_pretrained(resolve_model(tokenizer))
         self.tok.model_max_length = 1 << 30  # we count tokens of whole documents, never feed them to a model
+        self.backend = None
+        if self.tok.is_fast:  # a copy: a tokenizer.json may carry padding and truncation the wrapper resets per call
+            from tokenizers import Tokenizer
+
+            self.backend = Tokenizer.from_str(self.tok.backend_tokenizer.to_str())
+            self.backend.no_padding()
+            self.backend.no_truncation()
 
     def split_batch(self, titles: list[str | None], texts: list[str]) -> list[list[tuple[str, int]]]:
-        """One tokenizer call for a whole block (a call per row costs more than the tokenizing)."""
+        """One tokenizer call for a whole batch (a call per row costs more than the tokenizing). A fast
+        tokenizer's own encodings are read directly: the Python lists of every token's ids and offsets that
+        `tok(...)` builds cost as much as the tokenizing, and a document that fits needs only its length."""
         if not texts:
             return []
         prefixes = [f"{t}\n" if (self.cfg.title and t) else "" for t in titles]
-        prefix_tokens = [len(ids) for ids in self.tok(prefixes, add_special_tokens=False)["input_ids"]]
-        enc = self.tok(texts, add_special_tokens=False, return_offsets_mapping=True)
-        return [self._windows(p, n, text, enc["offset_mapping"][i], lambda i=i: enc.word_ids(i))
-                for i, (p, n, text) in enumerate(zip(prefixes, prefix_tokens, texts))]
+        backend = self.backend
+        if backend is not None:
+            prefix_tokens = [len(e) for e in backend.encode_batch(prefixes, add_special_tokens=False)]
+            encs = backend.encode_batch(texts, add_special_tokens=False)
+            offsets, word_ids = (lambda i: encs[i].offsets), (lambda i: encs[i].word_ids)
+            lengths = [len(e) for e in encs]
+        else:
+            prefix_tokens = [len(ids) for ids in self.tok(prefixes, add_special_tokens=False)["input_ids"]]
+            enc = self.tok(texts, add_special_tokens=False, return_offsets_mapping=True)
+            offsets, word_ids = (lambda i: enc["offset_mapping"][i]), enc.word_ids
+            lengths = [len(o) for o in enc["offset_mapping"]]
+        return [self._windows(p, n_p, text, n, lambda i=i: offsets(i), lambda i=i: word_ids(i))
+                for i, (p, n_p, text, n) in enumerate(zip(prefixes, prefix_tokens, texts, lengths))]
 
     def split(self, title: str | None, text: str) -> list[tuple[str, int]]:
         return self.split_batch([title], [text])[0]
 
-    def _windows(self, prefix: str, prefix_tokens: int, text: str, offsets: list, word_ids) -> list[tuple[str, int]]:
-        n = len(offsets)
+    def _windows(self, prefix: str, prefix_tokens: int, text: str, n: int, offsets, word_ids) -> list[tuple[str, int]]:
         if self.cfg.max_tokens is None:
             return [(prefix + text, prefix_tokens + n)]
         budget = max(self.cfg.max_tokens - prefix_tokens, self.cfg.max_tokens // 2)
+        at = offsets()
+        if n <= budget:  # the span the tokens cover, as for a longer document's windows
+            return [(prefix + (text[at[0][0]: at[-1][1]] if n else text), prefix_tokens + n)]
         overlap = min(self.cfg.overlap, budget - 1)
-        out = []
-        for start, end in token_windows(word_ids(), n, budget, overlap):
-            body = text[offsets[start][0] : offsets[end - 1][1]] if n else text
-            out.append((prefix + body, prefix_tokens + (end - start)))
-        return out
+        return [(prefix + text[at[start][0]: at[end - 1][1]], prefix_tokens + (end - start))
+                for start, end in token_windows(word_ids(), n, budget, overlap)]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         out = []

@@ -20,10 +20,13 @@ from ..runtime import actor_pool
 from ..storage import Folder
 from . import CorpusOutputs
 from .chunking import Chunk
-from .dedup import add_positions, deduplicate
+from .dedup import KEYS_BATCH, add_positions, deduplicate
 from .normalize import normalize_batch
 from .readers import read_source, source_files
 
+# documents per chunker call: a whole block (Ray's default) can hold 100k+ documents, and their
+# tokenizations at once took a 1M-document run's chunker actor past 3 GB
+CHUNK_BATCH = 512
 OUTPUTS = {"chunk": "chunks", "duplicate": "duplicates", "reject": "rejects"}
 
 
@@ -37,7 +40,8 @@ def run(cfg: CorpusConfig, ctx) -> CorpusOutputs:
 
     files = {path: i for i, path in enumerate(source_files(cfg.source))}
     ds = read_source(cfg.source)
-    ds = ds.map_batches(normalize_batch, fn_kwargs={"cfg": cfg.normalize}, batch_format="pyarrow")
+    ds = ds.map_batches(normalize_batch, fn_kwargs={"cfg": cfg.normalize}, batch_size=KEYS_BATCH,
+                        batch_format="pyarrow")
     ds = ds.map_batches(add_positions, fn_kwargs={"files": files}, batch_format="pyarrow")
     if cfg.source.limit:
         ds = first_rows(ds, cfg.source.limit, ["pos"])
@@ -46,7 +50,7 @@ def run(cfg: CorpusConfig, ctx) -> CorpusOutputs:
     ctx.console.print(f"dedup: {plan['documents']:,} documents, "
                       + ("in one task" if plan["partitions"] == 1 else f"{plan['partitions']} hash partitions"))
     ds = ds.map_batches(Chunk, fn_constructor_args=(cfg.chunking, cfg.chunking.tokenizer_model),
-                        batch_format="pyarrow", **actor_pool(cfg.concurrency, 0.5, resources=cfg.resources))
+                        batch_size=CHUNK_BATCH, batch_format="pyarrow", **actor_pool(cfg.concurrency, 0.5, resources=cfg.resources))
 
     parts = ctx.stage_dir / "_parts"
     ds.write_parquet(str(parts), partition_cols=["kind"])

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 _WORD = re.compile(r"\w+")
 POS_STRIDE = 1 << 40  # pos = file index * POS_STRIDE + line: the order key "earliest copy" means
 SEED = 1  # MinHash permutations and band hashes: the same in every worker
+KEYS_BATCH = 4096  # documents per doc_keys call: every shingle of a whole block at once is GBs
 MAX_ITER = 50  # label propagation rounds; a component's diameter bounds what it needs
 DECISIONS = pa.schema([("pos", pa.int64()), ("d_kind", pa.string()), ("d_of", pa.string()),
                        ("d_reason", pa.string())])
@@ -244,24 +245,21 @@ def decide_in_one_task(cfg: DedupConfig, keys: pa.Table | None) -> pa.Table:
 
 
 # ------------------------------------------------------------------ partitioned passes
-def _first(fn):
-    def left(t: pa.Table, **kw) -> pa.Table:
-        return fn(t, **kw)[0]
-    return left
-
-
-def _second(fn):
-    def right(t: pa.Table, **kw) -> pa.Table:
-        return fn(t, **kw)[1]
-    return right
+def _both_sides(fn):
+    """One call of a rule per partition, its two outputs (kept keys, decisions) in one table: the columns
+    each lacks are null, and a decision is a row with `d_kind`."""
+    def both(t: pa.Table) -> pa.Table:
+        kept, decided = fn(t)
+        return pa.concat_tables([kept, decided], promote_options="default")
+    return both
 
 
 def _partitioned_split(keys, fn, key: str, partitions: int):
-    """(kept keys, decisions) of one keyed rule, each side its own pass over the shuffled partitions."""
-    shuffled = keys.repartition(partitions, keys=[key]).materialize()
-    kept = shuffled.map_batches(_first(fn), batch_size=None, batch_format="pyarrow").materialize()
-    decided = shuffled.map_batches(_second(fn), batch_size=None, batch_format="pyarrow")
-    return kept, decided
+    """(kept keys, decisions) of one keyed rule, from one pass over the partitions of a hash shuffle on `key`."""
+    columns = keys.columns()
+    both = per_key(keys, key, _both_sides(fn), partitions).materialize()
+    kept = both.filter(expr=col("d_kind").is_null()).select_columns(columns).materialize()
+    return kept, both.filter(expr=col("d_kind").is_not_null()).select_columns(DECISIONS.names)
 
 
 def _select(names: dict[str, str]):
@@ -365,7 +363,8 @@ def apply_decisions(batch: pa.Table, decisions=None) -> pa.Table:
 
 def deduplicate(docs: ray.data.Dataset, cfg: DedupConfig) -> tuple[ray.data.Dataset, dict]:
     """`docs` (rows with `pos`) with every repeated id rejected and every duplicate marked; and what ran where."""
-    keys = docs.map_batches(doc_keys, fn_kwargs={"cfg": cfg}, batch_format="pyarrow").materialize()
+    keys = docs.map_batches(doc_keys, fn_kwargs={"cfg": cfg}, batch_size=KEYS_BATCH, batch_format="pyarrow") \
+        .materialize()
     n = keys.count()
     partitions = cfg.partitions or max(int(ray.cluster_resources().get("CPU", 1)), -(-n // 100_000))
     if n <= cfg.max_rows_in_one_task:
