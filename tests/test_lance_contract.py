@@ -53,7 +53,7 @@ def test_parallel_fragment_write_commits_once_and_lancedb_indexes_and_searches_i
     from ragworks.index.search import Searcher
 
     cfg = IndexConfig(ann={"min_rows": 100, "num_partitions": 2})  # the stage's default ANN kind, small
-    table = write_table(str(tmp_path), "chunks", chunks(600, "w"))
+    table = write_table(str(tmp_path), "chunks", chunks(600, "w"), rows_per_write=100)
     assert table.count_rows() == 600
     assert lance.dataset(str(tmp_path / "chunks.lance")).version == 1  # one commit for all the fragments
     assert len(lance.dataset(str(tmp_path / "chunks.lance")).get_fragments()) >= 2  # written by several tasks

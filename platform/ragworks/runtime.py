@@ -30,16 +30,20 @@ def init_ray(cfg: RayConfig, address: str | None = None) -> None:
 
 
 def actor_pool(concurrency: tuple[int, int], num_cpus: float, num_gpus: float = 0.0,
-               resources: dict[str, float] | None = None) -> dict:
+               resources: dict[str, float] | None = None, start_all: bool = False) -> dict:
     """map_batches kwargs for an autoscaling actor pool: (min, max) actors, each with what it declares.
 
     Custom resources pin the actors to the nodes that advertise them; on an
     autoscaling cluster, a pending actor that needs them makes the autoscaler add such a node.
+    `start_all`: start `max` actors at once (then the pool may shrink to `min`), for a pool that is cheap to
+    start and has its whole input waiting: on a small machine Ray Data's resource allocator can keep an
+    operator at its first actor while upstream tasks hold CPU slots (one chunker of two at 1M documents).
     """
     from ray.data import ActorPoolStrategy
 
     lo, hi = concurrency
-    return {"compute": ActorPoolStrategy(min_size=lo, max_size=hi), "num_cpus": num_cpus,
+    return {"compute": ActorPoolStrategy(min_size=lo, max_size=hi, initial_size=hi if start_all else None),
+            "num_cpus": num_cpus,
             "num_gpus": num_gpus or None, "resources": dict(resources) if resources else None}
 
 

@@ -49,11 +49,15 @@ def run(cfg: CorpusConfig, ctx) -> CorpusOutputs:
     ds, plan = deduplicate(ds, cfg.dedup)
     ctx.console.print(f"dedup: {plan['documents']:,} documents, "
                       + ("in one task" if plan["partitions"] == 1 else f"{plan['partitions']} hash partitions"))
+    # Blocks of a few batches, so every chunker has blocks to take (a dozen 100k-document blocks kept one busy
+    # while the other core idled); the whole pool starts at once, its input is all waiting
+    ds = ds.repartition(target_num_rows_per_block=CHUNK_BATCH * 8)
     ds = ds.map_batches(Chunk, fn_constructor_args=(cfg.chunking, cfg.chunking.tokenizer_model),
-                        batch_size=CHUNK_BATCH, batch_format="pyarrow", **actor_pool(cfg.concurrency, 0.5, resources=cfg.resources))
+                        batch_size=CHUNK_BATCH, batch_format="pyarrow",
+                        **actor_pool(cfg.concurrency, 0.5, resources=cfg.resources, start_all=True))
 
     parts = ctx.stage_dir / "_parts"
-    ds.write_parquet(str(parts), partition_cols=["kind"])
+    ds.write_parquet(str(parts), partition_cols=["kind"], ray_remote_args={"num_cpus": 0.25})  # I/O, not CPU
     outputs = {}
     for kind, name in OUTPUTS.items():
         target = ctx.stage_dir / name

@@ -42,6 +42,9 @@ POS_STRIDE = 1 << 40  # pos = file index * POS_STRIDE + line: the order key "ear
 SEED = 1  # MinHash permutations and band hashes: the same in every worker
 KEYS_BATCH = 4096  # documents per doc_keys call: every shingle of a whole block at once is GBs
 MAX_ITER = 50  # label propagation rounds; a component's diameter bounds what it needs
+# apply_decisions is a join per block: a whole CPU slot held by a task that waits on the chunkers downstream
+# (backpressure) left a 1M-document run's second chunker no CPU to start on
+LIGHT = {"batch_format": "pyarrow", "num_cpus": 0.25}
 DECISIONS = pa.schema([("pos", pa.int64()), ("d_kind", pa.string()), ("d_of", pa.string()),
                        ("d_reason", pa.string())])
 
@@ -369,17 +372,17 @@ def deduplicate(docs: ray.data.Dataset, cfg: DedupConfig) -> tuple[ray.data.Data
     partitions = cfg.partitions or max(int(ray.cluster_resources().get("CPU", 1)), -(-n // 100_000))
     if n <= cfg.max_rows_in_one_task:
         decisions = _in_one_task(decide_in_one_task, keys.to_arrow_refs(), cfg)
-        return docs.map_batches(apply_decisions, fn_kwargs={"decisions": decisions}, batch_format="pyarrow"), \
+        return docs.map_batches(apply_decisions, fn_kwargs={"decisions": decisions}, **LIGHT), \
             {"documents": n, "partitions": 1}
     decided = decide_partitioned(keys, cfg, partitions)
     table = decided[0].union(*decided[1:]) if len(decided) > 1 else decided[0]
     table = table.materialize()
     if table.count() <= cfg.max_rows_in_one_task:
         ref = _in_one_task(_or_empty, table.to_arrow_refs())
-        joined = docs.map_batches(apply_decisions, fn_kwargs={"decisions": ref}, batch_format="pyarrow")
+        joined = docs.map_batches(apply_decisions, fn_kwargs={"decisions": ref}, **LIGHT)
     else:
         joined = docs.join(table, "left_outer", partitions, on=("pos",)) \
-            .map_batches(apply_decisions, batch_format="pyarrow")
+            .map_batches(apply_decisions, **LIGHT)
     return joined, {"documents": n, "partitions": partitions}
 
 

@@ -23,10 +23,11 @@ def ann_config(cfg: IndexConfig):
     return kinds[cfg.ann.index_type](distance_type=cfg.metric, num_partitions=cfg.ann.num_partitions)
 
 
-def write_table(db_dir: str, name: str, ds: ray.data.Dataset):
+def write_table(db_dir: str, name: str, ds: ray.data.Dataset, rows_per_write: int = 65_536):
     """The embedded blocks as one LanceDB table, written by the workers that hold them and committed once
-    (`LanceFragments`): the driver never holds a vector, however large the corpus."""
-    sink = LanceFragments(f"{db_dir}/{name}.lance")
+    (`LanceFragments`, a fragment per `rows_per_write` rows): the driver never holds a vector, however large
+    the corpus."""
+    sink = LanceFragments(f"{db_dir}/{name}.lance", rows_per_write)
     ds.write_datasink(sink, ray_remote_args={"num_cpus": 0.25})
     if not sink.rows:
         raise StageError("the corpus stage produced no chunks to index")

@@ -23,9 +23,16 @@ class LanceFragments(Datasink):
     """`ds.write_datasink(LanceFragments(uri))` writes `uri` (a `NAME.lance` folder that `lancedb.connect` of its
     parent opens as table NAME), replacing what was there; `rows` holds the count after the commit."""
 
-    def __init__(self, uri: str):
+    def __init__(self, uri: str, rows_per_write: int = 65_536):
         self.uri = uri
         self.rows = 0
+        self.rows_per_write = rows_per_write
+
+    @property
+    def min_rows_per_write(self) -> int:
+        """Ray bundles blocks up to this many rows per `write`: one write task and one Lance fragment per small
+        embedding block would mean hundreds of tasks and a table of tiny fragments (Lance reads large ones faster)."""
+        return self.rows_per_write
 
     def write(self, blocks: Iterable[Block], ctx) -> bytes | None:
         import lance
