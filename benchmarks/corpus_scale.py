@@ -234,13 +234,16 @@ class TreeSampler(threading.Thread):
         return max(workers, default=(float("nan"), "none seen"))
 
 
-def measure(command: list[str], env: dict, log: Path, is_worker) -> dict:
-    """Run `command`, its output to `log`; wall seconds, exit status, driver and largest-worker peak RSS."""
+def measure(command: list[str], env: dict, log: Path, is_worker, during=None) -> dict:
+    """Run `command`, its output to `log`; wall seconds, exit status, driver and largest-worker peak RSS.
+    `during(proc)`, if given, runs in a thread beside it (the cluster mode's node kill)."""
     with open(log, "w") as out:
         started = time.perf_counter()
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=log.parent)
         sampler = TreeSampler(proc.pid)
         sampler.start()
+        if during is not None:
+            threading.Thread(target=during, args=(proc,), daemon=True).start()
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - started
     sampler.stop.set()
@@ -257,9 +260,11 @@ def measure(command: list[str], env: dict, log: Path, is_worker) -> dict:
 
 
 # ------------------------------------------------------------------ ragworks: the corpus stage through the CLI
-def run_ragworks(platform: Path, input_dir: Path, workdir: Path, banding: dict | None = None) -> dict:
-    """`ragworks run` of a spec with only a corpus section, on the embedded local Ray; PYTHONPATH picks
-    which ragworks (this checkout's platform/, or a baseline's)."""
+def run_ragworks(platform: Path, input_dir: Path, workdir: Path, banding: dict | None = None,
+                 dedup: dict | None = None, submit: str | None = None, during=None) -> dict:
+    """`ragworks run` of a spec with only a corpus section, on the embedded local Ray (or `ragworks submit
+    --follow` to the cluster at `submit`); PYTHONPATH picks which ragworks (this checkout's platform/, or a
+    baseline's). `dedup`: more dedup settings (the cluster mode's max_rows_in_one_task)."""
     import yaml
 
     shutil.rmtree(workdir, ignore_errors=True)
@@ -270,20 +275,81 @@ def run_ragworks(platform: Path, input_dir: Path, workdir: Path, banding: dict |
             **(banding or {})}
     spec = {"name": "corpus-scale",
             "corpus": {"source": {"format": "jsonl", "path": str(input_dir), "id_field": "id"},
-                       "dedup": {"exact": True, "near": near},
+                       "dedup": {"exact": True, "near": near, **(dedup or {})},
                        "chunking": {"max_tokens": None}}}  # one chunk per document: the dedup is what is measured
     (workdir / "job.yaml").write_text(yaml.safe_dump(spec))
     env = {**ENV, "PYTHONPATH": os.pathsep.join([str(platform), ENV.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     command = [sys.executable, "-m", "ragworks.cli", "run", str(workdir / "job.yaml"), "--workdir", str(workdir)]
-    result = measure(command, env, workdir / "ragworks.log", is_worker=lambda name: name.startswith("ray::"))
+    if submit:
+        command[3:5] = ["submit", str(workdir / "job.yaml"), "--address", submit, "--follow"]
+    result = measure(command, env, workdir / "ragworks.log", is_worker=lambda name: name.startswith("ray::"),
+                     during=during)
 
     import pyarrow.dataset as pds
 
     stage = workdir / "corpus"
     dups = pds.dataset(stage / "duplicates", format="parquet").to_table(columns=["doc_id", "duplicate_of"])
     result["flagged"] = dict(zip(dups["doc_id"].to_pylist(), dups["duplicate_of"].to_pylist()))
-    result["stage_seconds"] = json.loads((stage / "manifest.json").read_text())["seconds"]
+    manifest = json.loads((stage / "manifest.json").read_text())
+    result["stage_seconds"], result["counts"] = manifest["seconds"], manifest["outputs"]["counts"]
     return result
+
+
+# ------------------------------------------------------------------ the same stage on a 3-node cluster, a node killed
+DASHBOARD = "http://127.0.0.1:8265"
+
+
+def worker_raylets(number: int) -> list:
+    """The raylet of cluster/local.sh's worker `number` (its own --temp-dir): killing it takes the node down."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        argv = " ".join(proc.info["cmdline"] or [])
+        if "raylet" in (proc.info["name"] or "") and f"/tmp/ray-worker-{number}" in argv:
+            found.append(proc)
+    return found
+
+
+def run_on_cluster(input_dir: Path, workdir: Path, banding: dict, dedup: dict, kill_after: float) -> dict:
+    """The corpus stage submitted to cluster/local.sh's 3 nodes; `kill_after` seconds in, worker node 1's raylet
+    is SIGKILLed (its workers, its actors and the object-store blocks it held go with it)."""
+    env = {**ENV, "RAY_AUTH_MODE": "token"}
+    subprocess.run(["bash", str(ROOT / "cluster" / "local.sh"), "down"], env=env, capture_output=True)
+    up = subprocess.run(["bash", str(ROOT / "cluster" / "local.sh"), "up"], env=env, capture_output=True, text=True)
+    if up.returncode != 0:
+        sys.exit("cluster/local.sh up failed:\n" + up.stdout + up.stderr)
+    killed = {}
+
+    def kill(proc: subprocess.Popen) -> None:
+        time.sleep(kill_after)
+        victims = worker_raylets(1)
+        killed["running"] = proc.poll() is None  # the job had not finished when the node died
+        for v in victims:
+            v.kill()
+        killed["raylets"] = len(victims)
+        print(f"  killed worker node 1 ({len(victims)} raylet) {kill_after:.0f} s in; job still running: "
+              f"{killed['running']}", flush=True)
+
+    try:
+        result = run_ragworks(ROOT / "platform", input_dir, workdir, banding, dedup, submit=DASHBOARD, during=kill)
+    finally:
+        subprocess.run(["bash", str(ROOT / "cluster" / "local.sh"), "down"], env=env, capture_output=True)
+    result["killed"] = killed
+    return result
+
+
+def check_cluster(one: dict, cluster: dict, n: int) -> None:
+    """Must-show 2 of issue 18: the job finished after the kill, nothing lost, the same duplicates."""
+    c = cluster["counts"]
+    balanced = c["input_records"] == c["documents"] + c["duplicates"] + c["rejects"] == n
+    same = cluster["flagged"] == one["flagged"]
+    diff = set(cluster["flagged"].items()) ^ set(one["flagged"].items())
+    print(f"\ncluster run, worker node 1 killed {'mid-stage' if cluster['killed'].get('running') else 'AFTER the job ended'}"
+          f" ({cluster['killed'].get('raylets', 0)} raylet): counts {c}")
+    print(f"  input = documents + duplicates + rejects = {n:,}: {'yes' if balanced else 'NO'}")
+    print(f"  duplicates (doc -> kept doc) the same as on one node: {'yes' if same else 'NO'} "
+          f"({len(cluster['flagged']):,} vs {len(one['flagged']):,}; {len(diff)} pairs differ)")
 
 
 # ------------------------------------------------------------------ datatrove: MinHash dedup, four steps
@@ -435,6 +501,13 @@ def main() -> None:
     ap.add_argument("--skip-ragworks", action="store_true", help="skip this checkout's corpus stage")
     ap.add_argument("--baseline-commit", default="99f6764", metavar="REV",
                     help="also run the corpus stage of this commit (today's single-actor dedup); '' to skip")
+    ap.add_argument("--cluster", action="store_true",
+                    help="also submit the corpus stage to cluster/local.sh's 3 nodes and kill a worker node "
+                    "mid-stage; check nothing is lost and the duplicates equal the one-node run's")
+    ap.add_argument("--kill-after", type=float, default=None, metavar="S",
+                    help="seconds into the cluster run to kill the node (default: 40%% of the one-node run)")
+    ap.add_argument("--max-rows-in-one-task", type=int, default=None, metavar="N",
+                    help="the corpus stage's dedup.max_rows_in_one_task, to force its partitioned path")
     ap.add_argument("--datatrove-child", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.datatrove_child:
@@ -459,8 +532,16 @@ def main() -> None:
     results = {}
     if not args.skip_ragworks:
         print("ragworks: this checkout's corpus stage ...", flush=True)
+        dedup = {"max_rows_in_one_task": args.max_rows_in_one_task} if args.max_rows_in_one_task else {}
+        banding = {"bands": args.bands, "rows": args.rows}
         results["ragworks (checkout)"] = run_ragworks(ROOT / "platform", data / "input", args.workdir / "ragworks",
-                                                      {"bands": args.bands, "rows": args.rows})
+                                                      banding, dedup)
+        if args.cluster:
+            kill_after = args.kill_after or 0.4 * results["ragworks (checkout)"]["seconds"]
+            print(f"ragworks: the same stage on cluster/local.sh's 3 nodes, worker node 1 killed at {kill_after:.0f} s ...",
+                  flush=True)
+            cluster = run_on_cluster(data / "input", args.workdir / "cluster", banding, dedup, kill_after)
+            results["ragworks (3 nodes, 1 killed)"] = cluster
     if args.baseline_commit:
         rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.baseline_commit],
                              capture_output=True, text=True, check=True).stdout.strip()
@@ -479,6 +560,8 @@ def main() -> None:
     for r in results.values():
         r["score"] = score(r["flagged"], truth, texts)
     report(results, truth, args.docs, args.bands, args.rows)
+    if args.cluster and not args.skip_ragworks:
+        check_cluster(results["ragworks (checkout)"], results["ragworks (3 nodes, 1 killed)"], args.docs)
 
 
 if __name__ == "__main__":

@@ -45,13 +45,14 @@ def run(cfg: CorpusConfig, ctx) -> CorpusOutputs:
     ds = ds.map_batches(add_positions, fn_kwargs={"files": files}, batch_format="pyarrow")
     if cfg.source.limit:
         ds = first_rows(ds, cfg.source.limit, ["pos"])
-    ds = ds.materialize()
+    # Blocks of a few chunker batches, made while nothing else holds a CPU: every chunker then has blocks to
+    # take (a dozen 100k-document blocks kept one busy while the other core idled); split later, next to the
+    # chunkers, the 1-CPU split task found no node with a whole CPU free on a 3-node cluster and hung
+    ds = ds.repartition(target_num_rows_per_block=CHUNK_BATCH * 8).materialize()
     ds, plan = deduplicate(ds, cfg.dedup)
     ctx.console.print(f"dedup: {plan['documents']:,} documents, "
                       + ("in one task" if plan["partitions"] == 1 else f"{plan['partitions']} hash partitions"))
-    # Blocks of a few batches, so every chunker has blocks to take (a dozen 100k-document blocks kept one busy
-    # while the other core idled); the whole pool starts at once, its input is all waiting
-    ds = ds.repartition(target_num_rows_per_block=CHUNK_BATCH * 8)
+    # the whole pool starts at once: its input is all waiting
     ds = ds.map_batches(Chunk, fn_constructor_args=(cfg.chunking, cfg.chunking.tokenizer_model),
                         batch_size=CHUNK_BATCH, batch_format="pyarrow",
                         **actor_pool(cfg.concurrency, 0.5, resources=cfg.resources, start_all=True))

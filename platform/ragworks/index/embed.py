@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from ..models import resolve_embedder
-from ..runtime import limit_torch_threads, torch_device
+from ..runtime import assigned_cpus, limit_torch_threads, torch_device
 
 
 def load_embedder(name: str, num_gpus: float = 0.0):
@@ -18,6 +19,7 @@ def load_embedder(name: str, num_gpus: float = 0.0):
     instead of ten seconds and 600 MB on 2 busy cores (sentence-transformers' import), and it embeds as fast."""
     path = resolve_embedder(name)
     if is_static(path):
+        os.environ["RAYON_NUM_THREADS"] = str(assigned_cpus())  # its tokenizer's threads; no torch to limit
         from model2vec import StaticModel
 
         return StaticModel.from_pretrained(path, quantize_to="float32")  # numpy averages float16 a third slower
@@ -42,8 +44,9 @@ class Embed:
     """Ray Data callable class: adds a `vector` column computed from `text`."""
 
     def __init__(self, model: str, batch_size: int, num_gpus: float = 0.0):
-        limit_torch_threads()
         self.model = load_embedder(model, num_gpus)
+        if not is_static(resolve_embedder(model)):  # importing torch for a static model costs seconds an actor
+            limit_torch_threads()
         self.batch_size = batch_size
 
     def __call__(self, batch: pa.Table) -> pa.Table:
