@@ -23,6 +23,7 @@ def load_embedder(name: str, num_gpus: float = 0.0):
         from model2vec import StaticModel
 
         return StaticModel.from_pretrained(path, quantize_to="float32")  # numpy averages float16 a third slower
+    limit_torch_threads()  # here, not in every caller: importing torch for a static model costs seconds an actor
     from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(path, device=torch_device(num_gpus))
@@ -45,8 +46,6 @@ class Embed:
 
     def __init__(self, model: str, batch_size: int, num_gpus: float = 0.0):
         self.model = load_embedder(model, num_gpus)
-        if not is_static(resolve_embedder(model)):  # importing torch for a static model costs seconds an actor
-            limit_torch_threads()
         self.batch_size = batch_size
 
     def __call__(self, batch: pa.Table) -> pa.Table:
