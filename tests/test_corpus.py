@@ -7,6 +7,7 @@ import pyarrow.parquet as pq
 from conftest import write_jsonl
 from rich.console import Console
 
+from ragworks.checkpoint import Checkpoints
 from ragworks.config import ChunkingConfig, parse_spec
 from ragworks.corpus.chunking import Chunk, token_windows
 from ragworks.runner import run_job
@@ -168,13 +169,37 @@ def _letters(rng, n: int) -> str:
     return " ".join("".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), size=rng.integers(3, 9))) for _ in range(n))
 
 
-def test_partitioned_dedup_decides_exactly_as_one_task(ray_local):
+class Crash(Exception):
+    pass
+
+
+class CrashAfter(Checkpoints):
+    """Checkpoints that record which passes ran, and stop the stage (as a lost driver would) after one."""
+
+    def __init__(self, folder, crash_after: str | None = None):
+        super().__init__(folder)
+        self.crash_after, self.ran = crash_after, []
+
+    def __call__(self, name, ds, schema):
+        if not self.done(name):
+            self.ran.append(name)
+        out = super().__call__(name, ds, schema)
+        if name == self.crash_after:
+            raise Crash(name)
+        return out
+
+
+def test_partitioned_dedup_decides_exactly_as_one_task(ray_local, tmp_path):
     """The hash-partitioned passes (label propagation included) and the one-task path reach the same
-    decisions on rows that arrive shuffled across blocks, and the earliest copy by (file, line) is kept."""
+    decisions on rows that arrive shuffled across blocks, and the earliest copy by (file, line) is kept.
+    The passes go through on-disk checkpoints: a run stopped after the exact-hash pass resumes with the
+    passes after it only, and decides the same."""
     import numpy as np
+    import pytest
     import ray
 
     from ragworks.config import DedupConfig
+    from ragworks.storage import Folder
     from ragworks.corpus.dedup import POS_STRIDE, deduplicate
     from ragworks.corpus.records import to_table
 
@@ -196,15 +221,19 @@ def test_partitioned_dedup_decides_exactly_as_one_task(ray_local):
     table = table.append_column("pos", pa.array(pos, pa.int64())).take(pa.array(rng.permutation(len(rows))))
     ds = ray.data.from_arrow([table.slice(i, 20) for i in range(0, table.num_rows, 20)])
 
-    def decide(max_rows: int) -> dict:
+    def decide(max_rows: int, keep=None) -> dict:
         cfg = DedupConfig(near={"enabled": True}, max_rows_in_one_task=max_rows, partitions=3)
-        out, plan = deduplicate(ds, cfg)
+        out, plan = deduplicate(ds, cfg, *([keep] if keep else []))
         got = {(r["doc_id"], r["line"]): (r["kind"], r["duplicate_of"], r["reason"])
                for r in out.take_all() if r["kind"] != "doc"}
         return got, plan
 
     one, plan1 = decide(10**6)
-    part, plan2 = decide(0)
+    with pytest.raises(Crash):
+        decide(0, CrashAfter(Folder(tmp_path / "ck"), crash_after="exact"))
+    resumed = CrashAfter(Folder(tmp_path / "ck"))
+    part, plan2 = decide(0, resumed)
+    assert resumed.ran == ["edges", "symmetric"] + [f"labels-{i}" for i in range(len(resumed.ran) - 3)] + ["decisions"]
     assert (plan1["partitions"], plan2["partitions"]) == (1, 3)
     assert one == part
     assert one == {

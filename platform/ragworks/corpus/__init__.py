@@ -14,6 +14,7 @@ class CorpusOutputs(Outputs):
 
 STAGES = (
     StageDef("corpus", CorpusConfig, "ragworks.corpus.corpus:run", CorpusOutputs,
-             external="ragworks.corpus.corpus:external_inputs", work=("chunks", "chunks"),
-             help="read, normalise, dedup (exact + MinHash) and chunk the source; rejects kept aside"),
+             external="ragworks.corpus.corpus:external_inputs", work=("chunks", "chunks"), resumable=True,
+             help="read, normalise, dedup (exact + MinHash) and chunk the source; rejects kept aside; "
+                  "resumable (each dedup pass is kept on disk until the stage ends)"),
 )

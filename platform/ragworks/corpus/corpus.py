@@ -3,16 +3,20 @@
 Every input record ends as exactly one of: the chunks of a kept document, a
 duplicate, or a reject; so input = documents + duplicates + rejects, always.
 Dedup needs the whole corpus's keys before it can decide, so the normalised
-documents are materialised (in Ray's object store, spilled to disk when large)
-between the read and the chunking; nothing relies on the order rows arrive in.
+documents, and each dedup pass, are written to the stage folder (`_dedup`)
+between the read and the chunking: a lost node costs the pass it was in, and a
+re-run of a half-done stage starts at the first unfinished pass. Nothing relies
+on the order rows arrive in.
 """
 
 from __future__ import annotations
 
+import pyarrow as pa
 import ray
 from ray.data.expressions import col
 from rich.table import Table
 
+from ..checkpoint import WRITE_ARGS, Checkpoints
 from ..config import CorpusConfig
 from ..manifest import files_fingerprint
 from ..ordering import first_rows
@@ -23,11 +27,13 @@ from .chunking import Chunk
 from .dedup import KEYS_BATCH, add_positions, deduplicate
 from .normalize import normalize_batch
 from .readers import read_source, source_files
+from .records import SCHEMA
 
 # documents per chunker call: a whole block (Ray's default) can hold 100k+ documents, and their
 # tokenizations at once took a 1M-document run's chunker actor past 3 GB
 CHUNK_BATCH = 512
 OUTPUTS = {"chunk": "chunks", "duplicate": "duplicates", "reject": "rejects"}
+DOCUMENTS = SCHEMA.append(pa.field("pos", pa.int64()))
 
 
 def external_inputs(cfg: CorpusConfig) -> dict:
@@ -48,8 +54,9 @@ def run(cfg: CorpusConfig, ctx) -> CorpusOutputs:
     # Blocks of a few chunker batches, made while nothing else holds a CPU: every chunker then has blocks to
     # take (a dozen 100k-document blocks kept one busy while the other core idled); split later, next to the
     # chunkers, the 1-CPU split task found no node with a whole CPU free on a 3-node cluster and hung
-    ds = ds.repartition(target_num_rows_per_block=CHUNK_BATCH * 8).materialize()
-    ds, plan = deduplicate(ds, cfg.dedup)
+    keep = Checkpoints(ctx.stage_dir / "_dedup")
+    ds = keep("documents", ds.repartition(target_num_rows_per_block=CHUNK_BATCH * 8), DOCUMENTS)
+    ds, plan = deduplicate(ds, cfg.dedup, keep)
     ctx.console.print(f"dedup: {plan['documents']:,} documents, "
                       + ("in one task" if plan["partitions"] == 1 else f"{plan['partitions']} hash partitions"))
     # the whole pool starts at once: its input is all waiting
@@ -58,16 +65,19 @@ def run(cfg: CorpusConfig, ctx) -> CorpusOutputs:
                         **actor_pool(cfg.concurrency, 0.5, resources=cfg.resources, start_all=True))
 
     parts = ctx.stage_dir / "_parts"
-    ds.write_parquet(str(parts), partition_cols=["kind"], ray_remote_args={"num_cpus": 0.25})  # I/O, not CPU
+    parts.remove()  # a resumed run's half-written output
+    ds.write_parquet(str(parts), partition_cols=["kind"], ray_remote_args=WRITE_ARGS)
     outputs = {}
     for kind, name in OUTPUTS.items():
         target = ctx.stage_dir / name
+        target.remove()
         if (parts / f"kind={kind}").exists():
             (parts / f"kind={kind}").move_to(target)
         else:
             target.mkdir()
         outputs[name] = str(target)
     parts.remove()
+    keep.remove()
 
     counts = count_outputs(outputs)
     print_counts(ctx.console, counts, outputs["rejects"])

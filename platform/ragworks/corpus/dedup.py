@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 import ray
 from ray.data.expressions import col
 
+from ..checkpoint import Checkpoints
 from ..config import DedupConfig, NearDedupConfig
 from ..ordering import first_of_key, per_key
 
@@ -47,6 +48,9 @@ MAX_ITER = 50  # label propagation rounds; a component's diameter bounds what it
 LIGHT = {"batch_format": "pyarrow", "num_cpus": 0.25}
 DECISIONS = pa.schema([("pos", pa.int64()), ("d_kind", pa.string()), ("d_of", pa.string()),
                        ("d_reason", pa.string())])
+EDGES = pa.schema([("u", pa.int64()), ("u_id", pa.string()), ("v", pa.int64()), ("v_id", pa.string())])
+SYMMETRIC = pa.schema([("a", pa.int64()), ("b", pa.int64())])
+LABELS = pa.schema([("node", pa.int64()), ("label", pa.int64())])
 
 
 # ------------------------------------------------------------------ keys
@@ -106,6 +110,13 @@ def signatures(texts: list[str], near: NearDedupConfig) -> pa.Array:
     sets = [shingles(t, near.shingle_words) for t in texts]
     rows = RMinHash.digest_matrix_from_token_sets(sets, num_perm=near.num_perm, seed=SEED).to_rows() if sets else []
     return _as_fixed_binary(np.asarray(rows, dtype=np.uint32).reshape(len(sets), near.num_perm))
+
+
+def key_schema(cfg: DedupConfig) -> pa.Schema:
+    fields = [("pos", pa.int64()), ("doc_id", pa.string())]
+    fields += [("chash", pa.binary(20))] if cfg.exact else []
+    fields += [("sig", pa.binary(4 * cfg.near.num_perm))] if cfg.near.enabled else []
+    return pa.schema(fields)
 
 
 def doc_keys(batch: pa.Table, cfg: DedupConfig) -> pa.Table:
@@ -257,11 +268,11 @@ def _both_sides(fn):
     return both
 
 
-def _partitioned_split(keys, fn, key: str, partitions: int):
+def _partitioned_split(keys, fn, key: str, partitions: int, keep: Checkpoints, name: str, schema: pa.Schema):
     """(kept keys, decisions) of one keyed rule, from one pass over the partitions of a hash shuffle on `key`."""
-    columns = keys.columns()
-    both = per_key(keys, key, _both_sides(fn), partitions).materialize()
-    kept = both.filter(expr=col("d_kind").is_null()).select_columns(columns).materialize()
+    both = keep(name, per_key(keys, key, _both_sides(fn), partitions),
+                pa.unify_schemas([schema, DECISIONS]))
+    kept = both.filter(expr=col("d_kind").is_null()).select_columns(schema.names)
     return kept, both.filter(expr=col("d_kind").is_not_null()).select_columns(DECISIONS.names)
 
 
@@ -291,18 +302,19 @@ def _min_label(t: pa.Table) -> pa.Table:
     return pa.table({"node": t["node"], "label": t["min(label)"]})
 
 
-def components_partitioned(edges, keys, partitions: int):
+def components_partitioned(edges, keys, partitions: int, keep: Checkpoints):
     """Min-label propagation (connected components by repeated neighbour minima, as in Hash-Min, Rastogi et
     al. 2013): each round one join of edges with labels and one group-by; it stops when no label falls."""
-    sym = edges.map_batches(_both_directions, batch_format="pyarrow").materialize()
+    sym = keep("symmetric", edges.map_batches(_both_directions, batch_format="pyarrow"), SYMMETRIC)
     own = sym.map_batches(lambda t: pa.table({"node": t["a"], "label": t["a"]}), batch_format="pyarrow")
-    labels = own.union(sym.map_batches(lambda t: pa.table({"node": t["a"], "label": t["b"]}), batch_format="pyarrow")) \
-        .groupby("node").min("label").map_batches(_min_label, batch_format="pyarrow").materialize()
+    labels = keep("labels-0", own.union(sym.map_batches(lambda t: pa.table({"node": t["a"], "label": t["b"]}),
+                                                        batch_format="pyarrow"))
+                  .groupby("node").min("label").map_batches(_min_label, batch_format="pyarrow"), LABELS)
     for rounds in range(1, MAX_ITER + 1):
         heard = sym.join(labels, "inner", partitions, on=("a",), right_on=("node",)) \
             .map_batches(lambda t: pa.table({"node": t["b"], "label": t["label"]}), batch_format="pyarrow")
-        new = heard.union(labels).groupby("node").min("label").map_batches(_min_label, batch_format="pyarrow") \
-            .materialize()
+        new = keep(f"labels-{rounds}", heard.union(labels).groupby("node").min("label")
+                   .map_batches(_min_label, batch_format="pyarrow"), LABELS)
         changed = new.join(labels, "inner", partitions, on=("node",), left_suffix="_new", right_suffix="_old") \
             .filter(expr=col("label_new") != col("label_old")).count()
         labels = new
@@ -318,11 +330,12 @@ def components_partitioned(edges, keys, partitions: int):
                              batch_format="pyarrow")
 
 
-def decide_partitioned(keys, cfg: DedupConfig, partitions: int) -> list:
-    keys, rejects = _partitioned_split(keys, split_repeated_ids, "doc_id", partitions)
+def decide_partitioned(keys, cfg: DedupConfig, partitions: int, keep: Checkpoints) -> list:
+    schema = key_schema(cfg)
+    keys, rejects = _partitioned_split(keys, split_repeated_ids, "doc_id", partitions, keep, "ids", schema)
     decided = [rejects]
     if cfg.exact:
-        keys, dups = _partitioned_split(keys, split_exact, "chash", partitions)
+        keys, dups = _partitioned_split(keys, split_exact, "chash", partitions, keep, "exact", schema)
         decided.append(dups)
     if cfg.near.enabled:
         edges = per_key(keys.map_batches(band_rows, fn_kwargs={"near": cfg.near}, batch_format="pyarrow"),
@@ -330,11 +343,11 @@ def decide_partitioned(keys, cfg: DedupConfig, partitions: int) -> list:
         edges = per_key(edges.map_batches(with_pair_key, batch_format="pyarrow"), "pair", unique_edges, partitions)
         if cfg.near.verify:
             edges = verify_partitioned(edges, keys, cfg.near, partitions)
-        edges = edges.materialize()
+        edges = keep("edges", edges, EDGES)
         if edges.count() <= cfg.max_rows_in_one_task:
             decided.append(ray.data.from_arrow_refs([_in_one_task(components_local, edges.to_arrow_refs())]))
         else:
-            decided.append(components_partitioned(edges, keys, partitions))
+            decided.append(components_partitioned(edges, keys, partitions, keep))
     return decided
 
 
@@ -344,8 +357,11 @@ def _run_in_one_task(fn, args, *blocks):
 
 
 def _in_one_task(fn, refs, *args) -> ray.ObjectRef:
-    """fn(*args, the blocks as one table) in one Ray task; the driver only passes references."""
-    return _run_in_one_task.remote(fn, args, *refs)
+    """fn(*args, the blocks as one table) in one Ray task; the driver only passes references. Waited for:
+    started beside the chunkers' actor pool, the whole-CPU task could find no node with a CPU free."""
+    ref = _run_in_one_task.remote(fn, args, *refs)
+    ray.wait([ref], fetch_local=False)
+    return ref
 
 
 # ------------------------------------------------------------------ the stage's entry point
@@ -364,19 +380,20 @@ def apply_decisions(batch: pa.Table, decisions=None) -> pa.Table:
     return out.drop_columns(["d_kind", "d_of", "d_reason"])
 
 
-def deduplicate(docs: ray.data.Dataset, cfg: DedupConfig) -> tuple[ray.data.Dataset, dict]:
-    """`docs` (rows with `pos`) with every repeated id rejected and every duplicate marked; and what ran where."""
-    keys = docs.map_batches(doc_keys, fn_kwargs={"cfg": cfg}, batch_size=KEYS_BATCH, batch_format="pyarrow") \
-        .materialize()
+def deduplicate(docs: ray.data.Dataset, cfg: DedupConfig,
+                keep: Checkpoints = Checkpoints(None)) -> tuple[ray.data.Dataset, dict]:
+    """`docs` (rows with `pos`) with every repeated id rejected and every duplicate marked; and what ran where.
+    Each pass's output goes through `keep` (written to the stage folder, by the stage)."""
+    keys = keep("keys", docs.map_batches(doc_keys, fn_kwargs={"cfg": cfg}, batch_size=KEYS_BATCH,
+                                         batch_format="pyarrow"), key_schema(cfg))
     n = keys.count()
     partitions = cfg.partitions or max(int(ray.cluster_resources().get("CPU", 1)), -(-n // 100_000))
     if n <= cfg.max_rows_in_one_task:
         decisions = _in_one_task(decide_in_one_task, keys.to_arrow_refs(), cfg)
         return docs.map_batches(apply_decisions, fn_kwargs={"decisions": decisions}, **LIGHT), \
             {"documents": n, "partitions": 1}
-    decided = decide_partitioned(keys, cfg, partitions)
-    table = decided[0].union(*decided[1:]) if len(decided) > 1 else decided[0]
-    table = table.materialize()
+    decided = decide_partitioned(keys, cfg, partitions, keep)
+    table = keep("decisions", decided[0].union(*decided[1:]) if len(decided) > 1 else decided[0], DECISIONS)
     if table.count() <= cfg.max_rows_in_one_task:
         ref = _in_one_task(_or_empty, table.to_arrow_refs())
         joined = docs.map_batches(apply_decisions, fn_kwargs={"decisions": ref}, **LIGHT)
