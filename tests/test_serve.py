@@ -103,6 +103,13 @@ def test_health_auth_and_validation(served):
         assert r.status_code == 422, bad
     r = httpx.post(f"{url}/v1/search", json={"query": "lava " * 2000}, headers=AUTH)
     assert r.status_code == 413
+    # one error shape, OpenAI's, for every status: auth, length, size, validation, routing
+    for r in (httpx.post(f"{url}/v1/search", json=body),
+              httpx.post(f"{url}/v1/search", json={"query": "lava " * 2000}, headers=AUTH),
+              httpx.post(f"{url}/v1/search", json={"query": "x", "mode": "fuzzy"}, headers=AUTH),
+              httpx.get(f"{url}/v1/nothing-here", headers=AUTH)):
+        assert set(r.json()) == {"error"} and set(r.json()["error"]) == {"message", "type", "param", "code"}, r.text
+        assert r.json()["error"]["message"]
 
 
 @pytest.mark.parametrize("mode", ["dense", "fulltext", "hybrid"])
@@ -138,11 +145,118 @@ def test_openai_client_embeddings_and_chat(served):
         pieces.append(chunk.choices[0].delta.content or "")
         last = chunk
     assert len(pieces) >= 3 and "".join(pieces).strip()  # role chunk, text pieces, the final chunk
-    assert last.choices[0].finish_reason == "stop" and last.model_extra["context"][0].startswith("bread")
+    # 8 tokens end the answer early: the stream says so as the plain answer does ("length", not a blanket "stop")
+    assert last.choices[0].finish_reason == out.choices[0].finish_reason == "length"
+    assert last.model_extra["context"][0].startswith("bread")
 
     with pytest.raises(Exception) as err:
         OpenAI(base_url=f"{served['url']}/v1", api_key="wrong", max_retries=0).embeddings.create(input="x", model="m")
     assert "401" in str(err.value)
+
+
+def test_openai_client_models_content_parts_stop_n_usage_and_errors(served):
+    """What current OpenAI clients send and read: models first, content as parts, stop, n, usage at the end of
+    a stream, and every error as the client's typed exception carrying the server's message."""
+    import openai
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{served['url']}/v1", api_key=KEY, max_retries=0, timeout=120)
+    models = {m.model_extra["purpose"]: m.id for m in client.models.list()}
+    assert models == {"chat": httpx.get(f"{served['url']}/healthz").json()["generator"], "embeddings": "base"}
+
+    ask = "What makes bread rise?"
+    plain = client.chat.completions.create(model="rag", messages=[{"role": "user", "content": ask}], max_tokens=10)
+    parts = client.chat.completions.create(model="rag", max_tokens=10, messages=[
+        {"role": "user", "content": [{"type": "text", "text": ask}]}])
+    answer = plain.choices[0].message.content
+    assert parts.choices[0].message.content == answer and len(answer.split()) >= 3
+
+    cut = answer.split()[2]  # the third word: the answer must end right before it
+    stopped = client.chat.completions.create(model="rag", messages=[{"role": "user", "content": ask}], max_tokens=10,
+                                             stop=[cut])
+    assert stopped.choices[0].message.content == answer[: answer.index(cut)]
+    assert stopped.choices[0].finish_reason == "stop"
+
+    two = client.chat.completions.create(model="rag", messages=[{"role": "user", "content": ask}], max_tokens=4, n=2)
+    assert [c.index for c in two.choices] == [0, 1] and all(c.message.content for c in two.choices)
+    with pytest.raises(openai.UnprocessableEntityError, match="n > 1 is not supported with stream"):
+        client.chat.completions.create(model="rag", messages=[{"role": "user", "content": ask}], n=2, stream=True)
+
+    chunks = list(client.chat.completions.create(model="rag", messages=[{"role": "user", "content": ask}],
+                                                 max_tokens=10, stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == answer
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
+    assert chunks[-1].usage.prompt_tokens == plain.usage.prompt_tokens > 0
+
+    with pytest.raises(openai.AuthenticationError, match="missing or wrong API key"):
+        OpenAI(base_url=f"{served['url']}/v1", api_key="wrong", max_retries=0).models.list()
+    with pytest.raises(openai.APIStatusError, match="over the limit") as big:
+        client.embeddings.create(input="lava " * 2000, model="any")
+    assert big.value.status_code == 413
+    with pytest.raises(openai.UnprocessableEntityError, match="messages.0.content: part 0: only text parts") as bad:
+        client.chat.completions.create(model="rag", messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}])
+    assert bad.value.body["param"] == "messages.0.content"
+
+
+def test_langchain_chat_and_embeddings(served):
+    """A second client library, as applications use it: LangChain's OpenAI chat model and embeddings."""
+    from langchain_openai import ChatOpenAI, OpenAIEmbeddings
+
+    base = f"{served['url']}/v1"
+    # tiktoken would fetch its encodings from the network to count tokens; the server counts them itself
+    emb = OpenAIEmbeddings(base_url=base, api_key=KEY, model="base", check_embedding_ctx_length=False, max_retries=0)
+    vectors = emb.embed_documents(["ocean tides and the moon", "bread and yeast"])
+    assert len(vectors) == 2 and len(vectors[0]) == 384 and len(emb.embed_query("tides")) == 384
+    chat = ChatOpenAI(base_url=base, api_key=KEY, model="rag", max_tokens=8, max_retries=0, timeout=120)
+    reply = chat.invoke("What makes bread rise?")
+    assert reply.content and reply.usage_metadata["output_tokens"] <= 8
+    streamed = "".join(piece.content for piece in chat.stream("What makes bread rise?"))
+    assert streamed == reply.content
+
+
+def test_overload_answers_429_with_retry_after(served):
+    """Past `max_in_flight` requests on a replica, the next one is told to come back (429, Retry-After) at once
+    instead of waiting in a queue; the OpenAI client raises RateLimitError."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import openai
+    from fake_llm import FakeLLM
+    from openai import OpenAI
+    from ray import serve
+
+    from ragworks.serve import build
+
+    with FakeLLM(delay=1.5) as llm:
+        serve.run(build({"workdir": str(served["root"] / "wd"), "api_key_env": KEY_ENV, "max_in_flight": 2,
+                         "engine": {"kind": "openai", "base_url": llm.url, "model": "fake-model"},
+                         "cpus": {**SMALL, "Generator": 0.05}}), name="rag-busy", route_prefix="/busy")
+        try:
+            url = f"{served['url']}/busy/v1/chat/completions"
+            body = {"messages": [{"role": "user", "content": "lava from volcanoes"}], "top_k": 1}
+
+            def one(_):
+                start = time.monotonic()
+                r = httpx.post(url, json=body, headers=AUTH, timeout=60)
+                return r, time.monotonic() - start
+
+            with ThreadPoolExecutor(8) as pool:
+                results = list(pool.map(one, range(8)))
+            ok = [r for r, _ in results if r.status_code == 200]
+            busy = [(r, s) for r, s in results if r.status_code == 429]
+            assert len(ok) + len(busy) == 8 and ok and len(busy) >= 4, [r.status_code for r, _ in results]
+            for r, seconds in busy:
+                assert r.headers["retry-after"] == "1" and r.json()["error"]["type"] == "rate_limit_error"
+                assert seconds < 1.5  # answered at once, not after the busy requests
+            with ThreadPoolExecutor(4) as pool:
+                held = [pool.submit(one, i) for i in range(2)]
+                time.sleep(0.5)
+                with pytest.raises(openai.RateLimitError, match="busy"):
+                    OpenAI(base_url=f"{served['url']}/busy/v1", api_key=KEY, max_retries=0).chat.completions.create(
+                        model="rag", messages=body["messages"])
+                assert all(f.result()[0].status_code == 200 for f in held)
+        finally:
+            serve.delete("rag-busy")
 
 
 def test_chat_answers_with_the_trained_adapter_in_the_training_layout(served):
@@ -222,7 +336,7 @@ def test_unauthenticated_bodies_are_not_validated(served):
         assert httpx.post(f"{url}{path}", content=b"{not json", headers={"content-type": "application/json"}).status_code == 401
         assert httpx.post(f"{url}{path}", json={"top_k": "many"}).status_code == 401
     r = httpx.post(f"{url}/v1/search", json={"query": "x", "top_k": "many"}, headers=AUTH)
-    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "top_k"]
+    assert r.status_code == 422 and r.json()["error"]["param"] == "top_k"
     schema = httpx.get(f"{url}/openapi.json").json()["paths"]["/v1/search"]["post"]["requestBody"]
     assert "query" in schema["content"]["application/json"]["schema"]["properties"]
 
@@ -304,3 +418,118 @@ def test_engine_options_fail_before_anything_deploys(served, tmp_path):
         build({"workdir": str(served["root"] / "wd"), "cpus": {"Embedder": 0.1, "Reranker": 1}})
     with pytest.raises(FileNotFoundError, match="no finished index"):
         build({"workdir": str(tmp_path / "nowhere")})
+
+
+def test_playground_searches_and_streams_a_cited_answer_in_chromium(served, browser, tmp_path):
+    """The page at `/` in headless Chromium: key, a search with scores, a streamed answer whose citation opens
+    the cited chunk. Generation goes through the fake OpenAI server, whose answers always cite [1]."""
+    from conftest import screenshot_dir
+    from fake_llm import FakeLLM
+    from ray import serve
+
+    from ragworks.serve import build
+
+    shots = screenshot_dir(tmp_path)
+    with FakeLLM() as llm:
+        serve.run(build({"workdir": str(served["root"] / "wd"), "api_key_env": KEY_ENV,
+                         "engine": {"kind": "openai", "base_url": llm.url, "model": "fake-model"},
+                         "cpus": {**SMALL, "Generator": 0.05}}), name="rag-play", route_prefix="/play")
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 760})
+            page.goto(f"{served['url']}/play/")
+            assert page.title() == "ragworks playground"
+            page.fill("#key", "wrong")
+            page.dispatch_event("#key", "change")
+            page.fill("#query", "lava erupts from volcanoes")
+            page.click("#search-btn")
+            page.wait_for_selector("#hits .error")
+            assert "missing or wrong API key" in page.inner_text("#hits")
+
+            page.fill("#key", KEY)
+            page.dispatch_event("#key", "change")
+            page.select_option("#mode", "hybrid")
+            page.click("#search-btn")
+            page.wait_for_selector("#hits li.hit")
+            hits = page.locator("#hits li.hit")
+            assert hits.count() >= 2 and hits.first.locator("a.citation").inner_text().startswith("volcano")
+            assert hits.first.locator(".score").inner_text().startswith("score ")
+
+            page.fill("#question", "Where do lava and ash come from?")
+            page.click("#ask-btn")
+            page.wait_for_selector("#answer[data-state=done]", timeout=60_000)
+            assert int(page.get_attribute("#answer", "data-pieces")) >= 3  # shown as it streamed, piece by piece
+            assert page.inner_text("#answer").startswith("Magma rises through the crust")
+            page.screenshot(path=f"{shots}/playground.png", full_page=True)
+            cite = page.locator("#answer a.citation").first
+            assert cite.inner_text() == "[1]" and page.locator("#citations a.citation").first.inner_text().startswith("volcano")
+            cite.click()
+            page.wait_for_selector("#chunk[open]")
+            assert "Magma rises through the crust" in page.inner_text("#chunk-text")
+            assert page.inner_text("#chunk-id").startswith("volcano")
+            page.close()
+        finally:
+            serve.delete("rag-play")
+
+
+def test_sigterm_finishes_every_accepted_request_and_exits_0(served):
+    """`ragworks serve` as a container platform stops it: SIGTERM while 200 requests run 16 at a time. Each
+    request either completes with 200 or is refused (503 while draining, or no connection after the exit);
+    none is cut off mid-answer, and the process exits 0 with one line."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", KEY_ENV)}
+    proc = subprocess.Popen([sys.executable, "-m", "ragworks.cli", "serve", str(served["root"] / "wd"),
+                             "--port", str(port), "--max-tokens", "8"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(1)
+        else:
+            pytest.fail("ragworks serve did not come up in 180 s")
+        done = threading.Event()
+        finished = []
+
+        def one(i: int):
+            try:
+                if i % 10 == 0:  # a chat in ten: answers that take the generator a while, in flight at SIGTERM
+                    r = httpx.post(f"{url}/v1/chat/completions", timeout=60, json={
+                        "messages": [{"role": "user", "content": DOCS[i % 5][1]}], "max_tokens": 8})
+                else:
+                    r = httpx.post(f"{url}/v1/search", json={"query": DOCS[i % 5][1], "top_k": 2}, timeout=60)
+                outcome = r.status_code
+            except httpx.ConnectError:
+                outcome = "refused"  # the server had stopped listening: never accepted
+            except httpx.HTTPError as err:
+                outcome = f"cut: {type(err).__name__}"
+            finished.append(outcome)
+            if len(finished) == 60:
+                done.set()
+            return outcome
+
+        with ThreadPoolExecutor(16) as pool:
+            futures = [pool.submit(one, i) for i in range(200)]
+            done.wait(120)
+            proc.send_signal(signal.SIGTERM)
+            outcomes = [f.result() for f in futures]
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-3000:]
+    counts = {o: outcomes.count(o) for o in set(outcomes)}
+    assert set(counts) <= {200, 503, "refused"}, counts
+    assert counts[200] >= 60, counts
+    assert [line for line in out.splitlines() if line.startswith("stopped:")] == [
+        next(line for line in out.splitlines() if line.startswith("stopped: every request in flight finished"))]

@@ -129,12 +129,18 @@ def test_openai_chat_engine_sends_the_messages_and_streams_the_answer():
     with FakeLLM() as llm:
         chat = chat_engine(OpenAIEngineConfig(base_url=llm.url, model="fake-model"))
         out = chat.chat(ask, max_tokens=16, temperature=0.0, top_p=1.0)
-        pieces = list(chat.stream(ask, max_tokens=16, temperature=0.0, top_p=1.0))
+        *pieces, counts = chat.stream(ask, max_tokens=16, temperature=0.0, top_p=1.0)
+        cut = chat.chat(ask, max_tokens=16, stop=["lava"])
+        *cut_pieces, cut_counts = chat.stream(ask, max_tokens=16, stop=[" as l"])
     assert out["text"] == "Magma erupts as lava from volcanoes [1]." and out["finish_reason"] == "stop"
     assert out["completion_tokens"] == 7 and out["prompt_tokens"] > 0
-    assert len(pieces) == 7 and "".join(pieces) == out["text"]
+    assert len(pieces) >= 5 and "".join(pieces) == out["text"]  # a stop-free stream holds nothing back
+    assert counts == {"prompt_tokens": 0, "completion_tokens": 7, "finish_reason": "stop"}  # no usage event: words
     assert llm.bodies[0] == {"model": "fake-model", "messages": ask, "max_tokens": 16, "temperature": 0.0, "top_p": 1.0}
-    assert llm.bodies[1]["stream"] is True
+    assert llm.bodies[1]["stream"] is True and llm.bodies[1]["stream_options"] == {"include_usage": True}
+    # stop: sent to the endpoint, and cut here too (this fake server ignores it), across piece boundaries
+    assert llm.bodies[2]["stop"] == ["lava"] and cut["text"] == "Magma erupts as "
+    assert "".join(cut_pieces) == "Magma erupts" and cut_counts["finish_reason"] == "stop"
 
 
 def test_transformers_engine_isolates_a_failing_row(tiny_lm, monkeypatch):

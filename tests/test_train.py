@@ -22,7 +22,8 @@ from ragworks.train.steps import progress_file
 QUIET = Console(quiet=True)
 
 
-def test_lora_training_in_an_s3_workdir_resumes_after_a_killed_worker_reindexes_and_reports(ray_local, s3, facts_qrels):
+def test_lora_training_in_an_s3_workdir_resumes_after_a_killed_worker_reindexes_and_reports(ray_local, s3, facts_qrels,
+                                                                                           browser, tmp_path):
     """The whole chain with its workdir in S3 (127.0.0.1). Two workers (gloo, negatives gathered across them)
     train LoRA adapters and Ray Train checkpoints to S3; one worker is SIGKILLed after the first checkpoint and
     the run resumes from it. The exported model has the adapters merged in; it is uploaded and fetched by the
@@ -94,6 +95,7 @@ def test_lora_training_in_an_s3_workdir_resumes_after_a_killed_worker_reindexes_
     assert not [k for k in stored if k.endswith("_in_progress.json")]
     assert any(k.startswith("train-reindex/index_tuned/lancedb/chunks.lance/") for k in stored)
     assert "train-reindex/evaluate/report.png" in stored
+    check_report_page(Folder(m["evaluate"]["outputs"]["html"]).read_text(), browser, tmp_path)
     for folder in set(cache_dir().glob("fetched/*")) - fetched_before:  # the models fetched to load them
         shutil.rmtree(folder)
 
@@ -162,3 +164,25 @@ def test_held_out_slice_is_drawn_across_the_files_not_their_first_rows(ray_local
     assert [r["key"] for r in train_and_val(ray.data.from_items(rows[::-1]), ["key", "kind"], 20, "key")[1].take_all()] \
         == [r["key"] for r in drawn]  # the same slice whatever the file order
     assert train.count() == 40
+
+
+def check_report_page(page_html: str, browser, tmp_path) -> None:
+    """report.html in Chromium, from disk: every table and chart there, nothing fetched from anywhere."""
+    from conftest import screenshot_dir
+
+    local = tmp_path / "report.html"
+    local.write_text(page_html)
+    page = browser.new_page(viewport={"width": 1000, "height": 800})
+    fetched = []
+    page.on("request", lambda r: fetched.append(r.url))
+    page.goto(local.as_uri())
+    assert fetched == [local.as_uri()]  # charts inline, no stylesheet, script or font from a network
+    headings = page.locator("h2").all_inner_texts()
+    assert headings[0] == "Retrieval" and headings[1].startswith("Stages:") and headings[2].startswith("Synthetic queries")
+    retrieval = page.locator("table").first.inner_text()
+    assert "dense (base)" in retrieval and "dense (tuned)" in retrieval and "ndcg@10" in retrieval
+    assert "train_retriever" in page.locator("table").nth(1).inner_text()
+    assert page.locator("h3").first.inner_text() == "kept"
+    assert page.eval_on_selector("img", "i => i.complete && i.naturalWidth > 400")  # the chart decoded
+    page.screenshot(path=f"{screenshot_dir(tmp_path)}/report-page.png", full_page=True)
+    page.close()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Optional
 
@@ -24,6 +26,8 @@ console = Console()
 
 STAGES_HELP = (f"Stage to re-run even if its manifest matches ({', '.join(run_order())}, or all), and every stage "
                "after it that reads it; repeatable.")
+VERBOSE_HELP = ("Print Ray's own log lines too (by default: Ray Data's progress bars in a terminal, else one line per "
+                "running dataset every 10 s; Ray's logs are always in its session folder)")
 DEBUG_HELP = "On a failed stage, print its traceback here too (it is always written to WORKDIR/STAGE/error.log)"
 
 
@@ -42,8 +46,11 @@ def _fail(err: Exception) -> None:
     raise typer.Exit(2)
 
 
-def _run(spec, workdir, force, address, debug: bool = False) -> None:
+def _run(spec, workdir, force, address, debug: bool = False, job: Path | None = None, verbose: bool = False) -> None:
+    from .progress import configure
     from .runner import run_job
+
+    configure(console, verbose)
 
     try:
         manifests = run_job(spec, workdir=workdir, force=force, address=address, console=console)
@@ -58,6 +65,10 @@ def _run(spec, workdir, force, address, debug: bool = False) -> None:
         raise typer.Exit(1)
     console.print(f"[green]done[/]: workdir {spec.workdir_location(workdir)} "
                   f"({', '.join(manifests)})")
+    if "index" in manifests:
+        target = job if job is not None and workdir is None else spec.workdir_location(workdir)
+        console.print(f"serve it: [bold]ragworks serve {target}[/], then open the playground at "
+                      "http://127.0.0.1:8000/ (OpenAI base_url http://127.0.0.1:8000/v1)", highlight=False)
 
 
 @app.command()
@@ -69,12 +80,13 @@ def run(
     force: list[str] = typer.Option([], help=STAGES_HELP),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
+    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ) -> None:
     try:
         spec = load_spec(job, set_)
     except SpecError as err:
         _fail(err)
-    _run(spec, workdir, force, address, debug)
+    _run(spec, workdir, force, address, debug, job=job if not set_ else None, verbose=verbose)
 
 
 run.__doc__ = f"""Run the stages a job spec enables, in order.
@@ -105,12 +117,13 @@ def eval_(
     address: Optional[str] = typer.Option(None, help="Ray cluster address; default: embedded local Ray"),
     force: list[str] = typer.Option([], help=STAGES_HELP),
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
+    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ) -> None:
     """Evaluate retrieval on a BEIR dataset: dense, full-text and hybrid.
 
     The corpus goes through the same corpus and index stages as any job, then
-    nDCG@10, Recall@100 and MRR@10 are reported (report.json, report.md,
-    report.png under WORKDIR/evaluate).
+    nDCG@10, Recall@100 and MRR@10 are reported (report.html, report.json,
+    report.md, report.png under WORKDIR/evaluate).
     """
     name = f"eval-{dataset.resolve().name}"
     data = {
@@ -123,7 +136,7 @@ def eval_(
         spec = parse_spec(data, source=f"--dataset {dataset}")
     except SpecError as err:
         _fail(err)
-    _run(spec, workdir, force, address, debug)
+    _run(spec, workdir, force, address, debug, verbose=verbose)
 
 
 @app.command()
@@ -144,6 +157,8 @@ def serve(
     max_tokens: int = typer.Option(128, help="Answer length when a request names none"),
     api_key_env: str = typer.Option("RAGWORKS_API_KEY", help="Environment variable with this API's key; unset: no auth"),
     address: Optional[str] = typer.Option(None, help="Ray cluster address; default: embedded local Ray"),
+    drain_s: float = typer.Option(30.0, help="On SIGTERM or Ctrl-C: new requests get 503 while those in flight "
+                                  "finish, for at most this long"),
 ) -> None:
     """Serve a job's index on Ray Serve: search, embeddings and RAG chat.
 
@@ -162,6 +177,7 @@ def serve(
 
     from .engines import EngineUnavailable
     from .serve import build
+    from .serve.drain import create_flag, drain
 
     workdir = target
     if Path(target).is_file():
@@ -182,8 +198,22 @@ def serve(
     else:
         ray.init(address="local", dashboard_host="127.0.0.1")  # its own Ray; the dashboard stays on loopback
     ray_serve.start(http_options={"host": host, "port": port})
-    console.print(f"serving {workdir} at http://{host}:{port} (Ctrl-C stops)")
-    ray_serve.run(application, name="rag", route_prefix="/", blocking=True)
+    flag = create_flag()
+    ray_serve.run(application, name="rag", route_prefix="/", blocking=False)
+    console.print(f"serving {workdir} at http://{host}:{port}: playground http://{host}:{port}/, OpenAI base_url "
+                  f"http://{host}:{port}/v1 (Ctrl-C or SIGTERM stops, after the requests in flight)")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        pass
+    finished, waited = drain(flag, timeout_s=drain_s)
+    ray_serve.shutdown()
+    ray.kill(flag)
+    console.print(f"stopped: {'every request in flight finished' if finished else f'gave up waiting after {drain_s:.0f} s'}"
+                  f" ({waited:.1f} s)")
+    if not finished:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -13,6 +13,7 @@ from rich.console import Console
 from . import __version__
 from .config import JobSpec, SpecError
 from .manifest import MANIFEST, PROGRESS, now, portable, read_manifest, stable_hash, write_manifest
+from .progress import STAGE
 from .runtime import init_ray
 from .stage import Outputs, StageContext, StageDef, StageError, registry, run_order
 
@@ -78,6 +79,7 @@ def run_job(
         (stage_dir / MANIFEST).unlink()
         marker.write_text(json.dumps({"key": key, "started": now()}))
         console.rule(f"[bold]{name}" + (" (resuming)" if resume else ""))
+        STAGE["name"] = name
         if old is not None and name not in forced:
             console.print(f"re-running: {why_rerun(old, config, inputs, external)}", highlight=False)
         started, t0 = now(), time.perf_counter()

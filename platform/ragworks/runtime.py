@@ -21,6 +21,10 @@ def init_ray(cfg: RayConfig, address: str | None = None) -> None:
     env = os.environ.get("RAY_ADDRESS", "")
     address = address or cfg.address or (env if env and not env.startswith(("http://", "https://")) else None)
     kwargs: dict = {"logging_level": logging.WARNING, "log_to_driver": True}
+    # Worker output reaches the driver's console: no per-actor weight-loading bars, no Lance INFO/WARN
+    # lines about creating a table (workers started by this Ray inherit these)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("LANCE_LOG", "error")
     if address:
         ray.init(address=address, **kwargs)
     else:

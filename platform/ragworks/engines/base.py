@@ -38,16 +38,73 @@ class EngineUnavailable(StageError):
 
 
 class ChatModel(ABC):
-    """One loaded model (or one endpoint client) answering chat turns: what a Serve replica holds."""
+    """One loaded model (or one endpoint client) answering chat turns: what a Serve replica holds.
 
-    @abstractmethod
-    def chat(self, messages: list[dict], max_tokens: int, temperature: float = 0.0, top_p: float = 1.0) -> dict:
+    `stop` is OpenAI's: the answer ends before the first stop sequence, which is not part of it. Engines
+    also pass it to the model so generation stops early; the cut here makes every engine agree."""
+
+    def chat(self, messages: list[dict], max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+             stop: list[str] | None = None) -> dict:
         """{"text", "prompt_tokens", "completion_tokens", "finish_reason"}."""
+        out = self._chat(messages, max_tokens, temperature, top_p, stop)
+        text, hit = cut_at_stop(out["text"], stop)
+        return {**out, "text": text, "finish_reason": "stop" if hit else out["finish_reason"]}
+
+    def stream(self, messages: list[dict], max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+               stop: list[str] | None = None) -> Iterator[str | dict]:
+        """Text pieces as they are written, then one dict: {"prompt_tokens", "completion_tokens",
+        "finish_reason"} (what a stream's `usage` reports)."""
+        usage = {}
+
+        def pieces():
+            for piece in self._stream(messages, max_tokens, temperature, top_p, stop):
+                if isinstance(piece, dict):
+                    usage.update(piece)
+                else:
+                    yield piece
+
+        source = pieces()
+        stopped = yield from stop_at(source, stop)
+        for _ in source:  # the model was given the stop sequences too, so this ends soon; its counts come last
+            pass
+        yield {"prompt_tokens": 0, "completion_tokens": 0, "finish_reason": "stop", **usage,
+               **({"finish_reason": "stop"} if stopped else {})}
 
     @abstractmethod
-    def stream(self, messages: list[dict], max_tokens: int, temperature: float = 0.0,
-               top_p: float = 1.0) -> Iterator[str]:
-        """Text pieces as they are written."""
+    def _chat(self, messages: list[dict], max_tokens: int, temperature: float, top_p: float,
+              stop: list[str] | None) -> dict:
+        """As `chat`, the stop sequences only a hint."""
+
+    @abstractmethod
+    def _stream(self, messages: list[dict], max_tokens: int, temperature: float, top_p: float,
+                stop: list[str] | None) -> Iterator[str | dict]:
+        """As `stream`; the closing dict may be left out (counts then read 0)."""
+
+
+def cut_at_stop(text: str, stop: list[str] | None) -> tuple[str, bool]:
+    """(the text before its earliest stop sequence, whether one was found)."""
+    found = [i for i in (text.find(s) for s in stop or ()) if i >= 0]
+    return (text[: min(found)], True) if found else (text, False)
+
+
+def stop_at(pieces: Iterator[str], stop: list[str] | None):
+    """The pieces up to the earliest stop sequence, holding back only a tail that could begin one; returns
+    whether a stop sequence ended them."""
+    hold = max(map(len, stop)) - 1 if stop else 0
+    text, sent = "", 0
+    for piece in pieces:
+        text += piece
+        cut, hit = cut_at_stop(text, stop)
+        if hit:
+            if len(cut) > sent:
+                yield cut[sent:]
+            return True
+        if len(text) - hold > sent:
+            yield text[sent: len(text) - hold]
+            sent = len(text) - hold
+    if len(text) > sent:
+        yield text[sent:]
+    return False
 
 
 class Engine(ABC):

@@ -31,14 +31,16 @@ class EchoChat(ChatModel):
     def __init__(self, cfg: EchoEngineConfig):
         self.cfg = cfg
 
-    def chat(self, messages: list[dict], max_tokens: int, temperature: float = 0.0, top_p: float = 1.0) -> dict:
+    def _chat(self, messages, max_tokens, temperature, top_p, stop) -> dict:
         text = echo(messages[-1]["content"], max_tokens)
         return {"text": text, "prompt_tokens": sum(len(str(m["content"]).split()) for m in messages),
                 "completion_tokens": len(text.split()), "finish_reason": "stop"}
 
-    def stream(self, messages: list[dict], max_tokens: int, temperature: float = 0.0, top_p: float = 1.0):
-        for i, word in enumerate(echo(messages[-1]["content"], max_tokens).split()):
+    def _stream(self, messages, max_tokens, temperature, top_p, stop):
+        out = self._chat(messages, max_tokens, temperature, top_p, stop)
+        for i, word in enumerate(out["text"].split()):
             yield word if i == 0 else f" {word}"
+        yield {k: out[k] for k in ("prompt_tokens", "completion_tokens", "finish_reason")}
 
 
 class EchoEngine(PoolEngine):

@@ -133,12 +133,12 @@ class OpenAIChat(ChatModel):
     def __init__(self, cfg: OpenAIEngineConfig):
         self.model, self.endpoint = cfg.model, Endpoint(cfg)
 
-    def _payload(self, messages, max_tokens, temperature, top_p) -> dict:
+    def _payload(self, messages, max_tokens, temperature, top_p, stop) -> dict:
         return {"model": self.model, "messages": messages, "max_tokens": max_tokens, "temperature": temperature,
-                "top_p": top_p}
+                "top_p": top_p, **({"stop": stop} if stop else {})}
 
-    def chat(self, messages: list[dict], max_tokens: int, temperature: float = 0.0, top_p: float = 1.0) -> dict:
-        body = self.endpoint.post("/chat/completions", self._payload(messages, max_tokens, temperature, top_p))
+    def _chat(self, messages, max_tokens, temperature, top_p, stop) -> dict:
+        body = self.endpoint.post("/chat/completions", self._payload(messages, max_tokens, temperature, top_p, stop))
         try:
             choice = body["choices"][0]
             text = choice["message"]["content"] or ""
@@ -149,12 +149,20 @@ class OpenAIChat(ChatModel):
                 "completion_tokens": int(usage.get("completion_tokens") or len(text.split())),
                 "finish_reason": choice.get("finish_reason") or "stop"}
 
-    def stream(self, messages: list[dict], max_tokens: int, temperature: float = 0.0, top_p: float = 1.0):
-        for event in self.endpoint.events("/chat/completions", self._payload(messages, max_tokens, temperature, top_p)):
+    def _stream(self, messages, max_tokens, temperature, top_p, stop):
+        payload = {**self._payload(messages, max_tokens, temperature, top_p, stop),
+                   "stream_options": {"include_usage": True}}
+        written, finish, usage = 0, "stop", {}
+        for event in self.endpoint.events("/chat/completions", payload):
+            usage = event.get("usage") or usage
             for choice in event.get("choices") or []:
+                finish = choice.get("finish_reason") or finish
                 piece = (choice.get("delta") or {}).get("content")
                 if piece:
+                    written += len(piece.split())
                     yield piece
+        yield {"prompt_tokens": int(usage.get("prompt_tokens") or 0),
+               "completion_tokens": int(usage.get("completion_tokens") or written), "finish_reason": finish}
 
 
 class OpenAIEngine(PoolEngine):

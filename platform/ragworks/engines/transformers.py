@@ -152,27 +152,34 @@ class HFChat(ChatModel):
         inputs = self.tok(text, return_tensors="pt", return_token_type_ids=False)
         return {k: v.to(self.model.device) for k, v in inputs.items()}
 
-    def chat(self, messages: list[dict], max_tokens: int, temperature: float = 0.0, top_p: float = 1.0) -> dict:
+    def _chat(self, messages, max_tokens, temperature, top_p, stop) -> dict:
         import torch
 
         inputs = self._inputs(messages)
         with torch.inference_mode():
-            out = self.model.generate(**inputs, **sampling_kwargs(self.tok, max_tokens, temperature, top_p))
+            out = self.model.generate(**inputs, **sampling_kwargs(self.tok, max_tokens, temperature, top_p, stop))
         new = out[0, inputs["input_ids"].shape[1]:]
         text = self.tok.decode(new, skip_special_tokens=True)
         return {"text": text.strip(), "prompt_tokens": int(inputs["input_ids"].shape[1]),
                 "completion_tokens": int(len(new)), "finish_reason": "length" if len(new) >= max_tokens else "stop"}
 
-    def stream(self, messages: list[dict], max_tokens: int, temperature: float = 0.0, top_p: float = 1.0):
+    def _stream(self, messages, max_tokens, temperature, top_p, stop):
         from transformers import TextIteratorStreamer
 
         inputs = self._inputs(messages)
         streamer = TextIteratorStreamer(self.tok, skip_prompt=True, skip_special_tokens=True)
         worker = Thread(target=self.model.generate, kwargs={
-            **inputs, **sampling_kwargs(self.tok, max_tokens, temperature, top_p), "streamer": streamer})
+            **inputs, **sampling_kwargs(self.tok, max_tokens, temperature, top_p, stop), "streamer": streamer})
         worker.start()
-        yield from (piece for piece in streamer if piece)
+        text = ""
+        for piece in streamer:
+            if piece:
+                text += piece
+                yield piece
         worker.join()
+        written = len(self.tok(text, add_special_tokens=False)["input_ids"])  # the streamer gives no count
+        yield {"prompt_tokens": int(inputs["input_ids"].shape[1]), "completion_tokens": written,
+               "finish_reason": "length" if written >= max_tokens else "stop"}
 
 
 class TransformersEngine(PoolEngine):

@@ -9,6 +9,7 @@ from ..stage import Outputs, StageDef
 class EvaluateOutputs(Outputs):
     report: str  # report.json
     markdown: str
+    html: str | None = None  # report.html: self-contained, charts inline
     chart: str
     answers_chart: str | None = None
     metrics: dict[str, dict[str, float]] = {}
@@ -21,6 +22,6 @@ class EvaluateOutputs(Outputs):
 
 STAGES = (
     StageDef("evaluate", EvaluateConfig, "ragworks.evaluate.evaluate:run", EvaluateOutputs, needs=("index",),
-             optional=("index_tuned", "train_generator"), external="ragworks.evaluate.evaluate:external_inputs",
-             last=True, help="nDCG@10, Recall@100, MRR@10 per search mode; answer metrics; report.md/.json/.png"),
+             optional=("index_tuned", "train_generator", "filters"), external="ragworks.evaluate.evaluate:external_inputs",
+             last=True, help="nDCG@10, Recall@100, MRR@10 per search mode; answer metrics; report.html/.md/.json/.png"),
 )

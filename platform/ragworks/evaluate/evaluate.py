@@ -14,7 +14,7 @@ from . import EvaluateOutputs
 from .beir import load_qrels, load_queries
 from .generation import answer_metrics
 from .metrics import evaluate_run
-from .report import metrics_table, stage_rows, write_report
+from .report import metrics_table, query_samples, stage_rows, write_report
 
 
 def external_inputs(cfg: EvaluateConfig) -> dict:
@@ -80,13 +80,16 @@ def run(cfg: EvaluateConfig, ctx) -> EvaluateOutputs:
         "stages": stage_rows(ctx.job),
         **({"generation": generation, "answer_samples": samples} if generation else {}),
     }
+    if ctx.has("filters"):
+        filters = ctx.output("filters")
+        report["query_samples"] = query_samples(filters.kept, filters.dropped)
     with staged(ctx.stage_dir) as local:
         written = write_report(report, local)
     paths = {k: str(ctx.stage_dir / Path(v).name) for k, v in written.items()}
     ctx.console.print(metrics_table(metrics, f"{report['dataset_name']} {cfg.split}: {len(qids)} queries"))
     if generation:
         ctx.console.print(metrics_table(generation, "answers on held-out RAG examples"))
-    ctx.console.print(f"report: {paths['markdown']}")
-    return EvaluateOutputs(report=paths["json"], markdown=paths["markdown"], chart=paths["chart"],
+    ctx.console.print(f"report: {paths['html']} (and report.md)")
+    return EvaluateOutputs(report=paths["json"], markdown=paths["markdown"], html=paths["html"], chart=paths["chart"],
                            answers_chart=paths.get("answers_chart"), metrics=metrics, generation=generation,
                            counts={"queries": len(qids)})

@@ -1,7 +1,13 @@
-"""The evaluation report: JSON for machines, Markdown and a PNG chart for people."""
+"""The evaluation report: JSON for machines; Markdown, PNG charts and one self-contained HTML page for people.
+
+report.html carries its charts inline (data: URIs) and loads nothing else, so it
+opens from a laptop's disk, an object store or a CI artifact without a network.
+"""
 
 from __future__ import annotations
 
+import base64
+import html
 import json
 from pathlib import Path
 
@@ -93,6 +99,74 @@ def chart(metrics: dict[str, dict[str, float]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def query_samples(kept: str, dropped: str, per_group: int = 4) -> dict[str, list[dict]]:
+    """The first synthetic queries (by chunk id) that were kept, and that each filter dropped: what a reader
+    checks the filters against. Reads files until every group is full, never the whole set."""
+    from ..incremental import read_columns
+
+    groups: dict[str, list[dict]] = {}
+    for name, folder in (("kept", kept), ("dropped", dropped)):
+        try:
+            files = list(read_columns(folder, ["id", "query", "dropped_by"]))
+        except (FileNotFoundError, OSError):
+            continue
+        for _, t in sorted(files, key=lambda ft: str(ft[0])):
+            for row in t.sort_by("id").to_pylist():
+                group = "kept" if name == "kept" else f"dropped by {row['dropped_by']}"
+                if len(groups.setdefault(group, [])) < per_group:
+                    groups[group].append({"chunk": row["id"], "query": row["query"]})
+    return groups
+
+
+def _table(head: list[str], rows: list[list], numeric_from: int = 1) -> str:
+    cells = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td{' class=n' if i >= numeric_from else ''}>{html.escape(str(v))}</td>"
+                                    for i, v in enumerate(r)) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _metric_rows(metrics: dict[str, dict]) -> tuple[list[str], list[list]]:
+    names = [n for n in next(iter(metrics.values())) if n not in ("examples", "errors")]
+    return ["mode"] + names, [[mode] + [f"{v[n]:.4f}" for n in names] for mode, v in metrics.items()]
+
+
+def _image(path: Path, alt: str) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def html_page(report: dict, charts: dict[str, Path]) -> str:
+    """report.html: retrieval (base vs tuned), answers, every stage's time and rate, sample synthetic queries."""
+    title = f"ragworks evaluation: {report['dataset_name']} ({report['split']})"
+    parts = [f"<h1>{html.escape(title)}</h1>",
+             f"<p>{report['queries']} judged queries; corpus: {report['chunks']:,} chunks; embedder: "
+             f"<code>{html.escape(report['embedder'])}</code>.</p>",
+             "<h2>Retrieval</h2>", _table(*_metric_rows(report["metrics"])), _image(charts["chart"], "retrieval chart")]
+    if report.get("generation"):
+        head, rows = _metric_rows(report["generation"])
+        parts += ["<h2>Answers</h2>", _table(["generator"] + head[1:], rows),
+                  "<p>citation_accuracy: cites the oracle chunk when it is in the context; abstention: says the "
+                  "context lacks the answer when the oracle is missing; answer_f1: words shared with the reference.</p>",
+                  _image(charts["answers_chart"], "answers chart")]
+    if report.get("stages"):
+        total = sum(r["seconds"] for r in report["stages"])
+        parts += [f"<h2>Stages: {total / 60:.1f} minutes in all</h2>",
+                  _table(["stage", "seconds", "work", "per second"],
+                         [[r["stage"], f"{r['seconds']:.1f}", f"{r['work']:,} {r['unit']}" if "work" in r else "",
+                           f"{r['per_s']:.2f}" if "work" in r else ""] for r in report["stages"]])]
+    if report.get("query_samples"):
+        parts.append("<h2>Synthetic queries: kept, and dropped with the filter that dropped them</h2>")
+        for group, rows in report["query_samples"].items():
+            parts += [f"<h3>{html.escape(group)}</h3>",
+                      _table(["chunk", "query"], [[r["chunk"], r["query"]] for r in rows], numeric_from=2)]
+    style = ("body{font:15px/1.45 system-ui,sans-serif;max-width:980px;margin:24px auto;padding:0 16px;color:#1d2330}"
+             "table{border-collapse:collapse;margin:8px 0 16px}th,td{border:1px solid #d0d5de;padding:4px 10px;"
+             "text-align:left}td.n{text-align:right;font-variant-numeric:tabular-nums}th{background:#eef1f6}"
+             "img{max-width:100%}h1{font-size:22px}h2{font-size:18px;margin-top:28px}h3{font-size:15px}")
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n")
+
+
 def write_report(report: dict, folder: Path) -> dict[str, str]:
     paths = {"json": folder / "report.json", "markdown": folder / "report.md", "chart": folder / "report.png"}
     paths["json"].write_text(json.dumps(report, indent=2))
@@ -103,4 +177,6 @@ def write_report(report: dict, folder: Path) -> dict[str, str]:
         gen = {label: {n: v for n, v in m.items() if n not in ("examples", "errors")}
                for label, m in report["generation"].items()}
         chart(gen, paths["answers_chart"], "generator: held-out RAG examples")
+    paths["html"] = folder / "report.html"
+    paths["html"].write_text(html_page(report, paths))
     return {k: str(v) for k, v in paths.items()}

@@ -80,6 +80,12 @@ class Searcher:
             r.pop("_distance", None), r.pop("_score", None)
         return rows
 
+    def chunk(self, chunk_id: str, columns: list[str] = COLUMNS) -> dict | None:
+        """One chunk by its id (what a citation names), or None."""
+        literal = chunk_id.replace("'", "''")
+        rows = self.table.search().where(f"id = '{literal}'").select(columns).limit(1).to_list()
+        return rows[0] if rows else None
+
     def search(self, query: str, mode: Mode = "hybrid", k: int = 10, vector: np.ndarray | None = None,
                with_vectors: bool = False) -> list[dict]:
         columns = COLUMNS + ["vector"] if with_vectors else COLUMNS

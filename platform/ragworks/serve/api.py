@@ -1,7 +1,11 @@
-"""The FastAPI ingress: OpenAI-compatible chat and embeddings, search, health.
+"""The FastAPI ingress: OpenAI-compatible chat, embeddings and models, search, health, the playground.
 
 Requests are checked before any model runs: an API key when one is configured
-(401), the body's size (413) and its fields (422, FastAPI's own messages).
+(401), the body's size (413), its fields (422, naming the field) and the
+replica's load (429 with Retry-After when `max_in_flight` requests are already
+being answered: a client backs off instead of waiting in a queue without end).
+Every error has OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`,
+which OpenAI's clients turn into their typed exceptions.
 """
 
 
@@ -19,12 +23,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..answers import cited_ids, messages
+from .drain import DrainWatch
 from .schemas import ChatRequest, EmbeddingRequest, SearchRequest
 
 
-OPEN_PATHS = {"/healthz", "/docs", "/openapi.json"}
+OPEN_PATHS = {"/", "/healthz", "/docs", "/openapi.json"}  # the playground asks for the key in the page
+KINDS = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+         404: "not_found_error", 405: "invalid_request_error", 411: "invalid_request_error",
+         413: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error"}
 
 
 def rag_messages(chat: list[dict], hits: list[dict], max_words: int) -> list[dict]:
@@ -33,17 +42,45 @@ def rag_messages(chat: list[dict], hits: list[dict], max_words: int) -> list[dic
     return messages(last["content"], hits, history=history, max_words=max_words)
 
 
-def error(status: int, message: str, kind: str) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status)
+def error(status: int, message: str, kind: str | None = None, param: str | None = None, code: str | None = None,
+          headers: dict | None = None) -> JSONResponse:
+    """OpenAI's error body: its clients raise `error.message` as the exception's text."""
+    kind = kind or KINDS.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
+                        status_code=status, headers=headers)
 
 
-def guard(request: Request, api_key: "str | None", max_body: int) -> None:
+def field_path(loc) -> str:
+    """A validation error's location as a client names the field: `messages.0.content`."""
+    return ".".join(str(p) for p in loc if p != "body")
+
+
+async def validation_failed(request: Request, err: RequestValidationError) -> JSONResponse:
+    first, *rest = err.errors() or [{"loc": (), "msg": "invalid request"}]
+    param = field_path(first.get("loc", ())) or None
+    more = f" (and {len(rest)} more)" if rest else ""
+    return error(422, f"{param + ': ' if param else ''}{first['msg']}{more}", param=param, code=first.get("type"))
+
+
+async def http_failed(request: Request, err: StarletteHTTPException) -> JSONResponse:
+    detail = err.detail if isinstance(err.detail, dict) else {"message": str(err.detail)}
+    return error(err.status_code, detail["message"], detail.get("type"), detail.get("param"), detail.get("code"),
+                 headers=getattr(err, "headers", None))
+
+
+async def crashed(request: Request, err: Exception) -> JSONResponse:
+    return error(500, f"internal error: {type(err).__name__}: {err}", "server_error")
+
+
+def guard(request: Request, api_key: "str | None", max_body: int, body: bool = True) -> None:
     """Each route's first call: Serve's class-based ingress drops app-level middleware and dependencies."""
     if api_key and request.url.path not in OPEN_PATHS:
         given = request.headers.get("authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
             raise HTTPException(401, {"message": "missing or wrong API key (Authorization: Bearer KEY)",
                                       "type": "authentication_error"})
+    if not body:
+        return
     size = request.headers.get("content-length")
     if size is None:
         raise HTTPException(411, {"message": "send a Content-Length header", "type": "invalid_request_error"})
@@ -74,7 +111,32 @@ def body_of(model: type[BaseModel]) -> dict:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
-api = FastAPI(title="ragworks", description="Search, embeddings and retrieval-augmented chat over a ragworks index.")
+api = FastAPI(title="ragworks", description="Search, embeddings and retrieval-augmented chat over a ragworks index.",
+              exception_handlers={RequestValidationError: validation_failed, StarletteHTTPException: http_failed,
+                                  Exception: crashed})
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+class Busy:
+    """Requests this replica is answering; past `limit`, new ones get 429 with Retry-After at once."""
+
+    def __init__(self, limit: int, retry_after_s: int = 1):
+        self.limit, self.retry_after_s, self.active = limit, retry_after_s, 0
+
+    def __enter__(self):
+        if self.active >= self.limit:
+            raise HTTPException(429, {"message": f"busy: {self.active} requests in flight on this replica; retry "
+                                                 f"after {self.retry_after_s} s", "type": "rate_limit_error",
+                                      "code": "overloaded"}, headers={"Retry-After": str(self.retry_after_s)})
+        self.active += 1
+        return self
+
+    def __exit__(self, *exc):
+        self.active -= 1
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=128,
@@ -85,11 +147,48 @@ class RagAPI:
         self.embedder, self.retriever, self.generator = embedder, retriever, generator
         self.options = options
         self.api_key = os.environ.get(options["api_key_env"]) or None
+        self.busy = Busy(options["max_in_flight"])
+        self.drain = DrainWatch()
+        self.created = int(time.time())
+
+    async def _admit(self, request: Request, model: type[BaseModel]) -> BaseModel:
+        """Shutdown, auth, size, then the body: each route's first call."""
+        if await self.drain.draining():
+            raise HTTPException(503, {"message": "the server is shutting down; retry on another replica",
+                                      "type": "server_error", "code": "shutting_down"},
+                                headers={"Connection": "close", "Retry-After": "1"})
+        guard(request, self.api_key, self.options["max_body_bytes"])
+        return await parse(request, model)
+
+    @api.get("/", include_in_schema=False)
+    async def playground(self):
+        from .playground import page
+
+        return page()
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
         return {"status": "ok", "auth": self.api_key is not None, "engine": self.options["engine"],
                 "generator": self.options["generator"], "adapter": self.options["adapter"]}
+
+    @api.get("/v1/models")
+    async def models(self, request: Request) -> dict:
+        """The served generator (what chat answers with) and embedder (what embeddings and search use)."""
+        guard(request, self.api_key, self.options["max_body_bytes"], body=False)
+        embedder = await self.embedder.model_name.remote()
+        return {"object": "list", "data": [
+            {"id": name, "object": "model", "created": self.created, "owned_by": "ragworks", "purpose": purpose}
+            for name, purpose in ((self.options["generator"], "chat"), (embedder, "embeddings"))]}
+
+    @api.get("/v1/chunks/{chunk_id:path}")
+    async def chunk(self, chunk_id: str, request: Request) -> dict:
+        """One chunk by id: what a citation opens."""
+        guard(request, self.api_key, self.options["max_body_bytes"], body=False)
+        found = await self.retriever.chunk.remote(chunk_id)
+        if found is None:
+            raise HTTPException(404, {"message": f"no chunk with id {chunk_id!r}", "type": "not_found_error",
+                                      "param": "chunk_id"})
+        return {"object": "chunk", **found}
 
     async def _hits(self, query: str, mode: str, k: int) -> list[dict]:
         vector = None if mode == "fulltext" else await self.embedder.embed.remote(query)
@@ -97,63 +196,79 @@ class RagAPI:
 
     @api.post("/v1/search", openapi_extra=body_of(SearchRequest))
     async def search(self, request: Request) -> dict:
-        guard(request, self.api_key, self.options["max_body_bytes"])
-        body = await parse(request, SearchRequest)
-        start = time.perf_counter()
-        hits = await self._hits(body.query, body.mode, body.top_k)
+        body = await self._admit(request, SearchRequest)
+        with self.busy:
+            start = time.perf_counter()
+            hits = await self._hits(body.query, body.mode, body.top_k)
         return {"object": "list", "mode": body.mode, "data": hits, "took_ms": round(1000 * (time.perf_counter() - start), 2)}
 
     @api.post("/v1/embeddings", openapi_extra=body_of(EmbeddingRequest))
     async def embeddings(self, request: Request) -> dict:
-        guard(request, self.api_key, self.options["max_body_bytes"])
-        body = await parse(request, EmbeddingRequest)
+        body = await self._admit(request, EmbeddingRequest)
         texts = [body.input] if isinstance(body.input, str) else body.input
         if len(texts) > self.options["max_batch"] or any(len(t) > 20_000 for t in texts):
-            return error(413, f"at most {self.options['max_batch']} inputs of 20,000 characters", "invalid_request_error")
-        vectors = await asyncio.gather(*(self.embedder.embed.remote(t) for t in texts))
+            return error(413, f"at most {self.options['max_batch']} inputs of 20,000 characters", param="input")
+        with self.busy:
+            vectors = await asyncio.gather(*(self.embedder.embed.remote(t) for t in texts))
+            model = await self.embedder.model_name.remote()
+
         def encode(v: np.ndarray):
             return base64.b64encode(v.astype("<f4").tobytes()).decode() if body.encoding_format == "base64" else v.tolist()
-        model = await self.embedder.model_name.remote()
+        words = sum(len(t.split()) for t in texts)
         return {"object": "list", "model": model,
                 "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)],
-                "usage": {"prompt_tokens": sum(len(t.split()) for t in texts), "total_tokens": sum(len(t.split()) for t in texts)}}
+                "usage": {"prompt_tokens": words, "total_tokens": words}}
 
     @api.post("/v1/chat/completions", openapi_extra=body_of(ChatRequest))
     async def chat(self, request: Request):
-        guard(request, self.api_key, self.options["max_body_bytes"])
-        body = await parse(request, ChatRequest)
-        turns = [m.model_dump() for m in body.messages]
+        body = await self._admit(request, ChatRequest)
+        turns = [{"role": m.role, "content": m.text()} for m in body.messages]
         if turns[-1]["role"] != "user":
-            return error(422, "the last message must be the user's question", "invalid_request_error")
-        hits = await self._hits(turns[-1]["content"], body.mode, body.top_k)
-        prompt = rag_messages(turns, hits, self.options["context_words"])
-        max_tokens = body.max_completion_tokens or body.max_tokens or self.options["max_tokens"]
-        args = (prompt, max_tokens, body.temperature, body.top_p)
-        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": self.options["generator"]}
-        context = [h["id"] for h in hits]
-        if not body.stream:
-            out = await self.generator.complete.remote(*args)
-            return {**head, "object": "chat.completion",
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": out["text"]},
-                                 "finish_reason": out["finish_reason"]}],
-                    "usage": {"prompt_tokens": out["prompt_tokens"], "completion_tokens": out["completion_tokens"],
-                              "total_tokens": out["prompt_tokens"] + out["completion_tokens"]},
-                    "citations": cited_ids(out["text"], [h["id"] for h in hits]), "context": context}
+            return error(422, "messages: the last message must be the user's question", param="messages")
+        self.busy.__enter__()  # released when the answer, or its stream, ends
+        streaming = False
+        try:
+            hits = await self._hits(turns[-1]["content"], body.mode, body.top_k)
+            prompt = rag_messages(turns, hits, self.options["context_words"])
+            sampling = body.sampling(self.options["max_tokens"])
+            head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": self.options["generator"]}
+            ids = [h["id"] for h in hits]
+            if not body.stream:
+                outs = await asyncio.gather(*(self.generator.complete.remote(prompt, **sampling) for _ in range(body.n)))
+                return {**head, "object": "chat.completion",
+                        "choices": [{"index": i, "message": {"role": "assistant", "content": out["text"]},
+                                     "finish_reason": out["finish_reason"]} for i, out in enumerate(outs)],
+                        "usage": usage(outs[0]["prompt_tokens"], sum(o["completion_tokens"] for o in outs)),
+                        "citations": cited_ids(outs[0]["text"], ids), "context": ids}
+            pieces = self.generator.options(stream=True).stream.remote(prompt, **sampling)
+            with_usage = bool(body.stream_options and body.stream_options.include_usage)
+            streaming = True
+            return StreamingResponse(self._events(pieces, head, ids, with_usage), media_type="text/event-stream")
+        finally:
+            if not streaming:
+                self.busy.__exit__()
 
-        pieces = self.generator.options(stream=True).stream.remote(*args)
+    async def _events(self, pieces, head: dict, ids: list[str], with_usage: bool):
+        """Server-sent chunks as OpenAI streams them: the role, the text pieces, the finish reason (with the
+        citations and context ids), then the usage when asked for (`choices` empty), then [DONE]."""
+        def chunk(choices: list, **extra) -> str:
+            return f"data: {json.dumps({**head, 'object': 'chat.completion.chunk', 'choices': choices, **extra})}\n\n"
 
-        async def events():
-            def chunk(delta: dict, finish: "str | None" = None, **extra) -> str:
-                body = {**head, "object": "chat.completion.chunk",
-                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
-                return f"data: {json.dumps(body)}\n\n"
+        def delta(d: dict, finish: "str | None" = None) -> list:
+            return [{"index": 0, "delta": d, "finish_reason": finish}]
 
-            yield chunk({"role": "assistant", "content": ""})
-            text = ""
+        try:
+            yield chunk(delta({"role": "assistant", "content": ""}))
+            text, counts = "", {}
             async for piece in pieces:
+                if isinstance(piece, dict):
+                    counts = piece
+                    continue
                 text += piece
-                yield chunk({"content": piece})
-            yield chunk({}, "stop", citations=cited_ids(text, [h["id"] for h in hits]), context=context)
+                yield chunk(delta({"content": piece}))
+            yield chunk(delta({}, counts.get("finish_reason", "stop")), citations=cited_ids(text, ids), context=ids)
+            if with_usage:
+                yield chunk([], usage=usage(counts.get("prompt_tokens", 0), counts.get("completion_tokens", 0)))
             yield "data: [DONE]\n\n"
-
-        return StreamingResponse(events(), media_type="text/event-stream")
+        finally:
+            self.busy.__exit__()

@@ -31,6 +31,8 @@ class ServeOptions(BaseModel):
     api_key_env: str = Field("RAGWORKS_API_KEY", description="environment variable holding the API key (unset: open)")
     max_body_bytes: int = Field(1_000_000, ge=1024)
     max_batch: int = Field(256, ge=1, description="inputs per /v1/embeddings request")
+    max_in_flight: int = Field(64, ge=1, description="requests one API replica answers at once; past it, 429 with "
+                               "Retry-After (below the replica's max_ongoing_requests, so Serve never queues them)")
     min_replicas: dict[str, int] = Field(default_factory=dict, description="replicas kept up by deployment name "
                                          "(autoscaling adds more up to each deployment's max_replicas)")
     cpus: dict[str, float] = Field(default_factory=dict, description="CPUs per replica by deployment name, over the "

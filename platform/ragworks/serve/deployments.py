@@ -98,6 +98,11 @@ class Retriever:
         hits = self.searcher.search(query, mode=mode, k=k, vector=vector)
         return [{**h, "score": float(h["score"])} for h in hits]
 
+    def chunk(self, chunk_id: str) -> dict | None:
+        if self.watch.changed():
+            self._open()
+        return self.searcher.chunk(chunk_id)
+
     def info(self) -> dict:
         return {"index": str(self.watch.index_dir), "table_version": self.version, "rows": self.searcher.table.count_rows()}
 
@@ -116,9 +121,11 @@ class Generator:
         self.name, self.kind = cfg.model, cfg.kind
         self.engine = chat_engine(cfg)  # a local model limits torch to this replica's CPUs as it loads
 
-    def complete(self, messages: list[dict], max_tokens: int, temperature: float = 0.0, top_p: float = 1.0) -> dict:
-        return self.engine.chat(messages, max_tokens, temperature, top_p)
+    def complete(self, messages: list[dict], max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+                 stop: list[str] | None = None) -> dict:
+        return self.engine.chat(messages, max_tokens, temperature, top_p, stop)
 
-    def stream(self, messages: list[dict], max_tokens: int, temperature: float = 0.0, top_p: float = 1.0):
-        """Text pieces as the model writes them (a Serve streaming method)."""
-        yield from self.engine.stream(messages, max_tokens, temperature, top_p)
+    def stream(self, messages: list[dict], max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+               stop: list[str] | None = None):
+        """Text pieces as the model writes them, then the counts (a Serve streaming method)."""
+        yield from self.engine.stream(messages, max_tokens, temperature, top_p, stop)
