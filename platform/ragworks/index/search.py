@@ -13,6 +13,7 @@ from pathlib import Path
 # LanceDB's hybrid query selects columns internally and logs a deprecation
 # warning per query; the warning is about LanceDB's own call, not ours.
 os.environ.setdefault("LANCEDB_LOG", "error")
+os.environ.setdefault("LANCE_LOG", "error")  # lance's Rust logger reads it once, at import: a WARN per scan else
 
 import lancedb  # noqa: E402
 import numpy as np  # noqa: E402
