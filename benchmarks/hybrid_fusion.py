@@ -28,7 +28,7 @@ from rich.table import Table  # noqa: E402
 
 from ragworks.evaluate.beir import load_qrels, load_queries  # noqa: E402
 from ragworks.evaluate.metrics import evaluate_run  # noqa: E402
-from ragworks.evaluate.evaluate import rank_documents  # noqa: E402
+from ragworks.evaluate.retrieval import rank_by  # noqa: E402
 from ragworks.index import open_index  # noqa: E402
 from ragworks.runtime import limit_torch_threads  # noqa: E402
 
@@ -68,7 +68,7 @@ for stage in ("index", "index_tuned"):
         scores = []
         for _, how in fusions:
             searcher = open_index(workdir / stage, candidates=args.candidates, **how)
-            run = {q: rank_documents(searcher.search(t, mode="hybrid", k=args.candidates, vector=v), 100)
+            run = {q: rank_by(searcher.search(t, mode="hybrid", k=args.candidates, vector=v))
                    for q, t, v in zip(ids, texts, vectors)}
             scores.append(evaluate_run(run, judgements)["ndcg@10"])
         table.add_row(f"{stage}, {set_name} ({len(ids)})", *(f"{s:.4f} ({s / scores[0]:.3f})" for s in scores))

@@ -165,3 +165,23 @@ def browser():
 def screenshot_dir(tmp_path) -> str:
     """RAGWORKS_SCREENSHOTS=docs/img keeps the pages' screenshots for the README; else a temporary folder."""
     return os.environ.get("RAGWORKS_SCREENSHOTS") or str(tmp_path)
+
+
+# ------------------------------------------------------ a cross-encoder made here
+@pytest.fixture(scope="session")
+def tiny_cross_encoder(tmp_path_factory) -> str:
+    """A 2-layer BERT with a one-logit head (random, seeded) and the bundled embedder's tokenizer, saved as a
+    Hugging Face folder: what `rerank.model` and `teacher` load, with no hub access, in a fraction of a second."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from ragworks.models import resolve_embedder
+
+    folder = tmp_path_factory.mktemp("tiny-cross-encoder")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_embedder("base"))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, num_labels=1)
+    BertForSequenceClassification(config).save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return str(folder)

@@ -341,6 +341,80 @@ def test_unauthenticated_bodies_are_not_validated(served):
     assert "query" in schema["content"]["application/json"]["schema"]["properties"]
 
 
+def test_rerank_on_request_and_by_default_with_a_cross_encoder(served, tiny_cross_encoder):
+    """A second app with a reranker: search and chat re-order the first-stage hits by the cross-encoder's
+    scores (the same ones it gives here), `rerank: false` turns it off, and an app without one refuses it."""
+    from fake_llm import FakeLLM
+    from ray import serve
+    from sentence_transformers import CrossEncoder
+
+    from ragworks.serve import build
+
+    url = served["url"]
+    r = httpx.post(f"{url}/v1/search", json={"query": "lava", "rerank": True}, headers=AUTH)
+    assert r.status_code == 422 and r.json()["error"]["param"] == "rerank", r.text
+    query = "what comes out of volcanoes"
+    with FakeLLM() as llm:
+        serve.run(build({"workdir": str(served["root"] / "wd"), "max_tokens": 8, "api_key_env": KEY_ENV,
+                         "engine": {"kind": "openai", "base_url": llm.url, "model": "fake-model"},
+                         "rerank": {"model": tiny_cross_encoder, "top_k": 5},
+                         "cpus": {**SMALL, "Generator": 0.05}}), name="rag-rerank", route_prefix="/rerank")
+        try:
+            rr = f"{url}/rerank"
+            assert httpx.get(f"{rr}/healthz").json()["reranker"] == tiny_cross_encoder
+            body = {"query": query, "top_k": 5, "mode": "hybrid"}
+            plain = httpx.post(f"{rr}/v1/search", json={**body, "rerank": False}, headers=AUTH).json()
+            ranked = httpx.post(f"{rr}/v1/search", json=body, headers=AUTH).json()
+            assert plain["reranked"] is False and ranked["reranked"] is True
+            assert all("retrieval_score" not in h for h in plain["data"])
+            assert {h["id"] for h in ranked["data"]} == {h["id"] for h in plain["data"]}  # re-ordered, not re-fetched
+            first = {h["id"]: h["score"] for h in plain["data"]}
+            assert all(abs(h["retrieval_score"] - first[h["id"]]) < 1e-5 for h in ranked["data"])
+            expected = CrossEncoder(tiny_cross_encoder).predict([(query, h["text"]) for h in ranked["data"]])
+            assert np.allclose([h["score"] for h in ranked["data"]], expected, atol=1e-4)
+            assert [h["score"] for h in ranked["data"]] == sorted((h["score"] for h in ranked["data"]), reverse=True)
+            chat = httpx.post(f"{rr}/v1/chat/completions", headers=AUTH, timeout=60,
+                              json={"messages": [{"role": "user", "content": query}], "top_k": 3}).json()
+            assert chat["context"] == [h["id"] for h in ranked["data"][:3]]  # the reranked hits are the context
+        finally:
+            serve.delete("rag-rerank")
+
+
+def test_the_ship_gates_choice_is_served(served):
+    """A job whose gate chose base keeps serving base beside a tuned index; a gate that chose tuned (a re-run)
+    goes live on every replica without a restart."""
+    from ragworks.evaluate import GateOutputs
+    from ragworks.manifest import write_manifest
+
+    url, root = served["url"], served["root"]
+    wd = root / "wd"
+
+    def glacier_everywhere(present: bool) -> bool:
+        deadline, streak = time.time() + 60, 0
+        while time.time() < deadline and streak < 6:
+            hits = httpx.post(f"{url}/v1/search", json={"query": "glaciers carve valleys", "top_k": 1,
+                                                        "mode": "fulltext"}, headers=AUTH).json()["data"]
+            streak = streak + 1 if (hits[0]["doc_id"] == "glacier") == present else 0
+            time.sleep(0.1 if streak else 0.5)
+        return streak >= 6
+
+    def gate(serve_: str) -> None:
+        out = GateOutputs(serve=serve_, winner="base" if serve_ == "index" else "tuned", decided_on="heldout")
+        write_manifest(wd / "gate", {"stage": "gate", "outputs": out.model_dump()})
+
+    (wd / "index_tuned").mkdir()
+    shutil.copy(root / "wd2" / "index" / "manifest.json", wd / "index_tuned" / "manifest.json")  # has the glacier
+    try:
+        gate("index")
+        time.sleep(1.5)  # past reload_s: every replica has looked again
+        assert glacier_everywhere(False), "a gate that chose base must keep the base index served"
+        gate("index_tuned")
+        assert glacier_everywhere(True), "the gate's new choice did not go live on every replica within 60 s"
+    finally:
+        shutil.rmtree(wd / "gate"), shutil.rmtree(wd / "index_tuned")
+    assert glacier_everywhere(False)
+
+
 def test_new_index_goes_live_without_restart(served):
     url, root = served["url"], served["root"]
     query = {"query": "glaciers carve valleys", "top_k": 1, "mode": "fulltext"}

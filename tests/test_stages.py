@@ -36,7 +36,7 @@ def test_every_spec_section_is_one_registered_stage_and_the_order_follows_needs(
         for read in stage.needs + stage.optional:
             assert position[read] < position[name], (read, name)
     assert order[-1] == "evaluate"  # it reports on every stage before it
-    assert order[:6] == ["corpus", "index", "synthesize", "filters", "negatives", "train_retriever"]
+    assert order[:7] == ["corpus", "index", "synthesize", "filters", "negatives", "train_reranker", "train_retriever"]
 
     help_text = CliRunner().invoke(__import__("ragworks.cli", fromlist=["app"]).app, ["run", "--help"],
                                    env={"COLUMNS": "200"}).output

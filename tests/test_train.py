@@ -178,10 +178,12 @@ def check_report_page(page_html: str, browser, tmp_path) -> None:
     page.goto(local.as_uri())
     assert fetched == [local.as_uri()]  # charts inline, no stylesheet, script or font from a network
     headings = page.locator("h2").all_inner_texts()
-    assert headings[0] == "Retrieval" and headings[1].startswith("Stages:") and headings[2].startswith("Synthetic queries")
+    assert headings[:2] == ["Retrieval", "Ship gate"] and headings[2].startswith("Stages:")
+    assert headings[3].startswith("Synthetic queries")
     retrieval = page.locator("table").first.inner_text()
     assert "dense (base)" in retrieval and "dense (tuned)" in retrieval and "ndcg@10" in retrieval
-    assert "train_retriever" in page.locator("table").nth(1).inner_text()
+    assert page.get_by_text("Served: the ").count() == 1 and "heldout (decides)" in page.locator("table").nth(1).inner_text()
+    assert "train_retriever" in page.locator("table").nth(2).inner_text()
     assert page.locator("h3").first.inner_text() == "kept"
     assert page.eval_on_selector("img", "i => i.complete && i.naturalWidth > 400")  # the chart decoded
     page.screenshot(path=f"{screenshot_dir(tmp_path)}/report-page.png", full_page=True)

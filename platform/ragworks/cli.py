@@ -157,6 +157,9 @@ def serve(
     max_tokens: int = typer.Option(128, help="Answer length when a request names none"),
     api_key_env: str = typer.Option("RAGWORKS_API_KEY", help="Environment variable with this API's key; unset: no auth"),
     address: Optional[str] = typer.Option(None, help="Ray cluster address; default: embedded local Ray"),
+    rerank: Optional[str] = typer.Option(None, help="A cross-encoder re-ranking each search's top hits: a Hugging "
+                                         "Face id, a path, or 'reranker' (the job's train_reranker model)"),
+    rerank_top_k: int = typer.Option(20, help="--rerank: hits re-scored per search"),
     drain_s: float = typer.Option(30.0, help="On SIGTERM or Ctrl-C: new requests get 503 while those in flight "
                                   "finish, for at most this long"),
 ) -> None:
@@ -164,8 +167,8 @@ def serve(
 
     Endpoints: POST /v1/search, POST /v1/embeddings and POST /v1/chat/completions
     (OpenAI-compatible; the `openai` client works with base_url=http://HOST:PORT/v1),
-    GET /healthz. The tuned index and the tuned generator are served when the job
-    made them; a re-run that writes a new index goes live without a restart. For per-deployment replicas and
+    GET /healthz. The index the job's ship gate chose (base or tuned) and the tuned generator are
+    served; a re-run that writes a new index goes live without a restart. For per-deployment replicas and
     autoscaling use `serve run serving/rag.yaml` instead.
 
     To answer through a model server you already run (retrieval, the prompt layout, citations and auth stay here):
@@ -177,7 +180,9 @@ def serve(
 
     from .engines import EngineUnavailable
     from .serve import build
+    from .serve.deployments import served_index
     from .serve.drain import create_flag, drain
+    from .storage import Folder
 
     workdir = target
     if Path(target).is_file():
@@ -190,7 +195,8 @@ def serve(
     endpoint = {"base_url": base_url, "api_key_env": engine_api_key_env} if engine == "openai" else {}
     try:
         application = build({"workdir": str(workdir), "generator": generator, "max_tokens": max_tokens,
-                             "api_key_env": api_key_env, "engine": {"kind": engine, **endpoint}})
+                             "api_key_env": api_key_env, "engine": {"kind": engine, **endpoint},
+                             **({"rerank": {"model": rerank, "top_k": rerank_top_k}} if rerank else {})})
     except (FileNotFoundError, ValueError, EngineUnavailable) as err:
         _fail(err)
     if address:
@@ -199,6 +205,8 @@ def serve(
         ray.init(address="local", dashboard_host="127.0.0.1")  # its own Ray; the dashboard stays on loopback
     ray_serve.start(http_options={"host": host, "port": port})
     flag = create_flag()
+    index, why = served_index(Folder(str(workdir)))
+    console.print(f"index: {index} ({why})")
     ray_serve.run(application, name="rag", route_prefix="/", blocking=False)
     console.print(f"serving {workdir} at http://{host}:{port}: playground http://{host}:{port}/, OpenAI base_url "
                   f"http://{host}:{port}/v1 (Ctrl-C or SIGTERM stops, after the requests in flight)")

@@ -136,6 +136,16 @@ class HybridConfig(Section):
     rrf_k: int = Field(60, ge=1, description="rrf: the rank offset")
 
 
+class RerankConfig(Section):
+    """A cross-encoder re-scoring each query's top hits (monoBERT: Nogueira and Cho, 2019)."""
+
+    model: str = Field(..., description="'reranker' (the job's train_reranker model), a Hugging Face cross-encoder "
+                       "id or a path")
+    top_k: int = Field(20, ge=1, description="hits re-scored per query; the ones after keep their order below them")
+    batch_size: int = Field(32, ge=1)
+    max_length: int = Field(256, ge=16, description="tokens of query and passage together")
+
+
 class IndexConfig(Section):
     embedder: str = Field("base", description="'base' (bundled all-MiniLM-L6-v2), 'static' (a static model distilled "
                                                "from it: far faster on CPU, less accurate), 'trained' (base first, then "
@@ -280,12 +290,44 @@ class TrainRetrieverConfig(TrainerConfig):
     validation_max: int = Field(500, ge=1)
     dev: DevSetConfig | None = Field(None, description="also score every checkpoint on a labelled BEIR dev set")
     select_on: Literal["heldout", "dev"] = Field("heldout", description="which score picks the exported checkpoint")
+    teacher: str | None = Field(None, description="a cross-encoder scoring each (query, positive, negative): 'reranker' "
+                                "(the job's train_reranker model), a Hugging Face id or a path; trains on its score "
+                                "margins (GPL, MarginMSE)")
+    loss: Literal["contrastive", "margin_mse", "both"] | None = Field(None, description="contrastive: multiple-negatives "
+                                                                     "ranking; margin_mse: the teacher's margins; both: "
+                                                                     "their sum (default: margin_mse with a teacher)")
+    teacher_batch_size: int = Field(32, ge=1, description="pairs per teacher call in the scoring actor pool")
+    teacher_concurrency: tuple[int, int] = Field((1, 2), description="teacher scoring actor pool: (min, max)")
 
     @model_validator(mode="after")
     def _dev_named(self):
         if self.select_on == "dev" and self.dev is None:
             raise ValueError("select_on: dev needs a dev set (train_retriever.dev.dataset)")
+        if self.loss in ("margin_mse", "both") and self.teacher is None:
+            raise ValueError(f"loss: {self.loss} needs a teacher (train_retriever.teacher: 'reranker', a "
+                             "cross-encoder id or a path)")
+        if self.teacher is not None and self.negatives < 1:
+            raise ValueError("teacher: the margins need hard negatives (train_retriever.negatives >= 1)")
         return self
+
+    @property
+    def losses(self) -> tuple[str, ...]:
+        """The losses summed at each step."""
+        loss = self.loss or ("margin_mse" if self.teacher else "contrastive")
+        return ("contrastive", "margin_mse") if loss == "both" else (loss,)
+
+
+# -------------------------------------------------------- train_reranker
+class TrainRerankerConfig(TrainerConfig):
+    model: str = Field("base", description="start from: 'base' (the bundled embedder's weights with a new scoring "
+                       "head), a cross-encoder or any Hugging Face encoder id, or a path")
+    batch_size: int = Field(16, ge=1, description="(query, positive) pairs per step over all workers; each brings "
+                            "its hard negatives")
+    learning_rate: float = Field(2e-5, gt=0.0)
+    negatives: int = Field(1, ge=1, description="hard negatives per query from the negatives stage, labelled 0")
+    max_length: int = Field(256, ge=16, description="tokens of query and passage together; longer pairs are cut")
+    validation_fraction: float = Field(0.05, gt=0.0, lt=1.0, description="pairs held out for model selection, by chunk")
+    validation_max: int = Field(300, ge=1)
 
 
 # -------------------------------------------------------- train_generator
@@ -313,6 +355,19 @@ class GenerationEvalConfig(Section):
     num_cpus: float = Field(1.0, gt=0)
 
 
+class GateConfig(Section):
+    """Which index `ragworks serve` serves: the tuned one only when it beats the base one where it counts."""
+
+    modes: list[Mode] = Field(default_factory=lambda: ["hybrid"], description="the modes the server uses: tuned must "
+                              "not lose in any of them")
+    serve: Literal["auto", "base", "tuned"] = Field("auto", description="auto: the winner; base or tuned: forced")
+    min_gain: float = Field(0.0, ge=0.0, description="nDCG@10 tuned must gain over base in every mode to be served")
+    dev: DevSetConfig | None = Field(None, description="a labelled BEIR dev set: decides when named (else the held-out "
+                                     "synthetic queries decide)")
+    candidates: int = Field(100, ge=10, description="chunks fetched per query")
+    max_queries: int = Field(500, ge=1, description="held-out synthetic queries scored (drawn by a hash)")
+
+
 class EvaluateConfig(Section):
     dataset: str | None = Field(None, description="BEIR folder with queries.jsonl and qrels/SPLIT.tsv (default: the corpus source)")
     split: str = "test"
@@ -321,6 +376,8 @@ class EvaluateConfig(Section):
     batch_size: int = Field(64, ge=1)
     generation: GenerationEvalConfig = Field(default_factory=GenerationEvalConfig,
                                              description="answer metrics, when the job trains a generator")
+    rerank: RerankConfig | None = Field(None, description="also score every mode with a cross-encoder re-ranking its "
+                                        "top hits ('reranker': the job's train_reranker model)")
 
 
 # -------------------------------------------------------------------- job
@@ -338,6 +395,9 @@ class JobSpec(Section):
     train_retriever: TrainRetrieverConfig | None = None
     index_tuned: IndexConfig | None = Field(None, description="the corpus re-embedded with train_retriever's model "
                                             "(`index.embedder: trained` sets it to the index section)")
+    gate: GateConfig | None = Field(None, description="base vs tuned index in the served modes; the winner is served "
+                                    "(on whenever index_tuned is; `gate: null` turns it off)")
+    train_reranker: TrainRerankerConfig | None = None
     rag_examples: RagExamplesStageConfig | None = None
     train_generator: TrainGeneratorConfig | None = None
     evaluate: EvaluateConfig | None = None
@@ -361,6 +421,8 @@ class JobSpec(Section):
         if isinstance(data, dict) and isinstance(data.get("index"), dict) and data.get("train_retriever") is not None \
                 and data["index"].get("embedder") == "trained" and data.get("index_tuned") is None:
             data = {**data, "index_tuned": dict(data["index"])}
+        if isinstance(data, dict) and data.get("index_tuned") is not None and "gate" not in data:
+            data = {**data, "gate": {}}  # never serve a regression it could have measured
         return data
 
     @model_validator(mode="after")
@@ -370,6 +432,13 @@ class JobSpec(Section):
                              "name its model folder instead)")
         if self.index_tuned is not None and self.index_tuned.embedder not in ("trained", "base"):
             raise ValueError("index_tuned.embedder: index_tuned embeds with train_retriever's model; leave it out")
+        if self.train_retriever is not None and self.train_retriever.teacher == "reranker" and self.train_reranker is None:
+            raise ValueError("train_retriever.teacher 'reranker' is the job's train_reranker model: add a "
+                             "train_reranker section, or name a cross-encoder")
+        if self.evaluate is not None and self.evaluate.rerank is not None and self.evaluate.rerank.model == "reranker" \
+                and self.train_reranker is None:
+            raise ValueError("evaluate.rerank.model 'reranker' is the job's train_reranker model: add a "
+                             "train_reranker section, or name a cross-encoder")
         if self.corpus is not None and self.index is not None:
             self.corpus.chunking._embedder = self.index.embedder
         return self
@@ -463,6 +532,14 @@ def check_paths(spec: JobSpec, spec_dir: Path, source: str) -> JobSpec:
                 for need in ("queries.jsonl", f"qrels/{spec.evaluate.split}.tsv"):
                     if not (found / need).exists():
                         problems.append(f"  evaluate.dataset: {found} has no {need} (evaluate.split={spec.evaluate.split!r})")
+    for section in ("train_retriever", "gate"):
+        dev = getattr(getattr(spec, section), "dev", None)
+        if dev is not None:
+            found = _resolve_path(dev.dataset, spec_dir)
+            if found is None:
+                problems.append(f"  {section}.dev.dataset: no such folder: {dev.dataset}")
+            else:
+                dev.dataset = str(found)
     for section in ("synthesize", "rag_examples"):
         synth = getattr(spec, section)
         if synth is not None and synth.prompt.examples is not None:

@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from ..config import EvaluateConfig
+from ..config import EvaluateConfig, GateConfig
 from ..stage import Outputs, StageDef
 
 
@@ -20,8 +20,31 @@ class EvaluateOutputs(Outputs):
         return super().legacy(manifest, {"report": data.get("json"), **data})
 
 
+class GateOutputs(Outputs):
+    """Which index is served, and the figures that chose it."""
+
+    serve: str  # the index stage served: "index" (base) or "index_tuned"
+    winner: str  # "base" or "tuned"
+    decided_on: str  # "heldout" (synthetic queries no step trained on) or "dev" (a labelled set)
+    forced: bool = False  # gate.serve named the winner
+    min_gain: float = 0.0
+    gains: dict[str, float] = {}  # mode -> tuned minus base nDCG@10 on the deciding queries
+    scores: dict[str, dict[str, dict[str, float]]] = {}  # queries -> "mode (base|tuned)" -> metrics
+
+    def reason(self) -> str:
+        if self.forced:
+            return f"gate.serve: {self.winner}"
+        gains = ", ".join(f"{m} {g:+.4f}" for m, g in self.gains.items())
+        return f"nDCG@10 gain of tuned on the {self.decided_on} queries: {gains}; needed > {self.min_gain:g} in each"
+
+
 STAGES = (
+    StageDef("gate", GateConfig, "ragworks.evaluate.gate:run", GateOutputs,
+             needs=("index", "index_tuned", "train_retriever"), external="ragworks.evaluate.gate:external_inputs",
+             help="base vs tuned index on held-out synthetic queries (and a dev set) in the served modes; "
+                  "the winner is served"),
     StageDef("evaluate", EvaluateConfig, "ragworks.evaluate.evaluate:run", EvaluateOutputs, needs=("index",),
-             optional=("index_tuned", "train_generator", "filters"), external="ragworks.evaluate.evaluate:external_inputs",
+             optional=("index_tuned", "train_generator", "filters", "gate", "train_reranker"),
+             external="ragworks.evaluate.evaluate:external_inputs",
              last=True, help="nDCG@10, Recall@100, MRR@10 per search mode; answer metrics; report.html/.md/.json/.png"),
 )

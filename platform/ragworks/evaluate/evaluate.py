@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..config import EvaluateConfig
 from ..index import open_index
+from ..index.rerank import Reranker, rerank_model
 from ..manifest import files_fingerprint
 from ..runtime import limit_torch_threads
 from ..storage import staged
@@ -13,7 +14,7 @@ from ..stage import StageError
 from . import EvaluateOutputs
 from .beir import load_qrels, load_queries
 from .generation import answer_metrics
-from .metrics import evaluate_run
+from .retrieval import score_modes
 from .report import metrics_table, query_samples, stage_rows, write_report
 
 
@@ -21,16 +22,6 @@ def external_inputs(cfg: EvaluateConfig) -> dict:
     folder = Path(cfg.dataset)
     return {"queries": files_fingerprint(folder / "queries.jsonl"),
             "qrels": files_fingerprint(folder / "qrels" / f"{cfg.split}.tsv")}
-
-
-def rank_documents(hits: list[dict], k: int) -> list[str]:
-    """Chunk hits to document ranking: a document ranks where its best chunk does."""
-    seen: dict[str, None] = {}
-    for h in hits:
-        seen.setdefault(h["doc_id"], None)
-        if len(seen) == k:
-            break
-    return list(seen)
 
 
 def indexes_to_score(ctx) -> dict[str, str]:
@@ -41,8 +32,6 @@ def indexes_to_score(ctx) -> dict[str, str]:
 
 
 def run(cfg: EvaluateConfig, ctx) -> EvaluateOutputs:
-    from rich.progress import track
-
     limit_torch_threads()
     qrels = load_qrels(cfg.dataset, cfg.split)
     queries = load_queries(cfg.dataset, set(qrels))
@@ -51,23 +40,19 @@ def run(cfg: EvaluateConfig, ctx) -> EvaluateOutputs:
         raise StageError(f"{cfg.dataset}: {len(missing)} judged queries are not in queries.jsonl, e.g. "
                          f"{sorted(missing)[:3]}", f"check qrels/{cfg.split}.tsv against queries.jsonl")
     qids = sorted(queries)
-    texts = [queries[q] for q in qids]
     ctx.console.print(f"evaluating {len(qids)} judged queries of {cfg.dataset} ({cfg.split}) in modes {cfg.modes}")
 
+    reranker = None
+    if cfg.rerank is not None:
+        trained = ctx.output("train_reranker").model if ctx.has("train_reranker") else None
+        reranker = Reranker(cfg.rerank, rerank_model(cfg.rerank, trained))
+        ctx.console.print(f"re-ranking the top {cfg.rerank.top_k} hits of every mode with {reranker.model_path}")
     metrics, embedders = {}, {}
     for suffix, stage in indexes_to_score(ctx).items():
-        searcher = open_index(ctx.input_dir(stage))
         embedders[stage] = ctx.output(stage).embedder
-        vectors = searcher.embed(texts, batch_size=cfg.batch_size) if set(cfg.modes) & {"dense", "hybrid"} else None
-        for mode in cfg.modes:
-            label = mode if mode == "fulltext" else mode + suffix  # full-text does not depend on the embedder
-            if label in metrics:
-                continue
-            run_ = {}
-            for i in track(range(len(qids)), description=f"{label:>16}", console=ctx.console, transient=True):
-                hits = searcher.search(texts[i], mode=mode, k=cfg.candidates, vector=None if vectors is None else vectors[i])
-                run_[qids[i]] = rank_documents(hits, 100)
-            metrics[label] = evaluate_run(run_, qrels)
+        metrics.update(score_modes(open_index(ctx.input_dir(stage)), queries, qrels, cfg.modes, suffix=suffix,
+                                   candidates=cfg.candidates, batch_size=cfg.batch_size, reranker=reranker,
+                                   console=ctx.console, skip=set(metrics)))
 
     generation = samples = None
     if ctx.has("train_generator"):
@@ -83,6 +68,8 @@ def run(cfg: EvaluateConfig, ctx) -> EvaluateOutputs:
     if ctx.has("filters"):
         filters = ctx.output("filters")
         report["query_samples"] = query_samples(filters.kept, filters.dropped)
+    if ctx.has("gate"):
+        report["gate"] = ctx.output("gate").model_dump(exclude={"counts"})
     with staged(ctx.stage_dir) as local:
         written = write_report(report, local)
     paths = {k: str(ctx.stage_dir / Path(v).name) for k, v in written.items()}

@@ -49,6 +49,22 @@ def stage_rows(manifests: dict[str, dict]) -> list[dict]:
     return rows
 
 
+def gate_rows(gate: dict) -> tuple[list[str], list[list], str]:
+    """The ship gate's figures (queries, mode, base, tuned, gain) and its choice in one sentence."""
+    rows = []
+    for name, labels in gate["scores"].items():
+        for mode in gate["gains"]:
+            base, tuned = labels[f"{mode} (base)"]["ndcg@10"], labels[f"{mode} (tuned)"]["ndcg@10"]
+            rows.append([name + (" (decides)" if name == gate["decided_on"] else ""), mode, f"{base:.4f}",
+                         f"{tuned:.4f}", f"{tuned - base:+.4f}"])
+    gains = ", ".join(f"{m} {g:+.4f}" for m, g in gate["gains"].items())
+    why = ("forced by gate.serve" if gate["forced"] else
+           f"tuned gains {gains} nDCG@10 on the {gate['decided_on']} queries; it needs more than "
+           f"{gate['min_gain']:g} in every mode")
+    return (["queries", "mode", "base nDCG@10", "tuned nDCG@10", "gain"], rows,
+            f"Served: the {gate['winner']} index ({why}).")
+
+
 def markdown(report: dict) -> str:
     metrics = report["metrics"]
     names = list(next(iter(metrics.values())))
@@ -58,6 +74,10 @@ def markdown(report: dict) -> str:
              "| mode | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     lines += [f"| {mode} | " + " | ".join(f"{v[n]:.4f}" for n in names) + " |" for mode, v in metrics.items()]
     lines += ["", "![metrics](report.png)", ""]
+    if report.get("gate"):
+        head, rows, choice = gate_rows(report["gate"])
+        lines += ["## Ship gate", "", choice, "", "| " + " | ".join(head) + " |", "|---|---|" + "---:|" * 3]
+        lines += ["| " + " | ".join(r) + " |" for r in rows] + [""]
     gen = report.get("generation")
     if gen:
         names = [n for n in next(iter(gen.values())) if n not in ("examples", "errors")]
@@ -142,6 +162,9 @@ def html_page(report: dict, charts: dict[str, Path]) -> str:
              f"<p>{report['queries']} judged queries; corpus: {report['chunks']:,} chunks; embedder: "
              f"<code>{html.escape(report['embedder'])}</code>.</p>",
              "<h2>Retrieval</h2>", _table(*_metric_rows(report["metrics"])), _image(charts["chart"], "retrieval chart")]
+    if report.get("gate"):
+        head, rows, choice = gate_rows(report["gate"])
+        parts += ["<h2>Ship gate</h2>", f"<p>{html.escape(choice)}</p>", _table(head, rows, numeric_from=2)]
     if report.get("generation"):
         head, rows = _metric_rows(report["generation"])
         parts += ["<h2>Answers</h2>", _table(["generator"] + head[1:], rows),

@@ -88,7 +88,10 @@ class Searcher:
         return rows[0] if rows else None
 
     def search(self, query: str, mode: Mode = "hybrid", k: int = 10, vector: np.ndarray | None = None,
-               with_vectors: bool = False) -> list[dict]:
+               with_vectors: bool = False, reranker=None) -> list[dict]:
+        """The top `k` hits; with a `Reranker`, its `top_k` first-stage hits re-ordered by the cross-encoder."""
+        if reranker is not None:
+            return reranker.rerank(query, self.search(query, mode, max(k, reranker.top_k), vector, with_vectors), k)
         columns = COLUMNS + ["vector"] if with_vectors else COLUMNS
         if mode == "fulltext":
             return self.fulltext(query, k, columns)

@@ -169,7 +169,8 @@ class RagAPI:
     @api.get("/healthz")
     async def healthz(self) -> dict:
         return {"status": "ok", "auth": self.api_key is not None, "engine": self.options["engine"],
-                "generator": self.options["generator"], "adapter": self.options["adapter"]}
+                "generator": self.options["generator"], "adapter": self.options["adapter"],
+                "reranker": self.options.get("rerank")}
 
     @api.get("/v1/models")
     async def models(self, request: Request) -> dict:
@@ -190,17 +191,26 @@ class RagAPI:
                                       "param": "chunk_id"})
         return {"object": "chunk", **found}
 
-    async def _hits(self, query: str, mode: str, k: int) -> list[dict]:
+    def _rerank(self, asked: "bool | None") -> bool:
+        """A request's `rerank`: unset follows the server (on when it has a cross-encoder); true without one is
+        an error, not a silent plain search."""
+        if asked and not self.options.get("rerank"):
+            raise HTTPException(422, {"message": "rerank: this server has no reranker (serve with rerank: {model: "
+                                                 "...} or --rerank MODEL)", "param": "rerank"})
+        return bool(self.options.get("rerank")) if asked is None else asked
+
+    async def _hits(self, query: str, mode: str, k: int, rerank: "bool | None" = None) -> list[dict]:
+        rerank = self._rerank(rerank)
         vector = None if mode == "fulltext" else await self.embedder.embed.remote(query)
-        return await self.retriever.search.remote(query, vector, mode, k)
+        return await self.retriever.search.remote(query, vector, mode, k, rerank)
 
     @api.post("/v1/search", openapi_extra=body_of(SearchRequest))
     async def search(self, request: Request) -> dict:
         body = await self._admit(request, SearchRequest)
         with self.busy:
             start = time.perf_counter()
-            hits = await self._hits(body.query, body.mode, body.top_k)
-        return {"object": "list", "mode": body.mode, "data": hits, "took_ms": round(1000 * (time.perf_counter() - start), 2)}
+            hits = await self._hits(body.query, body.mode, body.top_k, body.rerank)
+        return {"object": "list", "mode": body.mode, "reranked": self._rerank(body.rerank), "data": hits, "took_ms": round(1000 * (time.perf_counter() - start), 2)}
 
     @api.post("/v1/embeddings", openapi_extra=body_of(EmbeddingRequest))
     async def embeddings(self, request: Request) -> dict:
@@ -228,7 +238,7 @@ class RagAPI:
         self.busy.__enter__()  # released when the answer, or its stream, ends
         streaming = False
         try:
-            hits = await self._hits(turns[-1]["content"], body.mode, body.top_k)
+            hits = await self._hits(turns[-1]["content"], body.mode, body.top_k, body.rerank)
             prompt = rag_messages(turns, hits, self.options["context_words"])
             sampling = body.sampling(self.options["max_tokens"])
             head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": self.options["generator"]}

@@ -8,14 +8,17 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .api import RagAPI
 from ..engines import BaseEngineConfig, EngineConfig, TransformersEngineConfig, check_engine
+from ..config import RerankConfig
 from ..storage import Folder
+from ..index.rerank import rerank_model
 from .deployments import Embedder, Generator, Retriever
 
 
 class ServeOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    workdir: str = Field(..., description="a job's workdir: its index (the tuned one when the job made it) is served")
+    workdir: str = Field(..., description="a job's workdir: its ship gate's choice of index is served (else the tuned "
+                         "one when the job made it)")
     generator: str | None = Field(None, description="'bundled:NAME', a Hugging Face id or a path; default: the "
                                   "workdir's trained generator (base model + LoRA adapter), else the bundled SmolLM2")
     adapter: str | None = Field(None, description="a PEFT LoRA adapter folder for the generator (default: the "
@@ -24,6 +27,8 @@ class ServeOptions(BaseModel):
         "what generates: a kind (transformers, openai, vllm) or an engine section, e.g. {kind: openai, base_url: "
         "http://127.0.0.1:8001/v1, model: NAME} for a vLLM, TGI or llama.cpp server; retrieval, the prompt layout, "
         "citations and auth stay this app's"))
+    rerank: RerankConfig | None = Field(None, description="a cross-encoder re-ranking each search's top hits "
+                                        "('reranker': the workdir's train_reranker model); requests may turn it off")
     max_tokens: int = Field(128, ge=1, le=1024, description="answer length when a request names none")
     context_words: int = Field(120, ge=8, description="each retrieved chunk is cut to this many words in the prompt "
                                "(a trained generator's own setting wins)")
@@ -77,6 +82,9 @@ def build(args: dict):
     if not (workdir / "index" / "manifest.json").exists():
         raise FileNotFoundError(f"{workdir}: no finished index stage to serve; run the job first")
     engine, words = choose_generator(opts, workdir)
+    rerank = None
+    if opts.rerank is not None:
+        rerank = {"config": opts.rerank.model_dump(), "model": rerank_model(opts.rerank, trained_reranker(workdir))}
 
     def sized(deployment, cpus: float | None = None, ongoing: int | None = None, **actor_options):
         cpus = opts.cpus.get(deployment.name, cpus)
@@ -94,10 +102,17 @@ def build(args: dict):
     generator = sized(Generator, cpus=0.1 if remote else None, ongoing=32 if remote else None,
                       **env_of(getattr(engine, "api_key_env", None)))
     return sized(RagAPI, **env_of(opts.api_key_env)).bind(
-        sized(Embedder).bind(str(workdir), opts.reload_s), sized(Retriever).bind(str(workdir), opts.reload_s),
+        sized(Embedder).bind(str(workdir), opts.reload_s), sized(Retriever).bind(str(workdir), opts.reload_s, rerank),
         generator.bind(engine.model_dump()),
-        {**opts.model_dump(), "workdir": str(workdir), "generator": engine.model,
+        {**opts.model_dump(), "workdir": str(workdir), "generator": engine.model, "rerank": rerank and rerank["model"],
          "adapter": getattr(engine, "adapter", None), "context_words": words, "engine": engine.kind})
+
+
+def trained_reranker(workdir: Folder) -> str | None:
+    from ..manifest import read_manifest
+
+    manifest = read_manifest(workdir / "train_reranker")
+    return (manifest.get("outputs") or {}).get("model") if manifest else None
 
 
 def env_of(name: str | None) -> dict:

@@ -19,8 +19,24 @@ from ..runtime import limit_torch_threads
 from ..storage import Folder
 
 
+def served_index(workdir: Folder) -> tuple[Folder, str]:
+    """(index folder, why): the ship gate's choice when the job ran one, else the tuned index when the job made
+    it, else the base one."""
+    from ..evaluate import GateOutputs
+    from ..manifest import read_manifest
+
+    gate = read_manifest(workdir / "gate")
+    if gate is not None:
+        out = GateOutputs.from_manifest(gate)
+        return workdir / out.serve, f"the ship gate's choice: {out.reason()}"
+    tuned = workdir / "index_tuned"
+    if (tuned / MANIFEST).exists():
+        return tuned, "the tuned index (no ship gate ran)"
+    return workdir / "index", "the job's only index"
+
+
 class IndexWatch:
-    """The workdir's current index (the tuned one when the job made it) and whether it changed."""
+    """The workdir's served index (`served_index`) and whether it changed."""
 
     def __init__(self, workdir: str, reload_s: float):
         self.workdir, self.reload_s = Folder(workdir), reload_s
@@ -29,8 +45,7 @@ class IndexWatch:
 
     @property
     def index_dir(self) -> Folder:
-        tuned = self.workdir / "index_tuned"
-        return tuned if (tuned / MANIFEST).exists() else self.workdir / "index"
+        return served_index(self.workdir)[0]
 
     def changed(self) -> bool:
         now = time.monotonic()
@@ -82,8 +97,14 @@ class Embedder:
 class Retriever:
     """Dense, full-text and hybrid search over the job's LanceDB table."""
 
-    def __init__(self, workdir: str, reload_s: float = 2.0):
+    def __init__(self, workdir: str, reload_s: float = 2.0, rerank: dict | None = None):
         self.watch = IndexWatch(workdir, reload_s)
+        self.reranker = None
+        if rerank is not None:  # a cross-encoder loaded once per replica, torch on this replica's CPUs
+            from ..config import RerankConfig
+            from ..index.rerank import Reranker
+
+            self.reranker = Reranker(RerankConfig(**rerank["config"]), rerank["model"])
         self._open()
 
     def _open(self) -> None:
@@ -92,11 +113,12 @@ class Retriever:
         self.searcher = open_index(self.watch.index_dir)
         self.version = self.searcher.table.version
 
-    def search(self, query: str, vector: np.ndarray | None, mode: str, k: int) -> list[dict]:
+    def search(self, query: str, vector: np.ndarray | None, mode: str, k: int, rerank: bool = False) -> list[dict]:
         if self.watch.changed():
             self._open()
-        hits = self.searcher.search(query, mode=mode, k=k, vector=vector)
-        return [{**h, "score": float(h["score"])} for h in hits]
+        hits = self.searcher.search(query, mode=mode, k=k, vector=vector, reranker=self.reranker if rerank else None)
+        return [{**h, "score": float(h["score"]),
+                 **({"retrieval_score": float(h["retrieval_score"])} if "retrieval_score" in h else {})} for h in hits]
 
     def chunk(self, chunk_id: str) -> dict | None:
         if self.watch.changed():
@@ -104,7 +126,8 @@ class Retriever:
         return self.searcher.chunk(chunk_id)
 
     def info(self) -> dict:
-        return {"index": str(self.watch.index_dir), "table_version": self.version, "rows": self.searcher.table.count_rows()}
+        return {"index": str(self.watch.index_dir), "table_version": self.version, "rows": self.searcher.table.count_rows(),
+                "reranker": self.reranker.model_path if self.reranker else None}
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=4,

@@ -19,6 +19,8 @@ class SearchRequest(BaseModel):
     query: str = Field(..., min_length=1, description="bounded by the body limit (413)")
     top_k: int = Field(5, ge=1, le=MAX_TOP_K)
     mode: Mode = "hybrid"
+    rerank: bool | None = Field(None, description="re-rank the hits with the server's cross-encoder (default: on "
+                                "when the server has one)")
 
 
 class EmbeddingRequest(BaseModel):
@@ -75,6 +77,8 @@ class ChatRequest(BaseModel):
     stream_options: StreamOptions | None = None
     top_k: int = Field(4, ge=1, le=20, description="chunks retrieved as context")
     mode: Mode = "hybrid"
+    rerank: bool | None = Field(None, description="re-rank the hits with the server's cross-encoder (default: on "
+                                "when the server has one)")
 
     @field_validator("stop")
     @classmethod

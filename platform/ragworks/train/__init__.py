@@ -2,7 +2,7 @@
 
 from typing import Any, ClassVar
 
-from ..config import TrainGeneratorConfig, TrainRetrieverConfig
+from ..config import TrainGeneratorConfig, TrainRerankerConfig, TrainRetrieverConfig
 from ..stage import Outputs, StageDef
 
 
@@ -27,6 +27,14 @@ class RetrieverOutputs(TrainedOutputs):
     seen: ClassVar[str] = "pairs"
     model: str  # sentence-transformers folder (LoRA merged in)
     selected_on: str = "val_ndcg@10"
+    heldout: str | None = None  # Parquet (query, positive_id): queries no step trained on, for the ship gate
+    teacher: str | None = None  # the cross-encoder whose margins it learnt (GPL)
+
+
+class RerankerOutputs(TrainedOutputs):
+    seen: ClassVar[str] = "pairs"
+    model: str  # sentence-transformers CrossEncoder folder
+    heldout: str | None = None
 
 
 class GeneratorOutputs(TrainedOutputs):
@@ -39,9 +47,17 @@ class GeneratorOutputs(TrainedOutputs):
     max_context_words: int = 120  # the prompt layout it trained on: serve and evaluate show context the same way
 
 
+def teacher_stage(cfg: TrainRetrieverConfig) -> tuple[str, ...]:
+    return ("train_reranker",) if cfg.teacher == "reranker" else ()
+
+
 STAGES = (
+    StageDef("train_reranker", TrainRerankerConfig, "ragworks.train.train_reranker:run", RerankerOutputs,
+             needs=("negatives",), work=("pairs", "pairs"),
+             help="a cross-encoder reranker on Ray Train: synthetic query, its chunk, hard negatives (InPars)"),
     StageDef("train_retriever", TrainRetrieverConfig, "ragworks.train.train_retriever:run", RetrieverOutputs,
-             needs=("negatives",), external="ragworks.train.train_retriever:external_inputs",
+             needs=("negatives",), optional=("train_reranker",), reads=teacher_stage,
+             external="ragworks.train.train_retriever:external_inputs",
              work=("pairs", "pairs"), help="contrastive fine-tuning of the embedder on Ray Train (hard negatives)"),
     StageDef("train_generator", TrainGeneratorConfig, "ragworks.train.train_generator:run", GeneratorOutputs,
              needs=("rag_examples",), work=("examples", "examples"),

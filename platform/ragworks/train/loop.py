@@ -59,12 +59,39 @@ def adapter_state(model, cfg: TrainRetrieverConfig) -> dict | None:
 
 
 def build_loss(model, cfg: TrainRetrieverConfig, world: int):
-    from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss, MultipleNegativesRankingLoss
+    """Multiple-negatives ranking (contrastive), MarginMSE on a teacher's margins (GPL), or their sum.
 
-    loss = MultipleNegativesRankingLoss(model, scale=cfg.scale, gather_across_devices=world > 1)
+    MarginMSE compares the student's margin sim(q, pos) - sim(q, neg) with the teacher's logit margin; the
+    student's similarity is the cosine times `scale`, the same logits the ranking loss reads, so both losses
+    see one score scale (a bare cosine cannot reach a cross-encoder's margins of several units).
+    """
+    import torch
+    from sentence_transformers.sentence_transformer.losses import (MarginMSELoss, MatryoshkaLoss,
+                                                                   MultipleNegativesRankingLoss)
+    from sentence_transformers.util import pairwise_cos_sim
+
+    def scaled_cosine(a, b):
+        return cfg.scale * pairwise_cos_sim(a, b)
+
+    parts = []
+    if "contrastive" in cfg.losses:
+        parts.append(MultipleNegativesRankingLoss(model, scale=cfg.scale, gather_across_devices=world > 1))
+    if "margin_mse" in cfg.losses:
+        parts.append(MarginMSELoss(model, similarity_fct=scaled_cosine))
     if cfg.matryoshka_dims:
-        loss = MatryoshkaLoss(model, loss, matryoshka_dims=cfg.matryoshka_dims)
-    return loss
+        parts = [MatryoshkaLoss(model, p, matryoshka_dims=cfg.matryoshka_dims) for p in parts]
+    if len(parts) == 1:
+        return parts[0]
+
+    class Summed(torch.nn.Module):
+        def __init__(self, losses):
+            super().__init__()
+            self.losses = torch.nn.ModuleList(losses)
+
+        def forward(self, features, labels):
+            return sum(loss(features, labels) for loss in self.losses)
+
+    return Summed(parts)
 
 
 def collect(iterator) -> dict[str, list]:
@@ -118,7 +145,12 @@ def train_loop(config: dict) -> None:
         negs = batch.column("negatives").to_pylist()
         texts += [[n[k] for n in negs] for k in range(cfg.negatives)]
         features = [{k: v.to(device) if hasattr(v, "to") else v for k, v in model.preprocess(t).items()} for t in texts]
-        return loss(features, None)
+        labels = None
+        if "margin_mse" in cfg.losses:  # the teacher's [pos, neg_1..neg_k] scores: MarginMSE takes their margins
+            import torch
+
+            labels = torch.tensor(batch.column("teacher").to_pylist(), dtype=torch.float32, device=device)
+        return loss(features, labels)
 
     model.train()
     run_steps(cfg, config, state, total, loss_of, (params, optimizer, scheduler), checkpoint, unit="pairs")

@@ -260,6 +260,15 @@ def export(checkpoint, name: str, target: Folder) -> Folder:
     return target
 
 
+def fit_and_export(trainer, metric: str, stage_dir: Folder, progress: Path, batch_size: int) -> tuple:
+    """Train, export the checkpoint with the best `metric` as `model/`: (its folder, the stage's report, the
+    last step)."""
+    progress.unlink(missing_ok=True)
+    best_ckpt, best, final = best_and_final(trainer.fit(), metric, higher_is_better=True)
+    target = export(best_ckpt, "model", stage_dir / "model")
+    return target, run_report(best, final, progress, batch_size, "pairs"), final["step"]
+
+
 def resumed_steps(progress_file: Path) -> list[int]:
     lines = progress_file.read_text().splitlines() if progress_file.exists() else []
     return sorted({json.loads(line)["step"] for line in lines if '"resumed"' in line})
