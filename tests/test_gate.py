@@ -54,7 +54,7 @@ def test_reranker_teaches_the_retriever_evaluate_reranks_and_the_gate_serves_bas
         # The retriever learnt from the reranker's margins and the contrastive loss, three steps.
         t = m["train_retriever"]["outputs"]
         assert t["teacher"] == r["model"] and t["counts"]["steps"] == 3
-        steps = [json.loads(x) for x in progress_file(workdir / "train_retriever").read_text().splitlines()]
+        steps = [json.loads(x) for x in progress_file(Folder(str(workdir)) / "train_retriever").read_text().splitlines()]
         losses = [x["loss"] for x in steps if "loss" in x]
         assert len(losses) == 3 and all(x == x and x > 0 for x in losses)
 
