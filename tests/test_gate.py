@@ -39,7 +39,7 @@ def test_reranker_teaches_the_retriever_evaluate_reranks_and_the_gate_serves_bas
         data = train_job(facts_qrels, llm.url, max_steps=3, teacher="reranker", loss="both")
         data["train_reranker"] = {"model": tiny_cross_encoder, "batch_size": 4, "max_steps": 3, "max_length": 64,
                                   "learning_rate": 1e-3, "validation_fraction": 0.2, "workers": 1, "cpus_per_worker": 1}
-        data["evaluate"]["rerank"] = {"model": "reranker", "top_k": 3}
+        data["evaluate"].update(rerank={"model": "reranker", "top_k": 3}, rerank_modes=["fulltext", "dense"])
         data["gate"] = {"modes": ["dense", "hybrid"]}
         spec = parse_spec(data)
         m = run_job(spec, workdir=workdir, console=QUIET)

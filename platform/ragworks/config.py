@@ -376,8 +376,10 @@ class EvaluateConfig(Section):
     batch_size: int = Field(64, ge=1)
     generation: GenerationEvalConfig = Field(default_factory=GenerationEvalConfig,
                                              description="answer metrics, when the job trains a generator")
-    rerank: RerankConfig | None = Field(None, description="also score every mode with a cross-encoder re-ranking its "
+    rerank: RerankConfig | None = Field(None, description="also score modes with a cross-encoder re-ranking their "
                                         "top hits ('reranker': the job's train_reranker model)")
+    rerank_modes: list[Mode] = Field(default_factory=lambda: ["hybrid"], description="the modes scored again with the "
+                                     "reranker (each costs top_k cross-encoder passes per query and index)")
 
 
 # -------------------------------------------------------------------- job

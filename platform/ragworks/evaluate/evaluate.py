@@ -46,12 +46,14 @@ def run(cfg: EvaluateConfig, ctx) -> EvaluateOutputs:
     if cfg.rerank is not None:
         trained = ctx.output("train_reranker").model if ctx.has("train_reranker") else None
         reranker = Reranker(cfg.rerank, rerank_model(cfg.rerank, trained))
-        ctx.console.print(f"re-ranking the top {cfg.rerank.top_k} hits of every mode with {reranker.model_path}")
+        ctx.console.print(f"re-ranking the top {cfg.rerank.top_k} hits of {', '.join(cfg.rerank_modes)} with "
+                          f"{reranker.model_path}")
     metrics, embedders = {}, {}
     for suffix, stage in indexes_to_score(ctx).items():
         embedders[stage] = ctx.output(stage).embedder
         metrics.update(score_modes(open_index(ctx.input_dir(stage)), queries, qrels, cfg.modes, suffix=suffix,
                                    candidates=cfg.candidates, batch_size=cfg.batch_size, reranker=reranker,
+                                   rerank_modes=cfg.rerank_modes,
                                    console=ctx.console, skip=set(metrics)))
 
     generation = samples = None

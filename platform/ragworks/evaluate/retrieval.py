@@ -25,9 +25,11 @@ def rank_by(hits: list[dict], key: str = "doc_id", k: int = 100) -> list[str]:
 
 def score_modes(searcher, queries: dict[str, str], qrels: dict[str, dict[str, int]], modes: list[Mode], *,
                 candidates: int, key: str = "doc_id", suffix: str = "", reranker=None, batch_size: int = 64,
-                console=None, skip: set[str] = frozenset()) -> dict[str, dict[str, float]]:
+                console=None, skip: set[str] = frozenset(), rerank_modes: list[Mode] | None = None
+                ) -> dict[str, dict[str, float]]:
     """`{label: metrics}` per mode, the label being the mode plus `suffix` (full-text takes none: it does not
-    depend on the embedder) and, with a reranker, each mode again with " + rerank". Labels in `skip` are not run.
+    depend on the embedder) and, with a reranker, each of `rerank_modes` (default: all) again with " + rerank".
+    Labels in `skip` are not run.
     """
     from rich.progress import track
 
@@ -37,7 +39,8 @@ def score_modes(searcher, queries: dict[str, str], qrels: dict[str, dict[str, in
     out: dict[str, dict[str, float]] = {}
     for mode in modes:
         label = mode if mode == "fulltext" else mode + suffix
-        for name, rr in [(label, None)] + ([(label + RERANKED, reranker)] if reranker is not None else []):
+        again = reranker is not None and (rerank_modes is None or mode in rerank_modes)
+        for name, rr in [(label, None)] + ([(label + RERANKED, reranker)] if again else []):
             if name in skip or name in out:
                 continue
             ranked = {}

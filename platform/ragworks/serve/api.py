@@ -16,6 +16,7 @@ import json
 import os
 import time
 import uuid
+import weakref
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
@@ -127,16 +128,33 @@ class Busy:
     def __init__(self, limit: int, retry_after_s: int = 1):
         self.limit, self.retry_after_s, self.active = limit, retry_after_s, 0
 
-    def __enter__(self):
+    def acquire(self) -> None:
+        """Take a slot or raise 429; `release` gives it back (a streamed answer holds it until its last chunk)."""
         if self.active >= self.limit:
             raise HTTPException(429, {"message": f"busy: {self.active} requests in flight on this replica; retry "
                                                  f"after {self.retry_after_s} s", "type": "rate_limit_error",
                                       "code": "overloaded"}, headers={"Retry-After": str(self.retry_after_s)})
         self.active += 1
+
+    def release(self) -> None:
+        self.active -= 1
+
+    def release_once(self):
+        """A release that runs at most once, however many ways the request ends."""
+        done = []
+
+        def release() -> None:
+            if not done:
+                done.append(True)
+                self.release()
+        return release
+
+    def __enter__(self):
+        self.acquire()
         return self
 
     def __exit__(self, *exc):
-        self.active -= 1
+        self.release()
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=128,
@@ -151,14 +169,14 @@ class RagAPI:
         self.drain = DrainWatch()
         self.created = int(time.time())
 
-    async def _admit(self, request: Request, model: type[BaseModel]) -> BaseModel:
-        """Shutdown, auth, size, then the body: each route's first call."""
+    async def _admit(self, request: Request, model: "type[BaseModel] | None" = None) -> "BaseModel | None":
+        """Shutdown, auth, size, then the body (when the route has one): each route's first call."""
         if await self.drain.draining():
             raise HTTPException(503, {"message": "the server is shutting down; retry on another replica",
                                       "type": "server_error", "code": "shutting_down"},
                                 headers={"Connection": "close", "Retry-After": "1"})
-        guard(request, self.api_key, self.options["max_body_bytes"])
-        return await parse(request, model)
+        guard(request, self.api_key, self.options["max_body_bytes"], body=model is not None)
+        return None if model is None else await parse(request, model)
 
     @api.get("/", include_in_schema=False)
     async def playground(self):
@@ -175,7 +193,7 @@ class RagAPI:
     @api.get("/v1/models")
     async def models(self, request: Request) -> dict:
         """The served generator (what chat answers with) and embedder (what embeddings and search use)."""
-        guard(request, self.api_key, self.options["max_body_bytes"], body=False)
+        await self._admit(request)
         embedder = await self.embedder.model_name.remote()
         return {"object": "list", "data": [
             {"id": name, "object": "model", "created": self.created, "owned_by": "ragworks", "purpose": purpose}
@@ -184,7 +202,7 @@ class RagAPI:
     @api.get("/v1/chunks/{chunk_id:path}")
     async def chunk(self, chunk_id: str, request: Request) -> dict:
         """One chunk by id: what a citation opens."""
-        guard(request, self.api_key, self.options["max_body_bytes"], body=False)
+        await self._admit(request)
         found = await self.retriever.chunk.remote(chunk_id)
         if found is None:
             raise HTTPException(404, {"message": f"no chunk with id {chunk_id!r}", "type": "not_found_error",
@@ -235,7 +253,7 @@ class RagAPI:
         turns = [{"role": m.role, "content": m.text()} for m in body.messages]
         if turns[-1]["role"] != "user":
             return error(422, "messages: the last message must be the user's question", param="messages")
-        self.busy.__enter__()  # released when the answer, or its stream, ends
+        self.busy.acquire()  # released when the answer, or its stream, ends
         streaming = False
         try:
             hits = await self._hits(turns[-1]["content"], body.mode, body.top_k, body.rerank)
@@ -252,13 +270,17 @@ class RagAPI:
                         "citations": cited_ids(outs[0]["text"], ids), "context": ids}
             pieces = self.generator.options(stream=True).stream.remote(prompt, **sampling)
             with_usage = bool(body.stream_options and body.stream_options.include_usage)
+            release = self.busy.release_once()
+            events = self._events(pieces, head, ids, with_usage, release)
+            # a client gone before the first chunk: the generator never runs its `finally`, but it is collected
+            weakref.finalize(events, release)
             streaming = True
-            return StreamingResponse(self._events(pieces, head, ids, with_usage), media_type="text/event-stream")
+            return StreamingResponse(events, media_type="text/event-stream")
         finally:
             if not streaming:
-                self.busy.__exit__()
+                self.busy.release()
 
-    async def _events(self, pieces, head: dict, ids: list[str], with_usage: bool):
+    async def _events(self, pieces, head: dict, ids: list[str], with_usage: bool, release):
         """Server-sent chunks as OpenAI streams them: the role, the text pieces, the finish reason (with the
         citations and context ids), then the usage when asked for (`choices` empty), then [DONE]."""
         def chunk(choices: list, **extra) -> str:
@@ -281,4 +303,4 @@ class RagAPI:
                 yield chunk([], usage=usage(counts.get("prompt_tokens", 0), counts.get("completion_tokens", 0)))
             yield "data: [DONE]\n\n"
         finally:
-            self.busy.__exit__()
+            release()
