@@ -109,6 +109,7 @@ def run_stage(args) -> dict:
 
     spec = {"name": "index-scale", "index": {
         "embedder": "static", "batch_size": args.batch_size, "concurrency": [args.cpus, args.cpus], "fulltext": False,
+        "num_cpus": 1.0,  # a whole CPU per actor, as the README's figures were measured (one thread either way)
         "ann": {"min_rows": 10**12}}}
     # JobSpec, not parse_spec: the spec has no corpus section on purpose, the runner finds the finished one
     t0 = time.perf_counter()

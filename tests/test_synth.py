@@ -201,6 +201,7 @@ def test_vllm_spec_validates_without_vllm_and_fails_clearly(ray_local, tmp_path,
     if importlib.util.find_spec("vllm") is None:
         with pytest.raises(EngineUnavailable, match=r"pip install 'ragworks\[vllm\]'"):
             run_job(spec, workdir=tmp_path / "wd", console=QUIET)
+        assert not (tmp_path / "wd" / "corpus").exists()  # before the first stage, not after corpus and index
     # with vLLM present but no GPU in the cluster: fail at once instead of waiting for one
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else None)
     with pytest.raises(EngineUnavailable, match="needs a GPU, and this Ray cluster has 0"):

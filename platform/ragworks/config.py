@@ -153,7 +153,11 @@ class IndexConfig(Section):
     table: str = "chunks"
     batch_size: int = Field(64, ge=1)
     concurrency: tuple[int, int] = Field((1, 2), description="embedder actor pool: (min, max)")
-    num_cpus: float = Field(1.0, gt=0, description="CPUs per embedder actor; torch gets as many threads")
+    # Half a CPU by default: Ray Data's resource allocator reserves half the CPUs evenly across a dataset's
+    # operators, which on 2 CPUs leaves the embedding pool about 1.2 of them, so a second 1-CPU actor never
+    # started (measured on 1,500 SciFact abstracts: 165 s with one actor, 108 s with two at 0.5 each).
+    num_cpus: float = Field(0.5, gt=0, description="CPUs each embedder actor asks Ray for; torch gets as many "
+                                                   "threads, at least one")
     num_gpus: float = Field(0.0, ge=0)
     resources: dict[str, float] = Field(default_factory=dict, description=RESOURCES_HELP)
     metric: Literal["cosine", "dot", "l2"] = "cosine"

@@ -50,6 +50,7 @@ def run_job(
 
     workdir.mkdir()
     init_ray(spec.ray, address)
+    check_engines(spec, enabled, workdir)
     manifests: dict[str, dict] = {}
     for name in enabled:
         stage = stages[name]
@@ -105,6 +106,18 @@ def run_job(
         manifests[name] = manifest
         console.print(f"[bold]{name}[/]: done in {seconds:.1f}s")
     return manifests
+
+
+def check_engines(spec: JobSpec, enabled: list[str], workdir) -> None:
+    """An engine that cannot run on this cluster (vLLM not installed, no GPU) fails the job before its first
+    stage, not after the hours of corpus and index work before the stage that needs it. Stages finished
+    earlier are not checked: a re-run on a CPU machine may go on from a GPU machine's generations."""
+    from .engines import check_engine
+
+    for name in enabled:
+        engine = getattr(getattr(spec, name), "engine", None)
+        if engine is not None and read_manifest(workdir / name) is None:
+            check_engine(engine, f"{name}.engine.kind")
 
 
 def _run_stage(stage: StageDef, cfg, ctx: StageContext) -> Outputs:
