@@ -46,8 +46,12 @@ def ray_local(s3):
     workers can reach the test bucket)."""
     import ray
 
+    from ragworks.config import RayConfig
+    from ragworks.runtime import configure_data
+
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    configure_data(RayConfig())
     yield ray
     ray.shutdown()
 

@@ -63,12 +63,18 @@ def test_folders_resume_markers_and_model_fetch_on_s3(s3, tmp_path, monkeypatch)
     assert s3_keys("unit/") == []
 
 
-def test_attempts_commit_one_row_per_key_and_a_late_write_never_reaches_the_output(ray_local, s3):
+@pytest.mark.parametrize("one_task_rows", [200_000, 0], ids=["keys in one task", "hash shuffle"])
+def test_attempts_commit_one_row_per_key_and_a_late_write_never_reaches_the_output(ray_local, s3, monkeypatch,
+                                                                                  one_task_rows):
     """A killed run's worker wrote a block after the resumed run listed what was written: both attempts
-    hold its keys. The commit keeps the earlier attempt's copies, once each, and moves only what it listed."""
+    hold its keys. The commit keeps the earlier attempt's copies, once each, and moves only what it listed;
+    the same whether the keys fit one task or go through a shuffle."""
     import ray
 
-    stage = Folder(f"s3://{S3_BUCKET}/commit")
+    from ragworks import incremental
+
+    monkeypatch.setattr(incremental, "ONE_TASK_ROWS", one_task_rows)
+    stage = Folder(f"s3://{S3_BUCKET}/commit-{one_task_rows}")
     first, second = attempt_folder(stage), attempt_folder(stage)
     assert first.name < second.name  # attempts sort by start time
 

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .ordering import ONE_TASK_ROWS
 from .storage import Folder
 
 
@@ -88,8 +89,8 @@ def commit(attempts: Folder, target: Folder, key: str = "key") -> int:
     files are listed once (the snapshot), each key keeps its copy from the earliest attempt (then file
     name), the later copies are cut out of their files, and only the snapshot's files are moved: a file a
     dead run writes after it lands in its attempt folder, which no reader of `target` ever sees. The
-    duplicate keys are found by a Ray Data group-by; only they (at most a block or two per kill) reach
-    the driver.
+    duplicate keys are found by a Ray Data group-by (in one task up to ONE_TASK_ROWS rows, which the
+    files' footers tell); only they (at most a block or two per kill) reach the driver.
     """
     import ray
     from ray.data.expressions import col
@@ -103,11 +104,16 @@ def commit(attempts: Folder, target: Folder, key: str = "key") -> int:
     paths = [f.path for f in files]
     keys = ray.data.read_parquet(paths, filesystem=attempts.fs, partitioning=None, include_paths=True,
                                  num_cpus=0.25).select_columns([key, "path"])
-    twice = [r[key] for r in keys.groupby(key).count().filter(expr=col("count()") > 1).take_all()]
-    dropped = 0
-    if twice:
+    rows = sum(pq.read_metadata(f.path, filesystem=f.fs).num_rows for f in files)  # footers only
+    if rows <= ONE_TASK_ROWS:  # the keys in one task: no shuffle to start
+        copies = keys.repartition(1).map_batches(repeated, fn_kwargs={"key": key}, batch_size=None,
+                                                 batch_format="pyarrow", num_cpus=0.25).take_all()
+    else:
+        twice = [r[key] for r in keys.groupby(key).count().filter(expr=col("count()") > 1).take_all()]
         copies = keys.map_batches(lambda b: b.filter(pc.is_in(b[key], value_set=pa.array(twice))),
-                                  batch_format="pyarrow", num_cpus=0.25).take_all()
+                                  batch_format="pyarrow", num_cpus=0.25).take_all() if twice else []
+    dropped = 0
+    if copies:
         first: dict[str, str] = {}
         for c in sorted(copies, key=lambda c: c["path"]):
             first.setdefault(c[key], c["path"])
@@ -133,6 +139,13 @@ def commit(attempts: Folder, target: Folder, key: str = "key") -> int:
         f.move_to(destination)
     attempts.remove()
     return dropped
+
+
+def repeated(t: pa.Table, key: str) -> pa.Table:
+    """The rows of `t` whose `key` appears more than once in it."""
+    counts = t.group_by(key).aggregate([(key, "count")])
+    twice = counts.filter(pc.greater(counts[f"{key}_count"], 1))[key]
+    return t.filter(pc.is_in(t[key], value_set=twice))
 
 
 def string_columns(table: pa.Table, names: tuple[str, ...]) -> pa.Table:

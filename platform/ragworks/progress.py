@@ -12,20 +12,51 @@ import time
 from functools import partial
 
 INTERVAL_S = 10.0
-STAGE = {"name": ""}  # the stage running now (the runner sets it): each line says whose rows these are
+STAGE = {"name": "", "verbose": False}  # the stage running now (the runner sets it): each line says whose rows
+# these are; and whether --verbose asked for Ray's own lines
+
+
+def train_log_level() -> str:
+    """Ray Train's console level: its INFO lines (worker groups, every checkpoint) only with --verbose; the stage
+    prints its own table of checkpoints."""
+    return "INFO" if STAGE["verbose"] else "WARNING"
 
 
 def configure(console, verbose: bool = False) -> None:
     """Quiet Ray Data's console logging (its file log stays), and outside a terminal print `OneLine`s."""
+    STAGE["verbose"] = verbose
     if verbose:
         return
-    for handler in logging.getLogger("ray.data").handlers:
-        if not isinstance(handler, logging.FileHandler) and "File" not in type(handler).__name__:
-            handler.setLevel(logging.WARNING)
+    quiet_console()
     if not console.is_terminal:
+        from ray.data import DataContext
         from ray.data._internal.execution import streaming_executor
 
         streaming_executor.get_progress_manager = partial(_one_line_manager, console)
+        # Ray Train hands this context to its workers and split coordinators: no bars from their datasets
+        # either (`quiet_train_worker` does the rest); the driver's lines above report the stage.
+        DataContext.get_current().enable_progress_bars = False
+
+
+def quiet_console() -> None:
+    """Ray Data's INFO lines off the console; its log files keep them."""
+    for handler in logging.getLogger("ray.data").handlers:
+        if not isinstance(handler, logging.FileHandler) and "File" not in type(handler).__name__:
+            handler.setLevel(logging.WARNING)
+
+
+def quiet_train_worker() -> None:
+    """In a Ray Train worker of a run printing to a file: its datasets (the val slice, the train shard) print
+    nothing, not even Ray's note that their bars are off."""
+    from ray.data import DataContext
+    from ray.data._internal.execution import streaming_executor
+    from ray.data._internal.progress.base_progress import NoopExecutionProgressManager
+
+    if DataContext.get_current().enable_progress_bars:
+        return  # a terminal, or --verbose
+    quiet_console()
+    streaming_executor.get_progress_manager = (
+        lambda ctx, dataset_id, topology, verbose: NoopExecutionProgressManager(dataset_id, topology, False, verbose))
 
 
 def _one_line_manager(console, ctx, dataset_id, topology, verbose_progress):

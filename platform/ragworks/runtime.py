@@ -13,7 +13,7 @@ from .config import RayConfig
 
 def init_ray(cfg: RayConfig, address: str | None = None) -> None:
     """Connect to a cluster, or start an embedded one that stays on 127.0.0.1."""
-    # No global preserve_order: where an order matters, rows carry a key for it (ordering.py).
+    configure_data(cfg)  # on every call: a test's or a notebook's Ray may be running already
     if ray.is_initialized():
         return
     # A driver started by the Jobs API (`ray job submit`) finds its cluster's GCS in RAY_ADDRESS; an
@@ -25,12 +25,19 @@ def init_ray(cfg: RayConfig, address: str | None = None) -> None:
     # lines about creating a table (workers started by this Ray inherit these)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("LANCE_LOG", "error")
+    os.environ.setdefault("LANCEDB_LOG", "error")  # read once, at its import: a stage may import it before search.py
     if address:
         ray.init(address=address, **kwargs)
     else:
         # "local": always a Ray of its own, even beside a cluster started on this machine with `ray start`.
         ray.init(address="local", num_cpus=cfg.num_cpus, dashboard_host=cfg.dashboard_host, include_dashboard=False,
                  **kwargs)
+
+
+def configure_data(cfg: RayConfig) -> None:
+    """This driver's Ray Data settings (Ray Train hands them to its workers)."""
+    # No global preserve_order: where an order matters, rows carry a key for it (ordering.py).
+    ray.data.DataContext.get_current().use_datasource_v2 = cfg.parquet_reader == "v2"
 
 
 def actor_pool(concurrency: tuple[int, int], num_cpus: float, num_gpus: float = 0.0,

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pyarrow as pa
 import ray
-from ray.data import ActorPoolStrategy
 
 from ..answers import messages, score_answers
 from ..train import GeneratorOutputs  # noqa: F401 - the annotation
@@ -24,27 +22,26 @@ from ..ordering import first_rows
 from ..synth.rag_examples import CLAIM_KEY
 
 
-class ChatPrompts:
-    """Ray Data callable class: the model's chat template around each example (tokenizer loaded once)."""
+def chat_prompts(batch: pa.Table, model: str, max_words: int) -> pa.Table:
+    """The model's chat template around each example. A task, not an actor pool: at most `max_examples` rows,
+    and a pooled task worker loads a tokenizer in a second where a new actor process takes ten."""
+    from transformers import AutoTokenizer
 
-    def __init__(self, model: str, max_words: int):
-        from transformers import AutoTokenizer
-
-        self.tok = AutoTokenizer.from_pretrained(model)
-        self.max_words = max_words
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        prompts = [self.tok.apply_chat_template(messages(q, json.loads(c), max_words=self.max_words),
-                                                add_generation_prompt=True, tokenize=False)
-                   for q, c in zip(batch["query"].to_pylist(), batch["context"].to_pylist())]
-        return batch.append_column("prompt", pa.array(prompts, pa.string()))
+    tok = AutoTokenizer.from_pretrained(model)
+    prompts = [tok.apply_chat_template(messages(q, json.loads(c), max_words=max_words),
+                                       add_generation_prompt=True, tokenize=False)
+               for q, c in zip(batch["query"].to_pylist(), batch["context"].to_pylist())]
+    return batch.append_column("prompt", pa.array(prompts, pa.string()))
 
 
-def context_ids(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    ids = [json.dumps([c["id"] for c in json.loads(x)]) for x in batch["context"]]
-    return {"answer": batch["generated_text"], "reference": batch["answer"], "oracle_id": batch["oracle_id"],
-            "context_ids": np.array(ids, dtype=object), "query": batch["query"], "gen_error": batch["gen_error"],
-            "key": batch["key"]}
+def with_generator(batch: pa.Table, label: str) -> pa.Table:
+    return batch.append_column("generator", pa.array([label] * batch.num_rows, pa.string()))
+
+
+def answered_row(r: dict) -> dict:
+    return {"answer": r["generated_text"], "reference": r["answer"], "oracle_id": r["oracle_id"],
+            "context_ids": [c["id"] for c in json.loads(r["context"])], "query": r["query"],
+            "gen_error": r["gen_error"], "key": r["key"]}
 
 
 def by_kind(rows: list[dict]) -> dict[str, list[dict]]:
@@ -58,16 +55,18 @@ def answer_metrics(cfg: GenerationEvalConfig, trained: "GeneratorOutputs", conso
     """({'base': metrics, 'tuned': metrics}, {label: a few answers to show})."""
     base, adapter, max_words = trained.base_model, trained.adapter, trained.max_context_words
     examples = first_rows(ray.data.read_parquet(trained.heldout, num_cpus=0.25), cfg.max_examples, ["key"])
-    prompts = examples.map_batches(ChatPrompts, fn_constructor_args=(base, max_words), batch_format="pyarrow",
-                                   compute=ActorPoolStrategy(size=1), num_cpus=0.25).materialize()
+    prompts = examples.map_batches(chat_prompts, fn_kwargs={"model": base, "max_words": max_words},
+                                   batch_format="pyarrow", num_cpus=0.25).materialize()
+    console.print(f"answering {prompts.count()} held-out examples with the base and the tuned generator")
+    # Both generators at once, a pool each: their start-up (most of the time at this size) overlaps. Their
+    # inputs are materialized first: no task upstream of the pools waits for a CPU slot the actors hold.
+    labelled = {label: generate(prompts.map_batches(with_generator, fn_kwargs={"label": label}, batch_format="pyarrow",
+                                                    num_cpus=0.25).materialize(), answer_engine(cfg, base, lora))
+                for label, lora in (("base", None), ("tuned", adapter))}
+    every = labelled["base"].union(labelled["tuned"]).take_all()  # 2 x max_examples short rows
     metrics, samples, kinds = {}, {}, {}
-    for label, lora in (("base", None), ("tuned", adapter)):
-        engine = answer_engine(cfg, base, lora)
-        console.print(f"answering {prompts.count()} held-out examples with the {label} generator")
-        answered = generate(prompts, engine).map_batches(context_ids, batch_format="numpy", num_cpus=0.25)
-        rows = sorted(answered.take_all(), key=lambda r: r["key"])  # at most max_examples short rows
-        for r in rows:
-            r["context_ids"] = json.loads(r["context_ids"])
+    for label in labelled:
+        rows = sorted((answered_row(r) for r in every if r["generator"] == label), key=lambda r: r["key"])
         metrics[label], parts = scores(rows), by_kind(rows)
         kinds.update({f"{label}, {kind}": scores(part) for kind, part in parts.items()})
         shown = [r for part in parts.values() for r in part[:3]] or rows[:5]

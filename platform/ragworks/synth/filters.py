@@ -93,7 +93,8 @@ def run(cfg: FiltersConfig, ctx) -> FiltersOutputs:
     ds = ray.data.read_parquet(src, partitioning=None)  # the folder name is not a column
     ds = ds.map_batches(rule_filters, fn_kwargs={"cfg": cfg}, batch_format="pyarrow")
     if cfg.dedup:
-        ds = per_key(ds.map_batches(with_normalised_query, batch_format="pyarrow"), "norm", drop_repeats)
+        ds = per_key(ds.map_batches(with_normalised_query, batch_format="pyarrow"), "norm", drop_repeats,
+                     rows=generated.counts.get("ok"))
     if cfg.consistency.enabled or cfg.min_score is not None:
         ds = ds.map_batches(RoundTrip, fn_constructor_args=(str(ctx.input_dir("index")), cfg),
                             batch_size=cfg.batch_size, batch_format="pyarrow",

@@ -42,8 +42,10 @@ def worker_cpus(cfg: TrainerConfig) -> float:
 def make_trainer(loop: Callable, loop_config: dict, cfg: TrainerConfig, datasets: dict, storage: str | Folder,
                  metric: str, order: str):
     """A TorchTrainer: `train` is split across workers, every worker sees all of `val`; the best `metric` is kept."""
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+
+    from ..progress import train_log_level
 
     return TorchTrainer(
         loop,
@@ -52,6 +54,7 @@ def make_trainer(loop: Callable, loop_config: dict, cfg: TrainerConfig, datasets
                                      resources_per_worker={"CPU": worker_cpus(cfg), **cfg.resources}),
         run_config=RunConfig(name="train", storage_path=str(storage),
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
+                             logging_config=LoggingConfig(log_level=train_log_level()),
                              checkpoint_config=CheckpointConfig(checkpoint_score_attribute=metric,
                                                                 checkpoint_score_order=order)),
         datasets=datasets,
@@ -62,20 +65,23 @@ def make_trainer(loop: Callable, loop_config: dict, cfg: TrainerConfig, datasets
 def ordered_ingest():
     """Ray Data's ingest options with the train shard in a stable order: the seeded local shuffle then
     repeats itself, and a restarted worker skips the very batches it trained on (`batches_done`)."""
-    from ray.train import DataConfig
+    from ray.data import DataContext, ExecutionOptions
 
-    options = DataConfig.default_ingest_options()
-    options.preserve_order = True
-    return options
+    # DataConfig.default_ingest_options() without its deprecated exclude_resources (a warning every run)
+    current = DataContext.get_current().execution_options
+    return ExecutionOptions(resource_limits=current.resource_limits, preserve_order=True,
+                            verbose_progress=current.verbose_progress)
 
 
 def start_worker(cfg: TrainerConfig):
     """(rank, world size, device) of this worker, its torch threads set to the CPUs Ray gave it."""
     import torch
 
+    from ..progress import quiet_train_worker
     from ..runtime import limit_torch_threads
 
     ctx = ray.train.get_context()
+    quiet_train_worker()
     limit_torch_threads()
     torch.manual_seed(cfg.seed)
     return ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device()
@@ -211,7 +217,7 @@ def run_steps(cfg: TrainerConfig, config: dict, state: dict, total: int, loss_of
             state["step"] += 1
             state["batches_done"] = i + 1
             progress(config, rank, {"step": state["step"], "total": total, "epoch": state["epoch"],
-                                    "loss": round(float(loss), 4),
+                                    "loss": round(loss.detach().item(), 4),
                                     f"{unit}_per_s": round(state["step"] * cfg.batch_size / state["train_seconds"], 2)})
             if state["step"] >= total:
                 break
