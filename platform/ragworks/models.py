@@ -7,6 +7,8 @@ with real models lose nothing.
 
 from __future__ import annotations
 
+import os
+
 import importlib
 import importlib.util
 from dataclasses import asdict, dataclass
@@ -154,6 +156,8 @@ def load_causal_lm(name: str, device: str = "cpu", adapter: str | None = None):
 def _convert_gguf(gguf: Path, target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    # transformers' GGUF reader draws a plain tqdm bar, in every log a first run writes; tqdm reads this per bar
+    os.environ.setdefault("TQDM_DISABLE", "1")
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     # The weights are dequantised already; without this the copy claims to be quantised.
