@@ -37,13 +37,13 @@ ONE_TASK_ROWS = 200_000
 def per_key(ds: ray.data.Dataset, key: str, fn, partitions: int | None = None, rows: int | None = None,
             **kwargs) -> ray.data.Dataset:
     """`fn` on hash partitions of `ds` by `key`: each call sees every row of the keys it sees. `rows`, when the
-    caller knows it: at most ONE_TASK_ROWS, and `fn` sees every row at once instead (no shuffle)."""
+    caller knows it: at most ONE_TASK_ROWS, and `fn` sees every row at once instead (no shuffle); its output is
+    split into as many blocks as the shuffle would make, so an actor pool after it still gets one each."""
+    partitions = partitions or max(1, int(ray.cluster_resources().get("CPU", 1)))
     if rows is not None and rows <= ONE_TASK_ROWS:
-        ds = ds.repartition(1)
-    else:
-        partitions = partitions or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        ds = ds.repartition(partitions, keys=[key])
-    return ds.map_batches(fn, batch_size=None, batch_format="pyarrow", **kwargs)
+        return ds.repartition(1).map_batches(fn, batch_size=None, batch_format="pyarrow", **kwargs) \
+            .repartition(partitions)
+    return ds.repartition(partitions, keys=[key]).map_batches(fn, batch_size=None, batch_format="pyarrow", **kwargs)
 
 
 def _smallest(t: pa.Table, n: int, by: list[str]) -> pa.Table:
