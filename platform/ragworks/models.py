@@ -7,10 +7,9 @@ with real models lose nothing.
 
 from __future__ import annotations
 
-import os
-
 import importlib
 import importlib.util
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
