@@ -71,9 +71,9 @@ def test_attempts_commit_one_row_per_key_and_a_late_write_never_reaches_the_outp
     the same whether the keys fit one task or go through a shuffle."""
     import ray
 
-    from ragworks import incremental
+    from ragworks import ordering
 
-    monkeypatch.setattr(incremental, "ONE_TASK_ROWS", one_task_rows)
+    monkeypatch.setattr(ordering, "ONE_TASK_ROWS", one_task_rows)
     stage = Folder(f"s3://{S3_BUCKET}/commit-{one_task_rows}")
     first, second = attempt_folder(stage), attempt_folder(stage)
     assert first.name < second.name  # attempts sort by start time

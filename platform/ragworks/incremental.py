@@ -19,7 +19,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .ordering import ONE_TASK_ROWS
 from .storage import Folder
 
 
@@ -27,17 +26,22 @@ def parquet_files(folder: str | Folder) -> list[Folder]:
     return Folder(folder).files(".parquet")
 
 
-def drop_partial_files(folder: str | Folder) -> list[Folder]:
-    """Delete files a kill left half-written (their footer is missing). An object store never shows a
-    half-uploaded object, so there only a corrupt one is found."""
-    dropped = []
+def read_footers(folder: str | Folder) -> tuple[list[tuple[Folder, int]], list[Folder]]:
+    """(every whole file with its row count, the files deleted): a file a kill left half-written has no
+    footer. An object store never shows a half-uploaded object, so there only a corrupt one is found."""
+    whole, dropped = [], []
     for f in parquet_files(folder):
         try:
-            pq.read_metadata(f.path, filesystem=f.fs)
+            whole.append((f, pq.read_metadata(f.path, filesystem=f.fs).num_rows))
         except Exception:  # noqa: BLE001 - any unreadable file is a partial one
             f.unlink()
             dropped.append(f)
-    return dropped
+    return whole, dropped
+
+
+def drop_partial_files(folder: str | Folder) -> list[Folder]:
+    """Delete files a kill left half-written; returns them."""
+    return read_footers(folder)[1]
 
 
 def read_columns(folder: str | Folder, columns: list[str]) -> Iterator[tuple[Folder, pa.Table]]:
@@ -89,29 +93,26 @@ def commit(attempts: Folder, target: Folder, key: str = "key") -> int:
     files are listed once (the snapshot), each key keeps its copy from the earliest attempt (then file
     name), the later copies are cut out of their files, and only the snapshot's files are moved: a file a
     dead run writes after it lands in its attempt folder, which no reader of `target` ever sees. The
-    duplicate keys are found by a Ray Data group-by (in one task up to ONE_TASK_ROWS rows, which the
-    files' footers tell); only they (at most a block or two per kill) reach the driver.
+    duplicate keys are found by a keyed pass (`ordering.per_key`: in one task up to ONE_TASK_ROWS rows,
+    which the files' footers tell, else a hash shuffle); only they (at most a block or two per kill) reach
+    the driver.
     """
     import ray
-    from ray.data.expressions import col
+
+    from .ordering import per_key
 
     attempts = Folder(attempts)
-    drop_partial_files(attempts)
-    files = parquet_files(attempts)
+    whole, _ = read_footers(attempts)
+    files = [f for f, _ in whole]
     target.mkdir()
     if not files:
         return 0
     paths = [f.path for f in files]
     keys = ray.data.read_parquet(paths, filesystem=attempts.fs, partitioning=None, include_paths=True,
                                  num_cpus=0.25).select_columns([key, "path"])
-    rows = sum(pq.read_metadata(f.path, filesystem=f.fs).num_rows for f in files)  # footers only
-    if rows <= ONE_TASK_ROWS:  # the keys in one task: no shuffle to start
-        copies = keys.repartition(1).map_batches(repeated, fn_kwargs={"key": key}, batch_size=None,
-                                                 batch_format="pyarrow", num_cpus=0.25).take_all()
-    else:
-        twice = [r[key] for r in keys.groupby(key).count().filter(expr=col("count()") > 1).take_all()]
-        copies = keys.map_batches(lambda b: b.filter(pc.is_in(b[key], value_set=pa.array(twice))),
-                                  batch_format="pyarrow", num_cpus=0.25).take_all() if twice else []
+    # every copy of a key meets its twins in one call (in one task when the footers' count is small)
+    copies = per_key(keys, key, repeated, rows=sum(n for _, n in whole), fn_kwargs={"key": key},
+                     num_cpus=0.25).take_all()
     dropped = 0
     if copies:
         first: dict[str, str] = {}
