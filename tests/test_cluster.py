@@ -207,15 +207,27 @@ def test_a_bad_spec_fails_before_submission(local_cluster, tmp_path):
     assert "submitted" not in bad.stdout
 
 
+def drivers_of(workdir: Path) -> list[psutil.Process]:
+    """Processes on this machine (every node of the local cluster) running a job into `workdir`."""
+    return [p for p in psutil.process_iter(["cmdline"]) if str(workdir) in " ".join(p.info["cmdline"] or [])]
+
+
 def test_stop_ends_a_submitted_job(local_cluster, tmp_path):
-    job_id = submitted_id(cli("submit", "jobs/quickstart.yaml", "--workdir", str(tmp_path / "wd")))
-    stopped = cli("stop", job_id)
+    workdir = tmp_path / "wd"
+    job_id = submitted_id(cli("submit", "jobs/quickstart.yaml", "--workdir", str(workdir)))
+    stopped = cli("stop", job_id)  # while the job starts: the moment a stop could miss the driver
     assert stopped.returncode == 0 and "stop requested" in stopped.stdout, stopped.stdout + stopped.stderr
     deadline = time.time() + 60
     while time.time() < deadline and "STOPPED" not in (status := cli("status", job_id)).stdout:
         time.sleep(1)
     assert "STOPPED" in status.stdout, status.stdout
     assert job_id in cli("status").stdout  # the job list
+    # STOPPED means the driver is gone, not only the shell that started it: a driver left running holds
+    # the cluster's CPUs and starves the next job
+    deadline = time.time() + 10
+    while time.time() < deadline and drivers_of(workdir):
+        time.sleep(0.5)
+    assert not drivers_of(workdir), [p.info["cmdline"] for p in drivers_of(workdir)]
 
 
 def raylet_of(pid: int) -> psutil.Process:

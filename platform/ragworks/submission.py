@@ -89,7 +89,10 @@ def submit(job: Path, *, address: str | None, workdir: str | None, overrides: li
     runtime_env = {"working_dir": str(project), "py_modules": [str(Path(ragworks.__file__).parent)],
                    "excludes": EXCLUDES}
     submission_id = f"ragworks-{spec.name}-{uuid.uuid4().hex[:8]}"
-    client(address).submit_job(entrypoint=shlex.join(args), runtime_env=runtime_env, submission_id=submission_id,
+    # `exec`: the shell Ray starts becomes the driver, so a stop always signals the driver itself. Without
+    # it, a stop that lands as the shell forks (a job stopped while it starts) kills only the shell and
+    # leaves the driver running, holding the cluster, under a job marked STOPPED (2 of 18 tries here).
+    client(address).submit_job(entrypoint="exec " + shlex.join(args), runtime_env=runtime_env, submission_id=submission_id,
                                entrypoint_num_cpus=0, metadata={"ragworks_job": spec.name, "workdir": wd,
                                                                 "spec": str(spec_path)})
     console.print(f"submitted [bold]{submission_id}[/] ({spec.name}); workdir {wd} (every node must see it)")
