@@ -61,7 +61,8 @@ def attempt_folder(stage_dir: Folder) -> Folder:
 def write_block(table: pa.Table, folder: str, partition: str = "status", key: str = "key") -> pa.Table:
     """One block's rows written at once, one file per `partition` value, named by the block's keys: the same
     input block always lands on the same object (a dead run's late write and its rewrite replace each other),
-    and each file appears whole or not at all (`Folder.write_bytes`). Returns {rows: n}, a block's summary."""
+    and each file appears whole or not at all (`Folder.write_bytes`). Returns one null per row written: no
+    data to hold or move, yet Ray Data's row counts (the progress line, the stats) count generated rows."""
     if table.num_rows:
         name = hashlib.sha1("\n".join(sorted(table[key].to_pylist())).encode()).hexdigest()[:24]
         for value in pc.unique(table[partition]).to_pylist():
@@ -69,7 +70,7 @@ def write_block(table: pa.Table, folder: str, partition: str = "status", key: st
             buffer = pa.BufferOutputStream()
             pq.write_table(part, buffer)
             (Folder(folder) / f"{partition}={value}" / f"{name}.parquet").write_bytes(buffer.getvalue().to_pybytes())
-    return pa.table({"rows": [table.num_rows]})
+    return pa.table({"written": pa.nulls(table.num_rows)})
 
 
 def not_written(rows, attempts: Folder, key: str = "key"):
