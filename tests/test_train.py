@@ -188,3 +188,27 @@ def check_report_page(page_html: str, browser, tmp_path) -> None:
     assert page.eval_on_selector("img", "i => i.complete && i.naturalWidth > 400")  # the chart decoded
     page.screenshot(path=f"{screenshot_dir(tmp_path)}/report-page.png", full_page=True)
     page.close()
+
+
+def test_a_split_coordinator_waiting_on_its_trainer_sleeps_instead_of_spinning(ray_local):
+    """Ray Data's loop returns at once when no task runs; Ray Train's split coordinator spun a core beside the
+    trainer while its blocks waited for it (the flagship's train_retriever stepped at 45-50 s, not 27-29 s).
+    `runtime.IdleBackoff`, which `configure_data` installs, sleeps such a step."""
+    import psutil
+
+    rows = [{"id": i} for i in range(4_000)]  # no read task: one would ask for a whole CPU
+    ds = ray_local.data.from_items(rows, override_num_blocks=40).map_batches(lambda b: b, num_cpus=0.25)
+    # a budget below one task's CPUs, as Ray Train left the flagship's split beside a worker holding 3.5 of 4
+    # CPUs (its log: take_split "backpressured: ResourceBudget", alloc cpu=0.0): a task starts only when the
+    # consumer waits, and the loop has nothing to wait on in between
+    ds.context.execution_options.resource_limits = ray_local.data.ExecutionResources(cpu=0.1)
+    [split] = ds.streaming_split(1)
+    batches = iter(split.iter_batches(batch_size=10))
+    next(batches)  # the coordinator runs; what it made waits for this consumer, as for a trainer mid-step
+    coordinator = psutil.Process(ray_local.get(split._coord_actor.__ray_call__.remote(lambda _: os.getpid())))
+    time.sleep(2)  # its blocks made, or held back for the consumer
+    before, start = sum(coordinator.cpu_times()[:2]), time.monotonic()
+    time.sleep(3)
+    busy = (sum(coordinator.cpu_times()[:2]) - before) / (time.monotonic() - start)
+    assert busy < 0.25, f"the split coordinator used {busy:.0%} of a core while its consumer was busy elsewhere"
+    assert sum(len(b["id"]) for b in batches) == 4_000 - 10  # and every row still reaches the consumer
