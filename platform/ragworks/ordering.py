@@ -40,10 +40,10 @@ def per_key(ds: ray.data.Dataset, key: str, fn, partitions: int | None = None, r
     caller knows it: at most ONE_TASK_ROWS, and `fn` sees every row at once instead (no shuffle); its output is
     split into as many blocks as the shuffle would make, so an actor pool after it still gets one each."""
     partitions = partitions or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    if rows is not None and rows <= ONE_TASK_ROWS:
-        return ds.repartition(1).map_batches(fn, batch_size=None, batch_format="pyarrow", **kwargs) \
-            .repartition(partitions)
-    return ds.repartition(partitions, keys=[key]).map_batches(fn, batch_size=None, batch_format="pyarrow", **kwargs)
+    one_task = rows is not None and rows <= ONE_TASK_ROWS
+    keyed = ds.repartition(1) if one_task else ds.repartition(partitions, keys=[key])
+    out = keyed.map_batches(fn, batch_size=None, batch_format="pyarrow", **kwargs)
+    return out.repartition(partitions) if one_task else out
 
 
 def _smallest(t: pa.Table, n: int, by: list[str]) -> pa.Table:

@@ -54,9 +54,9 @@ class IdleBackoff(ExecutionCallback):
     Ray Data's scheduling loop blocks in `ray.wait` on its running tasks; with none running it returns at
     once and loops again. A training split has none for most of an epoch (its blocks are made, or held
     back by the resource budget, while the trainer consumes them), so Ray Train's split coordinator
-    spun a whole core beside the trainer: train_retriever on the flagship stepped at 45-50 s instead of
-    21-25 s on 2 cores. A step that finds nothing running now waits IDLE_BACKOFF_S (a block's latency
-    at most, against tasks that take a second or more).
+    spun a whole core beside the trainer: train_retriever on the flagship stepped at 45-50 s on 2 cores,
+    27-29 s with this callback. A step that finds nothing running now waits IDLE_BACKOFF_S (a block's
+    latency at most, against tasks that take a second or more).
     """
 
     def on_execution_step(self, executor) -> None:

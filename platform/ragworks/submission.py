@@ -92,9 +92,9 @@ def submit(job: Path, *, address: str | None, workdir: str | None, overrides: li
     # `exec`: the shell Ray starts becomes the driver, so a stop always signals the driver itself. Without
     # it, a stop that lands as the shell forks (a job stopped while it starts) kills only the shell and
     # leaves the driver running, holding the cluster, under a job marked STOPPED (2 of 18 tries here).
-    client(address).submit_job(entrypoint="exec " + shlex.join(args), runtime_env=runtime_env, submission_id=submission_id,
-                               entrypoint_num_cpus=0, metadata={"ragworks_job": spec.name, "workdir": wd,
-                                                                "spec": str(spec_path)})
+    client(address).submit_job(entrypoint="exec " + shlex.join(args), runtime_env=runtime_env,
+                               submission_id=submission_id, entrypoint_num_cpus=0,
+                               metadata={"ragworks_job": spec.name, "workdir": wd, "spec": str(spec_path)})
     console.print(f"submitted [bold]{submission_id}[/] ({spec.name}); workdir {wd} (every node must see it)")
     for line in outside:
         console.print(f"  outside the project, so read in place on the cluster: {line}")
