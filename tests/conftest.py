@@ -56,6 +56,15 @@ def ray_local(s3):
     ray.shutdown()
 
 
+def free_port() -> int:
+    """A port on 127.0.0.1 nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def write_jsonl(path: Path, rows: list, raw_lines: list[bytes] = ()) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as f:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import time
 
 import httpx
 import numpy as np
 import pytest
-from conftest import write_jsonl
+from conftest import free_port, write_jsonl
 from rich.console import Console
 
 from ragworks.config import parse_spec
@@ -32,12 +31,6 @@ def index_job(folder, workdir, docs):
     write_jsonl(folder / "corpus.jsonl", [{"_id": k, "title": "", "text": v} for k, v in docs])
     spec = parse_spec({"corpus": {"source": {"path": str(folder)}}, "index": {"concurrency": [1, 1]}})
     return run_job(spec, workdir=workdir, console=Console(quiet=True))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def fake_trained_generator(workdir) -> str:

@@ -129,8 +129,10 @@ def test_a_failing_stage_says_so_in_one_line_and_exits_1(tmp_path):
     assert plain.returncode == 1, plain.stdout + plain.stderr
     failed = [ln for ln in plain.stdout.splitlines() if "failed" in ln]
     log = tmp_path / "wd" / "index" / "error.log"
+    rejects = json.loads((tmp_path / "wd" / "corpus" / "manifest.json").read_text())["outputs"]["rejects"]
+    assert rejects.startswith(str(tmp_path / "wd" / "corpus" / "v-")) and rejects.endswith("/rejects")
     assert failed == [f"error: stage 'index' failed: the corpus stage produced no chunks to index (2 records "
-                      f"rejected, 0 duplicates); check corpus.source; the reasons are in {tmp_path / 'wd' / 'corpus' / 'rejects'} "
+                      f"rejected, 0 duplicates); check corpus.source; the reasons are in {rejects} "
                       f"(traceback: {log})"], plain.stdout
     assert "Traceback" not in plain.stdout + plain.stderr and "Traceback" in log.read_text()
 

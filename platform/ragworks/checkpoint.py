@@ -34,7 +34,7 @@ class Checkpoints:
     def __init__(self, folder: Folder | None):
         self.folder = folder
 
-    def __call__(self, name: str, ds: ray.data.Dataset, schema: pa.Schema) -> ray.data.Dataset:
+    def __call__(self, name: str, ds: ray.data.Dataset, schema: pa.Schema, materialize: bool = True) -> ray.data.Dataset:
         if self.folder is None:
             return ds.materialize()
         target = self.folder / name
@@ -47,7 +47,8 @@ class Checkpoints:
             (target / DONE).write_text("")
         # read once into the object store: a pass's output is read by several later passes, and a block lost
         # with a node is rebuilt from its file, not from the passes before
-        return ray.data.read_parquet(str(target), **READ_ARGS).materialize()
+        read = ray.data.read_parquet(str(target), **READ_ARGS)
+        return read.materialize() if materialize else read
 
     def done(self, name: str) -> bool:
         return self.folder is not None and (self.folder / name / DONE).exists()

@@ -38,6 +38,8 @@ def stages_help() -> str:
 
 
 SET_HELP = "Override a spec field, KEY=VALUE with a dotted key and a YAML value (synthesize.limit=16); repeatable"
+FULL_HELP = ("Rebuild the stages that re-run from scratch instead of updating their last output with what changed "
+             "(a corpus delta)")
 ADDRESS_HELP = "Ray Jobs API of the cluster's head [default: $RAY_ADDRESS, else a cluster started on this machine]"
 
 
@@ -46,14 +48,15 @@ def _fail(err: Exception) -> None:
     raise typer.Exit(2)
 
 
-def _run(spec, workdir, force, address, debug: bool = False, job: Path | None = None, verbose: bool = False) -> None:
+def _run(spec, workdir, force, address, debug: bool = False, job: Path | None = None, verbose: bool = False,
+         full: bool = False) -> None:
     from .progress import configure
     from .runner import run_job
 
     configure(console, verbose)
 
     try:
-        manifests = run_job(spec, workdir=workdir, force=force, address=address, console=console)
+        manifests = run_job(spec, workdir=workdir, force=force, address=address, console=console, full=full)
     except (SpecError, FileNotFoundError) as err:
         _fail(err)
     except StageError as err:
@@ -78,6 +81,7 @@ def run(
                                           "gs://BUCKET/PREFIX (default: the spec's workdir, else runs/NAME)"),
     address: Optional[str] = typer.Option(None, help="Ray cluster address ('auto', ray://HOST:10001); default: embedded local Ray"),
     force: list[str] = typer.Option([], help=STAGES_HELP),
+    full: bool = typer.Option(False, "--full", help=FULL_HELP),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
     verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
@@ -86,14 +90,18 @@ def run(
         spec = load_spec(job, set_)
     except SpecError as err:
         _fail(err)
-    _run(spec, workdir, force, address, debug, job=job if not set_ else None, verbose=verbose)
+    _run(spec, workdir, force, address, debug, job=job if not set_ else None, verbose=verbose, full=full)
 
 
 run.__doc__ = f"""Run the stages a job spec enables, in order.
 
 Each stage writes its artifacts and a manifest.json under WORKDIR/STAGE; a
 re-run skips every stage whose config and inputs are unchanged, and says why
-it re-runs one. The spec is checked before any work starts: unknown keys,
+it re-runs one. When the corpus changed (files added, edited or removed) and
+the corpus and index configs did not, the re-run is an update: only the
+changed files are read, only the changed documents chunked and embedded,
+and the LanceDB table is updated in place (`2 added, 1 changed, 1 deleted`
+is printed first); --full rebuilds instead. The spec is checked before any work starts: unknown keys,
 wrong types and missing files are reported with the field's name. A stage
 that fails prints one line (the stage, the reason, the fix when known) and
 the command exits 1. On a cluster, use `ragworks submit`.

@@ -149,6 +149,15 @@ class RerankConfig(Section):
     max_length: int = Field(256, ge=16, description="tokens of query and passage together")
 
 
+class IndexUpdateConfig(Section):
+    """How an index follows a corpus delta in place (ragworks/index/update.py has the whole policy)."""
+
+    retrain_fraction: float = Field(0.25, gt=0, description="retrain the vector index once the rows added since it "
+                                    "was trained pass this share of the rows it was trained on (its centroids drift)")
+    max_small_fragments: int = Field(16, ge=1, description="compact the small fragments deltas write once there are "
+                                     "more than this many")
+
+
 class IndexConfig(Section):
     embedder: str = Field("base", description="'base' (bundled all-MiniLM-L6-v2), 'static' (a static model distilled "
                                                "from it: far faster on CPU, less accurate), 'trained' (base first, then "
@@ -166,6 +175,7 @@ class IndexConfig(Section):
     metric: Literal["cosine", "dot", "l2"] = "cosine"
     ann: AnnConfig = Field(default_factory=AnnConfig)
     fulltext: FulltextConfig = Field(default_factory=FulltextConfig)
+    update: IndexUpdateConfig = Field(default_factory=IndexUpdateConfig)
     hybrid: HybridConfig = Field(default_factory=HybridConfig, description="how hybrid search fuses dense and full-text "
                                  "results, for every stage and the server that search this index")
 
@@ -282,6 +292,9 @@ class TrainerConfig(Section):
     checkpoint_every: int | None = Field(None, ge=1, description="steps between checkpoints (default: every epoch)")
     max_failures: int = Field(2, ge=0, description="worker failures to survive, resuming from the last checkpoint")
     seed: int = 0
+    retrain_after: float = Field(0.1, ge=0.0, le=1.0, description="on a corpus update, train again only once the "
+                                 "documents changed since the last training reach this share of the corpus; below "
+                                 "it the last model is kept (and the ship gate decides again). 0: always train")
 
 
 class TrainRetrieverConfig(TrainerConfig):

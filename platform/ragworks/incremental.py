@@ -18,6 +18,7 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import ray
 
 from .storage import Folder
 
@@ -73,11 +74,51 @@ def write_block(table: pa.Table, folder: str, partition: str = "status", key: st
     return pa.table({"written": pa.nulls(table.num_rows)})
 
 
+CARRIED = "0" * 20  # the attempt holding an update's rows from the last run: it sorts first, so its copies win
+
+
+def carry_last_run(output: Folder, attempts: Folder, replaced, selected=None, regenerate: str | None = None
+                   ) -> tuple[int, int]:
+    """A corpus update: the last run's rows become this run's first attempt, less the rows of documents the
+    update replaced (`replaced`: their ids) and, when the stage works on a selection of chunks (`limit`),
+    the rows of chunks no longer selected (`selected`: the chunk ids), and rows whose key starts with
+    `regenerate` (made without an engine: cheaper to make again than to check). The resume machinery then
+    generates only what is missing, and `commit` makes the output. Returns (rows kept, rows dropped).
+    Idempotent: a run killed half-way through carries the same rows again. A task filters each file."""
+    carried = attempts / CARRIED
+    if output.exists() and not carried.exists():
+        output.move_to(carried)
+    files = parquet_files(carried)
+    if not files:
+        return 0, 0
+    refs = (ray.put(replaced), ray.put(selected))
+    results = ray.get([_keep_rows.remote(f, *refs, regenerate) for f in files])
+    return sum(k for k, _ in results), sum(d for _, d in results)
+
+
+def _keep(table: pa.Table, replaced, selected, regenerate: str | None) -> pa.Table:
+    keep = pc.invert(pc.is_in(table["doc_id"], value_set=replaced).fill_null(False))
+    if selected is not None:
+        keep = pc.and_(keep, pc.is_in(table["id"], value_set=selected).fill_null(False))
+    if regenerate:
+        keep = pc.and_(keep, pc.invert(pc.starts_with(table["key"], regenerate)))
+    return table.filter(keep)
+
+
+@ray.remote(num_cpus=0.25)
+def _keep_rows(f: Folder, replaced, selected, regenerate: str | None) -> tuple[int, int]:
+    table = pq.read_table(f.path, filesystem=f.fs)
+    kept = _keep(table, replaced, selected, regenerate)
+    if kept.num_rows != table.num_rows:
+        buffer = pa.BufferOutputStream()
+        pq.write_table(kept, buffer)
+        f.write_bytes(buffer.getvalue().to_pybytes())  # replaced whole, never half-written
+    return kept.num_rows, table.num_rows - kept.num_rows
+
+
 def not_written(rows, attempts: Folder, key: str = "key"):
     """The rows of `rows` whose key no earlier attempt wrote: a left anti-join in Ray Data, so no process
     (the driver included) holds the written keys, however many there are."""
-    import ray
-
     if not parquet_files(attempts):
         return rows
     written = ray.data.read_parquet(str(attempts), partitioning=None, num_cpus=0.25).select_columns([key])
@@ -98,8 +139,6 @@ def commit(attempts: Folder, target: Folder, key: str = "key") -> int:
     which the files' footers tell, else a hash shuffle); only they (at most a block or two per kill) reach
     the driver.
     """
-    import ray
-
     from .ordering import per_key
 
     attempts = Folder(attempts)

@@ -8,6 +8,7 @@ import traceback
 import uuid
 from pathlib import Path
 
+from pyarrow.fs import FileSelector
 from rich.console import Console
 
 from . import __version__
@@ -15,7 +16,7 @@ from .config import JobSpec, SpecError
 from .manifest import MANIFEST, PROGRESS, now, portable, read_manifest, stable_hash, write_manifest
 from .progress import STAGE
 from .runtime import init_ray
-from .stage import Outputs, StageContext, StageDef, StageError, registry, run_order
+from .stage import VERSION_PREFIX, Outputs, StageContext, StageDef, StageError, registry, run_order
 
 
 
@@ -31,8 +32,10 @@ def run_job(
     force: tuple[str, ...] | list[str] = (),
     address: str | None = None,
     console: Console | None = None,
+    full: bool = False,
 ) -> dict[str, dict]:
-    """Run every stage the spec enables; return each stage's manifest.
+    """Run every stage the spec enables; return each stage's manifest. An incremental stage whose config is
+    unchanged updates its last output with what changed upstream (a corpus delta), unless `full`.
 
     A stage that fails raises `StageError` naming it, with its traceback written to WORKDIR/STAGE/error.log.
     """
@@ -66,6 +69,7 @@ def run_job(
         external = stage.external_inputs(cfg)
         config = cfg.model_dump(mode="json")
         key = stable_hash(portable({"config": config, "inputs": inputs, "external": external}, Path.cwd()))
+        recipe = stable_hash(portable(config, Path.cwd()))  # the config alone, wherever the project runs from
         stage_dir = workdir / name
         old = read_manifest(stage_dir)
         if old is not None and old.get("key") == key and name not in forced:
@@ -74,24 +78,35 @@ def run_job(
             continue
         marker = stage_dir / PROGRESS
         resume = stage.resumable and name not in forced and marker.exists() and json.loads(marker.read_text()).get("key") == key
-        if not resume:  # stale or half-done output: start the stage clean
+        same = old is not None and (old["recipe"] == recipe if "recipe" in old else old.get("config") == config)
+        update = stage.incremental and not full and name not in forced and same
+        follows = following(old, inputs, external, manifests) if same and name not in forced and not full else None
+        if not resume and not update:  # stale or half-done output: start the stage clean
             stage_dir.remove()
         stage_dir.mkdir()
-        (stage_dir / MANIFEST).unlink()
+        if not update:  # an update keeps the last manifest until its own replaces it: a server goes on reading
+            (stage_dir / MANIFEST).unlink()
         marker.write_text(json.dumps({"key": key, "started": now()}))
         console.rule(f"[bold]{name}" + (" (resuming)" if resume else ""))
         STAGE["name"] = name
         if old is not None and name not in forced:
-            console.print(f"re-running: {why_rerun(old, config, inputs, external)}", highlight=False)
+            verb = "updating" if update else "re-running"
+            console.print(f"{verb}: {why_rerun(old, config, inputs, external)}", highlight=False)
         started, t0 = now(), time.perf_counter()
         ctx = StageContext(workdir=workdir, stage_dir=stage_dir, inputs={n: manifests[n] for n in needs},
-                           job=dict(manifests), console=console)
+                           job=dict(manifests), console=console, key=key, previous=old if update else None,
+                           follows=follows)
         outputs = _run_stage(stage, cfg, ctx)
         seconds = round(time.perf_counter() - t0, 3)
+        run_id = uuid.uuid4().hex
+        if getattr(outputs, "delta", None) is not None:  # a corpus update starts a chain of stages that follow it
+            follows = run_id
         manifest = {
             "stage": name,
             "key": key,
-            "run_id": uuid.uuid4().hex,
+            "recipe": recipe,
+            "follows": follows,
+            "run_id": run_id,
             "ragworks": __version__,
             "config": config,
             "inputs": inputs,
@@ -103,9 +118,30 @@ def run_job(
         }
         write_manifest(stage_dir, manifest)
         marker.unlink()
+        remove_other_versions(ctx)
         manifests[name] = manifest
         console.print(f"[bold]{name}[/]: done in {seconds:.1f}s")
     return manifests
+
+
+def following(old: dict | None, inputs: dict, external: dict, manifests: dict) -> str | None:
+    """The corpus update this re-run only follows, if it does: its config and outside inputs are the last run's,
+    and every input that changed since is a stage that ran following that same update (the corpus stage that
+    made it, or one downstream). A stage that only follows an update may keep work of its last run (a model
+    trained before a small change); any other change makes it run whole."""
+    if old is None or (old.get("external") or {}) != external:
+        return None
+    changed = [n for n in inputs if (old.get("inputs") or {}).get(n) != inputs[n]]
+    chains = {manifests[n].get("follows") for n in changed}
+    return chains.pop() if len(chains) == 1 and None not in chains else None
+
+
+def remove_other_versions(ctx: StageContext) -> None:
+    """Every run folder of the stage but this run's: the manifest just written names only this one."""
+    for entry in ctx.stage_dir.fs.get_file_info(FileSelector(ctx.stage_dir.path)):
+        name = entry.path.rstrip("/").rsplit("/", 1)[-1]
+        if name.startswith(VERSION_PREFIX) and name != ctx.version_dir.name:
+            (ctx.stage_dir / name).remove()
 
 
 def check_engines(spec: JobSpec, enabled: list[str], workdir) -> None:

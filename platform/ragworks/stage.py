@@ -89,6 +89,10 @@ class StageDef:
     reads: Callable[[Any], tuple[str, ...]] | None = None
     external: str | Callable[[Any], dict] | None = None  # cfg -> fingerprints of inputs outside the workdir
     resumable: bool = False  # keeps a half-done output folder with the same key and carries on
+    # updates its last output in place when only its inputs changed (same config): the runner keeps the folder
+    # and the last manifest (a server reading it goes on reading it) and hands the manifest over as
+    # `ctx.previous`; the stage decides whether it can apply a delta or must rebuild
+    incremental: bool = False
     work: tuple[str, str] | None = None  # (key in outputs.counts, unit): the report's work column
     last: bool = False  # reports on the others (evaluate): runs after every stage it does not feed
     help: str = ""  # one line for `ragworks run --help`
@@ -115,6 +119,29 @@ class StageContext:
     job: dict[str, dict] = field(default_factory=dict)  # every manifest of the job so far, for reports
     console: Console = field(default_factory=Console)
     started: float = field(default_factory=time.perf_counter)
+    key: str = ""  # this run's stage key
+    previous: dict | None = None  # an incremental stage's last manifest, when this run may update it
+    follows: str | None = None  # the corpus update (its run id) this run only follows (runner.following)
+
+    @property
+    def version_dir(self):
+        """A folder of this run's own (by its key) inside the stage folder: an incremental stage writes there,
+        so the last run's outputs stay whole until this run's manifest replaces them; the runner removes the
+        other runs' folders (`VERSION_PREFIX`) after it writes the manifest."""
+        return self.stage_dir / f"{VERSION_PREFIX}{self.key}"
+
+    def start_clean(self) -> None:
+        """An incremental stage that must rebuild after all: the last run's outputs go, its manifest first."""
+        from .manifest import MANIFEST, PROGRESS
+
+        (self.stage_dir / MANIFEST).unlink()
+        marker = self.stage_dir / PROGRESS
+        text = marker.read_text() if marker.exists() else None
+        self.stage_dir.remove()
+        self.stage_dir.mkdir()
+        if text is not None:
+            marker.write_text(text)
+        self.previous = None
 
     def output(self, stage: str) -> Outputs:
         """The typed outputs of a stage this one reads."""
@@ -130,6 +157,7 @@ class StageContext:
         return self.workdir / stage
 
 
+VERSION_PREFIX = "v-"
 _REGISTRY: dict[str, StageDef] = {}
 _loaded = False
 

@@ -3,6 +3,8 @@ exceeds what the model reads, with overlap so no sentence is only ever cut."""
 
 from __future__ import annotations
 
+import hashlib
+
 import pyarrow as pa
 
 from ..config import ChunkingConfig
@@ -32,6 +34,13 @@ def token_windows(word_ids: list, n: int, budget: int, overlap: int) -> list[tup
         while nxt > start + 1 and word_ids[nxt] is not None and word_ids[nxt - 1] == word_ids[nxt]:
             nxt -= 1
         start = nxt
+
+
+def chunk_id(doc_id: str, index: int) -> str:
+    """A chunk's id names its document and its place in it, nothing else: another document's change never
+    moves it, and a changed document's chunks are replaced whole (by `doc_id`), so a shorter new version
+    leaves no orphan. Its content is `chunk_hash`."""
+    return f"{doc_id}#{index}"
 
 
 class Chunk:
@@ -97,6 +106,7 @@ class Chunk:
                 out.append(row)
                 continue
             for i, (text, n_tokens) in enumerate(next(pieces)):
-                out.append({**row, "kind": "chunk", "id": f"{row['doc_id']}#{i}", "chunk_index": i,
-                            "text": text, "n_tokens": n_tokens})
+                out.append({**row, "kind": "chunk", "id": chunk_id(row["doc_id"], i), "chunk_index": i,
+                            "text": text, "n_tokens": n_tokens,
+                            "chunk_hash": hashlib.sha1(text.encode()).hexdigest()[:16]})
         return to_table(out)

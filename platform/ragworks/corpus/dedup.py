@@ -35,6 +35,7 @@ from ray.data.expressions import col
 from ..checkpoint import Checkpoints
 from ..config import DedupConfig, NearDedupConfig
 from ..ordering import first_of_key, per_key
+from .normalize import document_hash
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +55,6 @@ LABELS = pa.schema([("node", pa.int64()), ("label", pa.int64())])
 
 
 # ------------------------------------------------------------------ keys
-def content_hash(title: str | None, text: str) -> bytes:
-    return hashlib.sha1(f"{title or ''}\n{text}".encode()).digest()
-
-
 def shingles(text: str, n: int) -> list[str]:
     words = _WORD.findall(text.lower())
     if len(words) <= n:
@@ -86,7 +83,10 @@ def add_positions(batch: pa.Table, files: dict[str, int]) -> pa.Table:
     """The explicit order key: nothing downstream relies on the order Ray delivers rows in."""
     lines = batch["line"].fill_null(0).to_numpy()
     index = np.array([files[s] for s in batch["source"].to_pylist()], dtype=np.int64)
-    return batch.append_column("pos", pa.array(index * POS_STRIDE + lines, pa.int64()))
+    pos = pa.array(index * POS_STRIDE + lines, pa.int64())
+    if "pos" in batch.column_names:  # a carried record: its file's place in this run's file order
+        return batch.set_column(batch.schema.get_field_index("pos"), "pos", pos)
+    return batch.append_column("pos", pos)
 
 
 def _as_fixed_binary(matrix: np.ndarray) -> pa.Array:
@@ -119,16 +119,38 @@ def key_schema(cfg: DedupConfig) -> pa.Schema:
     return pa.schema(fields)
 
 
+def with_keys(batch: pa.Table, cfg: DedupConfig) -> pa.Table:
+    """Every row with what dedup compares (`chash`, the content hash; `sig`, the MinHash signature; null
+    for rows that are not documents), computed where missing: the corpus keeps them beside each record, so
+    a re-run over a changed corpus signs only the documents it has not seen."""
+    schema = key_schema(cfg)
+    is_doc = pc.equal(batch["kind"], "doc").fill_null(False).to_numpy(zero_copy_only=False)
+    docs = batch.filter(pa.array(is_doc))
+    where = np.flatnonzero(is_doc)
+    for name in ("chash", "sig"):
+        if name not in schema.names or name in batch.column_names:
+            continue
+        if name == "chash":
+            hashes = docs["doc_hash"].to_pylist() if "doc_hash" in docs.column_names else [None] * docs.num_rows
+            values = pa.array([bytes.fromhex(h or document_hash(a, b)) for h, a, b in
+                               zip(hashes, docs["title"].to_pylist(), docs["text"].to_pylist())], pa.binary(20))
+        else:
+            values = signatures(docs["text"].to_pylist(), cfg.near)
+        batch = batch.append_column(schema.field(name), _scatter(values, where, batch.num_rows))
+    return batch
+
+
+def _scatter(values: pa.Array, where: np.ndarray, n: int) -> pa.Array:
+    """`values` at rows `where` of an n-row column, null elsewhere."""
+    index = np.full(n, -1, dtype=np.int64)
+    index[where] = np.arange(len(where))
+    return values.take(pa.array(index, mask=index < 0))
+
+
 def doc_keys(batch: pa.Table, cfg: DedupConfig) -> pa.Table:
     """Per document: its order key and id, and what dedup compares (content hash, MinHash signature)."""
-    docs = batch.filter(pc.equal(batch["kind"], "doc"))
-    cols = {"pos": docs["pos"], "doc_id": docs["doc_id"]}
-    titles, texts = docs["title"].to_pylist(), docs["text"].to_pylist()
-    if cfg.exact:
-        cols["chash"] = pa.array([content_hash(a, b) for a, b in zip(titles, texts)], pa.binary(20))
-    if cfg.near.enabled:
-        cols["sig"] = signatures(texts, cfg.near)
-    return pa.table(cols)
+    batch = with_keys(batch, cfg)
+    return batch.filter(pc.equal(batch["kind"], "doc")).select(key_schema(cfg).names)
 
 
 # ------------------------------------------------------------------ per-partition decisions

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
 import warnings
@@ -39,8 +40,14 @@ def normalize_text(text: str, cfg: NormalizeConfig, is_html: bool = False) -> st
     return text
 
 
+def document_hash(title: str | None, text: str) -> str:
+    """The identity of a document's content, after normalisation: what exact dedup compares and what a
+    re-run compares with the last one's to tell a changed document from an unchanged one."""
+    return hashlib.sha1(f"{title or ''}\n{text}".encode()).hexdigest()
+
+
 def normalize_batch(batch: pa.Table, cfg: NormalizeConfig) -> pa.Table:
-    """Ray Data batch function: normalise docs; an empty result becomes a reject."""
+    """Ray Data batch function: normalise docs and hash them; an empty result becomes a reject."""
     out = []
     for row in batch.to_pylist():
         if row["kind"] == "doc":
@@ -51,5 +58,7 @@ def normalize_batch(batch: pa.Table, cfg: NormalizeConfig) -> pa.Table:
                 row["title"] = normalize_text(row["title"], cfg)
             if not row["text"]:
                 row = reject(row, "empty text after normalisation")
+            else:
+                row["doc_hash"] = document_hash(row["title"], row["text"])
         out.append(row)
     return to_table(out)

@@ -138,7 +138,7 @@ def source_files(cfg: SourceConfig) -> list[str]:
     return files
 
 
-def read_source(cfg: SourceConfig) -> ray.data.Dataset:
-    files = source_files(cfg)
-    """Every record of every file, at most `limit` of each; the stage keeps the first `limit` by (file, line)."""
-    return ray.data.read_datasource(RecordDatasource(files, cfg))
+def read_source(cfg: SourceConfig, files: list[str] | None = None) -> ray.data.Dataset:
+    """Every record of every file (or of `files`, a re-run's changed ones), at most `limit` of each; the stage
+    keeps the first `limit` by (file, line)."""
+    return ray.data.read_datasource(RecordDatasource(source_files(cfg) if files is None else files, cfg))

@@ -21,6 +21,8 @@ SCHEMA = pa.schema(
         ("reason", pa.string()),  # why a row was rejected
         ("duplicate_of", pa.string()),
         ("metadata", pa.string()),  # JSON of the record's other fields
+        ("doc_hash", pa.string()),  # the normalised document's content hash: what a delta compares
+        ("chunk_hash", pa.string()),  # a chunk's own text hash (chunk rows)
     ]
 )
 

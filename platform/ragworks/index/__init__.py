@@ -17,7 +17,8 @@ class IndexOutputs(Outputs):
     refine_factor: int | None = None
     hybrid: dict[str, Any] = {"fusion": "rrf"}  # an index built before fusion was configurable fused by rank
     indexes: list[str] = []
-    version: int | None = None
+    version: int | None = None  # the table version a search opens: later ones may be an update under way
+    ann_rows: int = 0  # rows the vector index was trained on: an update retrains it past ann.retrain_fraction
 
     @classmethod
     def legacy(cls, manifest: dict, data: dict) -> dict:
@@ -28,9 +29,11 @@ class IndexOutputs(Outputs):
 
 STAGES = (
     StageDef("index", IndexConfig, "ragworks.index.index:run", IndexOutputs, needs=("corpus",),
-             work=("rows", "chunks"), help="embed the chunks in an actor pool; LanceDB table, ANN and full-text indexes"),
+             work=("rows", "chunks"), incremental=True,
+             help="embed the chunks in an actor pool; LanceDB table, ANN and full-text indexes; a corpus delta "
+                  "is applied in place"),
     StageDef("index_tuned", IndexConfig, "ragworks.index.index_tuned:run", IndexOutputs,
-             needs=("corpus", "train_retriever"), work=("rows", "chunks"),
+             needs=("corpus", "train_retriever"), work=("rows", "chunks"), incremental=True,
              help="the same chunks re-embedded with train_retriever's model (index.embedder: trained)"),
 )
 

@@ -11,8 +11,10 @@ from ..stage import StageError
 from . import IndexOutputs
 from .embed import Embed
 from .lance_sink import LanceFragments
+from .update import applicable, apply_delta, tag
 
-TABLE_COLUMNS = ["id", "doc_id", "chunk_index", "n_tokens", "title", "text", "source", "line", "metadata"]
+TABLE_COLUMNS = ["id", "doc_id", "chunk_index", "n_tokens", "title", "text", "source", "line", "metadata", "doc_hash",
+                 "chunk_hash"]
 
 
 def ann_config(cfg: IndexConfig):
@@ -45,10 +47,14 @@ def add_indexes(table, cfg: IndexConfig, console) -> list[str]:
     else:
         console.print(f"{rows:,} rows < ann.min_rows={cfg.ann.min_rows:,}: exact vector search, no ANN index")
     if cfg.fulltext.enabled:
-        table.create_fts_index("text", language=cfg.fulltext.language, stem=cfg.fulltext.stem,
-                               remove_stop_words=cfg.fulltext.remove_stop_words, replace=True)
+        create_fts(table, cfg)
         indexes.append("FTS")
     return indexes
+
+
+def create_fts(table, cfg: IndexConfig) -> None:
+    table.create_fts_index("text", language=cfg.fulltext.language, stem=cfg.fulltext.stem,
+                           remove_stop_words=cfg.fulltext.remove_stop_words, replace=True)
 
 
 def run(cfg: IndexConfig, ctx) -> IndexOutputs:
@@ -62,19 +68,30 @@ def build(cfg: IndexConfig, ctx, embedder: str) -> IndexOutputs:
         raise StageError(f"the corpus stage produced no chunks to index ({corpus.counts.get('rejects', 0):,} records "
                          f"rejected, {corpus.counts.get('duplicates', 0):,} duplicates)",
                          f"check corpus.source; the reasons are in {corpus.rejects}")
+    def embed(ds: ray.data.Dataset) -> ray.data.Dataset:
+        # Small blocks so every actor in the pool gets work (a file is otherwise one block).
+        ds = ds.repartition(target_num_rows_per_block=cfg.batch_size * 4)
+        return ds.map_batches(Embed, fn_constructor_args=(embedder, cfg.batch_size, cfg.num_gpus),
+                              batch_size=cfg.batch_size, batch_format="pyarrow",
+                              **actor_pool(cfg.concurrency, cfg.num_cpus, cfg.num_gpus, cfg.resources))
+
+    before, why = applicable(ctx, corpus, embedder)
+    if before is not None:
+        ctx.console.print(f"updating the index in place with the corpus delta ({corpus.delta.counts.get('upsert', 0):,} "
+                          f"documents to embed, {corpus.delta.counts.get('replace', 0):,} to replace), with {embedder}")
+        return apply_delta(cfg, ctx, corpus, before, embed)
+    if ctx.previous is not None:
+        ctx.console.print(f"rebuilding the index: {why}")
     chunks_dir = corpus.chunks
     db_dir = ctx.stage_dir / "lancedb"
     ctx.console.print(f"embedding {chunks_dir} with {embedder}, actors {tuple(cfg.concurrency)}")
-
-    # Small blocks so every actor in the pool gets work (a file is otherwise one block).
-    ds = ray.data.read_parquet(chunks_dir).select_columns(TABLE_COLUMNS).repartition(target_num_rows_per_block=cfg.batch_size * 4)
-    ds = ds.map_batches(Embed, fn_constructor_args=(embedder, cfg.batch_size, cfg.num_gpus),
-                        batch_size=cfg.batch_size, batch_format="pyarrow",
-                        **actor_pool(cfg.concurrency, cfg.num_cpus, cfg.num_gpus, cfg.resources))
-    table = write_table(str(db_dir), cfg.table, ds)
+    table = write_table(str(db_dir), cfg.table, embed(ray.data.read_parquet(chunks_dir).select_columns(TABLE_COLUMNS)))
     rows = table.count_rows()
     indexes = add_indexes(table, cfg, ctx.console)
+    table = lancedb.connect(str(db_dir)).open_table(cfg.table)
+    tag(f"{db_dir}/{cfg.table}.lance", table.version)
     ctx.console.print(f"LanceDB table '{cfg.table}' in {db_dir}: {rows:,} rows, indexes: {', '.join(indexes) or 'none'}")
     return IndexOutputs(lancedb=str(db_dir), table=cfg.table, embedder=embedder, metric=cfg.metric,
                         nprobes=cfg.ann.nprobes, refine_factor=cfg.ann.refine_factor, hybrid=cfg.hybrid.model_dump(),
-                        indexes=indexes, version=table.version, counts={"rows": rows})
+                        indexes=indexes, version=table.version, ann_rows=rows if cfg.ann.index_type in indexes else 0,
+                        counts={"rows": rows})

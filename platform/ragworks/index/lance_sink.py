@@ -21,12 +21,15 @@ from ray.data.block import Block, BlockAccessor
 
 class LanceFragments(Datasink):
     """`ds.write_datasink(LanceFragments(uri))` writes `uri` (a `NAME.lance` folder that `lancedb.connect` of its
-    parent opens as table NAME), replacing what was there; `rows` holds the count after the commit."""
+    parent opens as table NAME), replacing what was there; `rows` holds the count after the commit. With
+    `append_to` (a table version), the rows are added to that version instead, in one commit that fails if
+    another writer committed since (a corpus delta's new chunks)."""
 
-    def __init__(self, uri: str, rows_per_write: int = 65_536):
+    def __init__(self, uri: str, rows_per_write: int = 65_536, append_to: int | None = None):
         self.uri = uri
         self.rows = 0
         self.rows_per_write = rows_per_write
+        self.append_to = append_to
 
     @property
     def min_rows_per_write(self) -> int:
@@ -55,5 +58,9 @@ class LanceFragments(Datasink):
             if not other.equals(schema):
                 raise ValueError(f"the blocks disagree on their columns:\n{schema}\nvs\n{other}")
         fragments = [f for frags, _, _ in written for f in frags]
-        lance.LanceDataset.commit(self.uri, lance.LanceOperation.Overwrite(schema, fragments))
+        if self.append_to is None:
+            lance.LanceDataset.commit(self.uri, lance.LanceOperation.Overwrite(schema, fragments))
+        else:
+            lance.LanceDataset.commit(self.uri, lance.LanceOperation.Append(fragments), read_version=self.append_to,
+                                      max_retries=0)
         self.rows = sum(n for _, _, n in written)

@@ -27,9 +27,12 @@ COLUMNS = ["id", "doc_id", "chunk_index", "title", "text", "source", "metadata"]
 class Searcher:
     def __init__(self, uri: str | Path, table: str = "chunks", embedder: str = "base", metric: str = "cosine",
                  nprobes: int = 32, refine_factor: int | None = None, fusion: str = "linear",
-                 vector_weight: float = 0.5, candidates: int = 100, rrf_k: int = 60, model=None):
+                 vector_weight: float = 0.5, candidates: int = 100, rrf_k: int = 60, model=None,
+                 version: int | None = None):
         self.db = lancedb.connect(str(uri))
         self.table = self.db.open_table(table)
+        if version is not None and version != self.table.version:  # the manifest's version, not an update's
+            self.table.checkout(version)
         self.embedder_name = embedder
         self.metric = metric
         self.nprobes = nprobes
@@ -127,6 +130,6 @@ def open_index(index_dir: str | Path, **overrides) -> Searcher:
         raise FileNotFoundError(f"{index_dir}: no finished index (no manifest.json); run the index stage first")
     out = IndexOutputs.from_manifest(manifest)
     kwargs = dict(table=out.table, embedder=out.embedder, metric=out.metric, nprobes=out.nprobes,
-                  refine_factor=out.refine_factor, **out.hybrid)
+                  refine_factor=out.refine_factor, version=out.version, **out.hybrid)
     kwargs.update(overrides)
     return Searcher(out.lancedb, **kwargs)

@@ -186,9 +186,12 @@ class RagAPI:
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
+        """`index`: the table version and rows one retriever replica searches (a corpus update moves them)."""
+        info = await self.retriever.info.remote()
         return {"status": "ok", "auth": self.api_key is not None, "engine": self.options["engine"],
                 "generator": self.options["generator"], "adapter": self.options["adapter"],
-                "reranker": self.options.get("rerank")}
+                "reranker": self.options.get("rerank"),
+                "index": {"version": info["table_version"], "rows": info["rows"]}}
 
     @api.get("/v1/models")
     async def models(self, request: Request) -> dict:

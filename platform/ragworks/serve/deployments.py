@@ -1,9 +1,12 @@
 """The deployments behind the ingress: each loads its model or table once per replica.
 
 Embedder and retriever follow the job's workdir: when a job writes a new index
-(its manifest changes), the next request after `reload_s` re-opens the table and,
-if the index was built with another embedder, loads that one, so a re-indexed
-corpus goes live without restarting the application.
+(its manifest changes), the next request after `reload_s` re-opens the table at
+the version the manifest names and, if the index was built with another
+embedder, loads that one, so a re-indexed or updated corpus goes live without
+restarting the application. A corpus update writes its versions into the same
+table while replicas search the version their manifest named; the manifest is
+written last, so no replica ever searches an update half-applied.
 """
 
 from __future__ import annotations
@@ -126,6 +129,8 @@ class Retriever:
         return self.searcher.chunk(chunk_id)
 
     def info(self) -> dict:
+        if self.watch.changed():
+            self._open()
         return {"index": str(self.watch.index_dir), "table_version": self.version, "rows": self.searcher.table.count_rows(),
                 "reranker": self.reranker.model_path if self.reranker else None}
 

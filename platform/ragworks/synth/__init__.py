@@ -29,7 +29,7 @@ def claims_read(cfg: RagExamplesStageConfig) -> tuple[str, ...]:
     return ("filters",) if cfg.rag.claims else ()
 
 
-_GENERATED: dict[str, Any] = {"outputs": GeneratedOutputs, "resumable": True}
+_GENERATED: dict[str, Any] = {"outputs": GeneratedOutputs, "resumable": True, "incremental": True}
 STAGES = (
     StageDef("synthesize", SynthesizeConfig, "ragworks.synth.synthesize:run", needs=("corpus", "index"),
              external="ragworks.synth.synthesize:external_inputs", work=("rows", "generations"), **_GENERATED,

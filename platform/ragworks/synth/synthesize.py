@@ -19,15 +19,15 @@ import ray
 
 from ..answers import ABSTAIN
 from ..config import SynthesizeConfig
-from ..incremental import (ATTEMPTS, attempt_folder, commit, drop_partial_files, not_written, read_columns, string_columns,
-                           write_block)
+from ..incremental import (ATTEMPTS, CARRIED, attempt_folder, carry_last_run, commit, drop_partial_files, not_written,
+                           read_columns, string_columns, write_block)
 from ..manifest import files_fingerprint
 from ..ordering import first_rows
 from ..engines import check_engine, generate_into
 from . import GeneratedOutputs
 from .parse import clean_query, parse_qa
 from .prompts import QueryPrompt
-from .rag_examples import claim_answers, claim_keys, with_context
+from .rag_examples import CLAIM_KEY, claim_answers, claim_keys, with_context
 
 LIGHT_CPUS = 0.25
 TASK_DEFAULTS = {"queries": {"max_tokens": 32, "stop": ["\n"]}, "rag_examples": {"max_tokens": 128, "stop": ["\n\n"]}}
@@ -90,8 +90,13 @@ def run(cfg: SynthesizeConfig, ctx) -> GeneratedOutputs:
     engine = engine_for(cfg)
     check_engine(engine)  # before any work: no GPU, no vLLM, say so now
     out, attempts = ctx.stage_dir / "generated", ctx.stage_dir / ATTEMPTS
+    chunks = ray.data.read_parquet(ctx.output("corpus").chunks, num_cpus=LIGHT_CPUS)
+    if cfg.limit:  # the first chunks in corpus order: by file, line and place in the document
+        chunks = first_rows(chunks.select_columns(["id", "doc_id", "title", "text", "source", "line", "chunk_index"]),
+                            cfg.limit, ["source", "line", "chunk_index"]).materialize()
+    follow_delta(cfg, ctx, chunks)
     if out.exists():  # a half-done run of an earlier layout wrote its rows there: one more attempt
-        out.move_to(attempts / ("0" * 20))
+        out.move_to(attempts / CARRIED)
     dropped = drop_partial_files(attempts)
     before, tokens_before = count_generated(attempts)  # a resumed run's rate counts only its own rows
     if before["rows"] or dropped:
@@ -112,10 +117,6 @@ def run(cfg: SynthesizeConfig, ctx) -> GeneratedOutputs:
             .map_batches(sink, **light).materialize()
         ctx.console.print(f"claim examples: the first {cfg.rag.claims:,} claims the filters kept")
 
-    chunks = ray.data.read_parquet(ctx.output("corpus").chunks, num_cpus=LIGHT_CPUS)
-    if cfg.limit:  # the first chunks in corpus order: by file, line and place in the document
-        chunks = first_rows(chunks.select_columns(["id", "doc_id", "title", "text", "source", "line", "chunk_index"]),
-                            cfg.limit, ["source", "line", "chunk_index"])
     chunks = chunks.select_columns(["id", "doc_id", "title", "text"])
     rows = chunks.map_batches(expand, fn_kwargs={"per_chunk": cfg.per_chunk}, **light)
     rows = not_written(rows, attempts)
@@ -140,6 +141,27 @@ def run(cfg: SynthesizeConfig, ctx) -> GeneratedOutputs:
                       f"{stats['tokens_per_s']:.1f} tokens/s, {stats['rows_per_s']:.2f} rows/s")
     return GeneratedOutputs(generated=str(out / "status=ok"), rejects=str(out / "status=reject"), counts=counts,
                             throughput=stats, resumed_from_rows=before["rows"])
+
+
+def follow_delta(cfg: SynthesizeConfig, ctx, chunks) -> None:
+    """A corpus update: the last run's rows stay, but for the documents the update replaced (and, with `limit`,
+    the chunks no longer among the first N); only the rows missing then are generated. A last run on another
+    corpus than the update's base is a rebuild. Claim examples are made again: they need no engine."""
+    if ctx.previous is None:
+        return
+    corpus = ctx.output("corpus")
+    if corpus.delta is None or (ctx.previous.get("inputs") or {}).get("corpus", {}).get("run_id") != corpus.delta.base:
+        ctx.console.print("rebuilding: the last run's rows are from another corpus than this update's base")
+        ctx.start_clean()
+        return
+    replaced = ray.data.read_parquet(corpus.delta.replaced).select_columns(["doc_id"]).to_arrow_refs()
+    replaced = pa.concat_tables(ray.get(replaced))["doc_id"].combine_chunks()
+    selected = pa.concat_tables(ray.get(chunks.select_columns(["id"]).to_arrow_refs()))["id"].combine_chunks() \
+        if cfg.limit else None
+    kept, dropped = carry_last_run(ctx.stage_dir / "generated", ctx.stage_dir / ATTEMPTS, replaced, selected,
+                                   regenerate=CLAIM_KEY)
+    ctx.console.print(f"updating: {kept:,} rows of the last run kept, {dropped:,} dropped (documents the corpus "
+                      "update replaced" + (", chunks no longer selected" if cfg.limit else "") + ")", highlight=False)
 
 
 def count_generated(out) -> tuple[dict, int]:

@@ -14,6 +14,10 @@ class TrainedOutputs(Outputs):
     history: list[dict[str, Any]] = []
     resumed_from_steps: list[int] = []
     throughput: dict[str, float] = {}
+    product: ClassVar[str] = "model"  # the field naming the folder a later stage loads
+
+    def model_path(self) -> str:
+        return getattr(self, self.product)
 
     @classmethod
     def legacy(cls, manifest: dict, data: dict) -> dict:
@@ -39,6 +43,7 @@ class RerankerOutputs(TrainedOutputs):
 
 class GeneratorOutputs(TrainedOutputs):
     seen: ClassVar[str] = "examples"
+    product: ClassVar[str] = "adapter"
     adapter: str  # PEFT LoRA folder
     heldout: str  # the examples no step trained on: evaluate answers them
     merged: str | None = None
@@ -53,13 +58,13 @@ def teacher_stage(cfg: TrainRetrieverConfig) -> tuple[str, ...]:
 
 STAGES = (
     StageDef("train_reranker", TrainRerankerConfig, "ragworks.train.train_reranker:run", RerankerOutputs,
-             needs=("negatives",), work=("pairs", "pairs"),
+             needs=("negatives",), work=("pairs", "pairs"), incremental=True,
              help="a cross-encoder reranker on Ray Train: synthetic query, its chunk, hard negatives (InPars)"),
     StageDef("train_retriever", TrainRetrieverConfig, "ragworks.train.train_retriever:run", RetrieverOutputs,
              needs=("negatives",), optional=("train_reranker",), reads=teacher_stage,
              external="ragworks.train.train_retriever:external_inputs",
-             work=("pairs", "pairs"), help="contrastive fine-tuning of the embedder on Ray Train (hard negatives)"),
+             work=("pairs", "pairs"), incremental=True, help="contrastive fine-tuning of the embedder on Ray Train (hard negatives)"),
     StageDef("train_generator", TrainGeneratorConfig, "ragworks.train.train_generator:run", GeneratorOutputs,
-             needs=("rag_examples",), work=("examples", "examples"),
+             needs=("rag_examples",), work=("examples", "examples"), incremental=True,
              help="PEFT LoRA fine-tuning of the generator on Ray Train (RAFT examples)"),
 )

@@ -26,6 +26,35 @@ from ..ordering import first_rows
 from ..storage import Folder, staged
 
 
+CHANGED = "corpus_changed_since_training"
+
+
+def last_model(cfg: TrainerConfig, ctx, outputs):
+    """The last run's outputs (`outputs`, the stage's model class), when this run only follows a corpus update
+    (`ctx.follows`) that changed less than `retrain_after` of the corpus since that model was trained: a whole
+    training run for a 1% change buys a model the ship gate would not tell apart. Counted over updates, so
+    many small ones do retrain. Otherwise the last run's folder is cleared and the stage trains."""
+    from ..corpus import CorpusOutputs
+
+    if ctx.previous is None:
+        return None
+    last = outputs.from_manifest(ctx.previous)
+    corpus = CorpusOutputs.from_manifest(ctx.job["corpus"]) if "corpus" in ctx.job else None
+    if ctx.follows is None or corpus is None or corpus.delta is None or not Folder(last.model_path()).exists():
+        ctx.start_clean()
+        return None
+    changed = int(last.counts.get(CHANGED, 0)) + corpus.delta.counts.get("replace", 0)
+    share = changed / max(1, corpus.counts.get("documents", 0))
+    if cfg.retrain_after == 0 or share >= cfg.retrain_after:
+        ctx.console.print(f"training again: {changed:,} documents ({share:.1%} of the corpus) changed since the last "
+                          f"training, retrain_after {cfg.retrain_after:.0%}", highlight=False)
+        ctx.start_clean()
+        return None
+    ctx.console.print(f"keeping the last model: {changed:,} documents ({share:.1%} of the corpus) changed since it "
+                      f"was trained, below retrain_after {cfg.retrain_after:.0%}", highlight=False)
+    return last.model_copy(update={"counts": {**last.counts, CHANGED: changed}})
+
+
 def share_cpus(workers: int, node_cpus: list[float]) -> float:
     """The cluster's CPUs shared by the workers, less half a CPU for the data tasks feeding them, but never more
     than one node has: a worker is one process, and a request no node can meet waits forever."""

@@ -50,6 +50,9 @@ def trainer(cfg: TrainGeneratorConfig, base: str, total: int, train, val, storag
 
 
 def run(cfg: TrainGeneratorConfig, ctx) -> GeneratorOutputs:
+    kept = steps.last_model(cfg, ctx, GeneratorOutputs)
+    if kept is not None:
+        return kept
     train, val, counts = split_examples(cfg, ctx.output("rag_examples").generated)
     heldout = ctx.stage_dir / "heldout"
     val.write_parquet(str(heldout))  # the evaluate stage answers these

@@ -17,6 +17,9 @@ from .train_retriever import history_table, split_pairs, total_steps
 
 
 def run(cfg: TrainRerankerConfig, ctx) -> RerankerOutputs:
+    kept = steps.last_model(cfg, ctx, RerankerOutputs)
+    if kept is not None:
+        return kept
     train, val, counts = split_pairs(cfg, ctx)
     total = total_steps(cfg, counts)
     base = resolve_model(DEFAULT_EMBEDDER if cfg.model == "base" else cfg.model)

@@ -73,6 +73,9 @@ def total_steps(cfg, counts: dict) -> int:
 
 
 def run(cfg: TrainRetrieverConfig, ctx) -> RetrieverOutputs:
+    kept = steps.last_model(cfg, ctx, RetrieverOutputs)
+    if kept is not None:
+        return kept
     train, val, counts = split_pairs(cfg, ctx)
     total = total_steps(cfg, counts)
     base = resolve_embedder(cfg.model)
