@@ -287,8 +287,10 @@ def run_ragworks(platform: Path, input_dir: Path, workdir: Path, banding: dict |
 
     import pyarrow.dataset as pds
 
+    from ragworks.stage import outputs_at
+
     stage = workdir / "corpus"
-    dups = pds.dataset(stage / "duplicates", format="parquet").to_table(columns=["doc_id", "duplicate_of"])
+    dups = pds.dataset(outputs_at(stage).duplicates, format="parquet").to_table(columns=["doc_id", "duplicate_of"])
     result["flagged"] = dict(zip(dups["doc_id"].to_pylist(), dups["duplicate_of"].to_pylist()))
     manifest = json.loads((stage / "manifest.json").read_text())
     result["stage_seconds"], result["counts"] = manifest["seconds"], manifest["outputs"]["counts"]

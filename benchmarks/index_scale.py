@@ -63,7 +63,7 @@ def write_chunks(folder: Path, rows: int, words: int, seed: int) -> None:
         columns = {"kind": ["chunk"] * n, "id": [f"{d}#0" for d in ids], "doc_id": ids, "chunk_index": [0] * n,
                    "n_tokens": lengths.tolist(), "title": [""] * n, "text": texts, "source": ["synthetic"] * n,
                    "line": list(range(start + 1, start + n + 1)), "reason": [None] * n, "duplicate_of": [None] * n,
-                   "metadata": ["{}"] * n}
+                   "metadata": ["{}"] * n, "doc_hash": [None] * n, "chunk_hash": [None] * n}
         pq.write_table(pa.table(columns, schema=SCHEMA), folder / f"part-{start // ROWS_PER_FILE:05d}.parquet")
 
 

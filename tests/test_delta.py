@@ -128,3 +128,103 @@ def test_an_update_cut_short_converges_on_the_re_run(ray_local, tmp_path, monkey
     rows = table_rows(again["index"])
     assert rows == table_rows(rebuilt["index"])
     assert len({r[0] for r in rows}) == len(rows)
+
+
+def test_the_training_chain_follows_a_small_update_and_keeps_its_model(ray_local, facts_dir, tmp_path):
+    """corpus -> index -> synthesize -> filters -> negatives -> train_retriever -> index_tuned, then one document
+    of twelve changes: queries are generated for its chunks only, the model is kept (8% < retrain_after 10%),
+    and both indexes are updated in place."""
+    from conftest import train_job
+    from fake_llm import FakeLLM
+
+    data = train_job(facts_dir, "", evaluate=False, max_steps=2)
+    data["index_tuned"] = {"concurrency": [1, 1]}
+    docs = [json.loads(line) for line in (facts_dir / "corpus.jsonl").read_text().splitlines()]
+    with FakeLLM(echo_words=8) as llm:
+        data["synthesize"]["engine"]["base_url"] = llm.url
+        out = io.StringIO()
+        first = run_job(parse_spec(data), workdir=tmp_path / "wd", console=Console(file=out, width=200))
+        prompts = llm.requests
+        docs[5]["text"] = "Tides rise and fall twice a day as the moon pulls on the oceans of the earth"
+        (facts_dir / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+        out = io.StringIO()
+        second = run_job(parse_spec(data), workdir=tmp_path / "wd", console=Console(file=out, width=200))
+        log = out.getvalue()
+        asked = llm.requests - prompts
+    chunks = [r for f in sorted(__import__("glob").glob(f"{second['corpus']['outputs']['chunks']}/*.parquet"))
+              for r in pq.read_table(f).to_pylist()]
+    tide = [c for c in chunks if c["doc_id"] == "tide"]
+    assert "0 added, 1 changed, 0 deleted, 11 unchanged" in log, log
+    assert 0 < asked <= len(tide), (asked, len(tide))  # queries for the changed document's chunks only
+    assert second["synthesize"]["outputs"]["counts"]["ok"] == len(chunks)
+    assert "keeping the last model" in log
+    assert second["train_retriever"]["outputs"]["model"] == first["train_retriever"]["outputs"]["model"]
+    assert log.count("updating the index in place") == 2, log  # index and index_tuned
+    assert table_rows(second["index_tuned"]) == [r for r in table_rows(second["index"])]
+
+
+def clone(src, dst) -> None:
+    """A copy of a finished workdir whose manifests name the copy's own files (they hold absolute paths)."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    for manifest in dst.rglob("manifest.json"):
+        manifest.write_text(manifest.read_text().replace(str(src), str(dst)))
+
+
+def test_a_driver_killed_at_five_moments_of_an_update_converges_on_the_re_run(ray_local, tmp_path):
+    """SIGKILL of `ragworks run` (connected to the suite's Ray) at five seeded moments of an update; each re-run
+    ends with the table and the decisions of the uninterrupted update: no chunk id twice, no delete lost."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from ragworks.manifest import read_manifest
+
+    src = tmp_path / "src"
+    a = [(f"a{i}", _text(60 + i)) for i in range(8)]
+    b = [(f"b{i}", _text(80 + i)) for i in range(8)]
+    write(src, "a.jsonl", a)
+    write(src, "b.jsonl", b)
+    job = tmp_path / "job.yaml"
+    data = {"corpus": {"source": {"format": "jsonl", "path": str(src), "id_field": "id"},
+                       "dedup": {"near": {"enabled": True, "threshold": 0.8}}, "chunking": {"max_tokens": 48, "overlap": 8}},
+            "index": {"concurrency": [1, 1]}}
+    job.write_text(yaml.safe_dump(data))
+    address = ray_local.get_runtime_context().gcs_address
+    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+
+    def command(workdir):
+        return [sys.executable, "-m", "ragworks.cli", "run", str(job), "--workdir", str(workdir), "--address", address]
+
+    run(src, tmp_path / "base")
+    a[2] = ("a2", _text(99))
+    write(src, "a.jsonl", a[:6] + [("a9", b[3][1])])  # a2 changed, a6 and a7 deleted, a9 a copy of b3
+    write(src, "c.jsonl", [(f"c{i}", _text(120 + i)) for i in range(3)])
+    clone(tmp_path / "base", tmp_path / "straight")
+    started = time.monotonic()
+    done = subprocess.run(command(tmp_path / "straight"), env=env, capture_output=True, text=True, timeout=300)
+    took = time.monotonic() - started
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    expected = table_rows(read_manifest(tmp_path / "straight" / "index"))
+    expected_decisions = decisions(read_manifest(tmp_path / "straight" / "corpus"))
+
+    rng = random.Random(33)
+    for moment in sorted(rng.uniform(0.15, 0.95) * took for _ in range(5)):
+        wd = tmp_path / f"killed-at-{moment:.1f}s"
+        clone(tmp_path / "base", wd)
+        proc = subprocess.Popen(command(wd), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(moment)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        again = subprocess.run(command(wd), env=env, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, f"re-run after a kill at {moment:.1f} s: " + again.stdout[-3000:]
+        rows = table_rows(read_manifest(wd / "index"))
+        assert rows == expected, f"kill at {moment:.1f} s of {took:.1f} s: the table differs from the uninterrupted one"
+        assert len({r[0] for r in rows}) == len(rows)
+        assert decisions(read_manifest(wd / "corpus")) == expected_decisions

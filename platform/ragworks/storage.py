@@ -122,6 +122,7 @@ class Folder:
     def move_to(self, target: Folder) -> None:
         """A rename on disk; object stores have no folder rename, so there it is a copy and a delete."""
         if self.is_local and target.is_local:
+            Path(target.path).parent.mkdir(parents=True, exist_ok=True)
             os.rename(self.path, target.path)
             return
         is_file = self.fs.get_file_info(self.path).type == pafs.FileType.File
