@@ -41,7 +41,7 @@ def spec(input_dir: Path) -> dict:
     return {"name": "delta-ingest", "ray": {"num_cpus": 2},
             "corpus": {"source": {"format": "jsonl", "path": str(input_dir), "id_field": "id"},
                        "dedup": {"exact": True, "near": {"enabled": True, "threshold": 0.9}},
-                       "chunking": {"max_tokens": 128, "overlap": 16}},
+                       "chunking": {"max_tokens": 512, "overlap": 32}},
             "index": {"embedder": "static", "concurrency": [1, 2]}}
 
 

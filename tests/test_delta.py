@@ -29,17 +29,21 @@ def write(folder, name: str, docs: list[tuple[str, str]]) -> None:
     (folder / name).write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in docs))
 
 
-def spec(src) -> dict:
+def spec(src, **index) -> dict:
     return parse_spec({
         "corpus": {"source": {"format": "jsonl", "path": str(src), "id_field": "id"},
                    "dedup": {"near": {"enabled": True, "threshold": 0.8}}, "chunking": {"max_tokens": 48, "overlap": 8}},
-        "index": {"concurrency": [1, 1]},
+        "index": {"concurrency": [1, 1], **index},
     })
 
 
-def run(src, workdir, **kwargs) -> tuple[dict, str]:
+# a vector index from the first rows on, so updates fold rows into it and retrain it
+ANN = {"ann": {"min_rows": 10, "index_type": "IVF_FLAT", "num_partitions": 2}}
+
+
+def run(src, workdir, index: dict | None = None, **kwargs) -> tuple[dict, str]:
     out = io.StringIO()
-    manifests = run_job(spec(src), workdir=workdir, console=Console(file=out, width=200), **kwargs)
+    manifests = run_job(spec(src, **(index or {})), workdir=workdir, console=Console(file=out, width=200), **kwargs)
     return manifests, out.getvalue()
 
 
@@ -66,8 +70,9 @@ def test_a_changed_corpus_updates_the_index_in_place_as_a_rebuild_would(ray_loca
     b = [(f"b{i}", _text(20 + i)) for i in range(4)] + [("near", " ".join(near)), ("copy", a[0][1])]
     write(src, "a.jsonl", a)
     write(src, "b.jsonl", b)
-    first, _ = run(src, tmp_path / "wd")
+    first, _ = run(src, tmp_path / "wd", ANN)
     assert first["corpus"]["outputs"]["counts"]["duplicates"] == 2  # `near` of `orig`, `copy` of a0
+    assert first["index"]["outputs"]["indexes"] == ["IVF_FLAT", "FTS"]
     v1 = first["index"]["outputs"]["version"]
 
     # change one document, delete two (one is the original `near` copies), add a file with a new document
@@ -76,7 +81,7 @@ def test_a_changed_corpus_updates_the_index_in_place_as_a_rebuild_would(ray_loca
     del a[5], a[3]
     write(src, "a.jsonl", a)
     write(src, "c.jsonl", [("c0", "glaciers carve fjords " + _text(7)), ("c1", b[1][1])])
-    second, log = run(src, tmp_path / "wd")
+    second, log = run(src, tmp_path / "wd", ANN)
     delta = second["corpus"]["outputs"]["delta"]
     assert delta["files_read"] == 2 and delta["files_removed"] == 0  # b.jsonl was not read again
     assert "2 added, 1 changed, 2 deleted, 3 unchanged" in log, log
@@ -85,7 +90,7 @@ def test_a_changed_corpus_updates_the_index_in_place_as_a_rebuild_would(ray_loca
     assert "updating the index in place" in log and "rebuilding" not in log
     assert second["index"]["outputs"]["version"] > v1
 
-    rebuilt, _ = run(src, tmp_path / "rebuilt")
+    rebuilt, _ = run(src, tmp_path / "rebuilt", ANN)
     assert table_rows(second["index"]) == table_rows(rebuilt["index"])
     assert decisions(second["corpus"]) == decisions(rebuilt["corpus"])
     assert second["corpus"]["outputs"]["counts"] == rebuilt["corpus"]["outputs"]["counts"]
@@ -96,11 +101,22 @@ def test_a_changed_corpus_updates_the_index_in_place_as_a_rebuild_would(ray_loca
     assert searcher.chunk("near#0") is not None
 
     # nothing changed: nothing is written, the table stays at its version
-    third, log = run(src, tmp_path / "wd")
+    third, log = run(src, tmp_path / "wd", ANN)
     assert "corpus: up to date" in log and "index: up to date" in log
     assert third["index"]["outputs"]["version"] == second["index"]["outputs"]["version"]
     assert lance.dataset(f"{third['index']['outputs']['lancedb']}/chunks.lance").version == \
         second["index"]["outputs"]["version"]
+
+    # additions only: no delete, so both indexes take the new rows in (no rebuild), and every row is indexed
+    write(src, "d.jsonl", [("d0", "moraines mark where glaciers " + _text(8))])
+    fourth, log = run(src, tmp_path / "wd", ANN)
+    counts = fourth["index"]["outputs"]["counts"]
+    assert counts["deleted"] == 0 and counts["added"] >= 1 and counts["rows"] == second["index"]["outputs"]["counts"]["rows"] + counts["added"]
+    searcher = open_index(tmp_path / "wd" / "index")
+    assert searcher.search("moraines mark where glaciers", mode="fulltext", k=1)[0]["doc_id"] == "d0"
+    assert searcher.search("moraines mark where glaciers " + _text(8), mode="dense", k=1)[0]["doc_id"] == "d0"
+    for name in ("text_idx", "vector_idx"):
+        assert searcher.table.index_stats(name).num_unindexed_rows == 0, name
 
 
 def test_an_update_cut_short_converges_on_the_re_run(ray_local, tmp_path, monkeypatch):

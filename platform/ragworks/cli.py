@@ -101,10 +101,12 @@ it re-runs one. When the corpus changed (files added, edited or removed) and
 the corpus and index configs did not, the re-run is an update: only the
 changed files are read, only the changed documents chunked and embedded,
 and the LanceDB table is updated in place (`2 added, 1 changed, 1 deleted`
-is printed first); --full rebuilds instead. The spec is checked before any work starts: unknown keys,
-wrong types and missing files are reported with the field's name. A stage
-that fails prints one line (the stage, the reason, the fix when known) and
-the command exits 1. On a cluster, use `ragworks submit`.
+is printed first); --full rebuilds instead.
+
+The spec is checked before any work starts: unknown keys, wrong types and
+missing files are reported with the field's name. A stage that fails prints
+one line (the stage, the reason, the fix when known) and the command exits 1.
+On a cluster, use `ragworks submit`.
 
 A spec has one section per stage it enables, run in this order:
 
@@ -243,6 +245,7 @@ def submit(
                                            "[default: the current directory]"),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     force: list[str] = typer.Option([], help=STAGES_HELP),
+    full: bool = typer.Option(False, "--full", help=FULL_HELP),
     follow_: bool = typer.Option(False, "--follow", help="Stream the job's log until it ends; exit 1 if it fails"),
 ) -> None:
     """Run a job spec on a Ray cluster through the Jobs API.
@@ -259,7 +262,7 @@ def submit(
 
     try:
         job_id = submit_job(job, address=address, workdir=workdir, overrides=set_, project=project, force=force,
-                            console=console)
+                            console=console, full=full)
     except (SpecError, ConnectionError) as err:
         _fail(err)
     if follow_:

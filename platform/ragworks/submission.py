@@ -71,7 +71,7 @@ def path_overrides(spec, project: Path) -> tuple[list[str], list[str]]:
 
 
 def submit(job: Path, *, address: str | None, workdir: str | None, overrides: list[str], project: Path | None,
-           force: list[str], console) -> str:
+           force: list[str], console, full: bool = False) -> str:
     """Submit `ragworks run JOB` to the cluster; returns the submission id."""
     import ragworks
 
@@ -85,7 +85,7 @@ def submit(job: Path, *, address: str | None, workdir: str | None, overrides: li
     wd = spec.workdir_location(workdir)  # the cluster writes there; this machine need not reach it
     paths, outside = path_overrides(spec, project)
     args = ["python", "-m", "ragworks.cli", "run", str(spec_path), "--workdir", wd, "--address", "auto"]
-    args += [f"--set={o}" for o in [*overrides, *paths]] + [f"--force={f}" for f in force]
+    args += [f"--set={o}" for o in [*overrides, *paths]] + [f"--force={f}" for f in force] + (["--full"] if full else [])
     runtime_env = {"working_dir": str(project), "py_modules": [str(Path(ragworks.__file__).parent)],
                    "excludes": EXCLUDES}
     submission_id = f"ragworks-{spec.name}-{uuid.uuid4().hex[:8]}"

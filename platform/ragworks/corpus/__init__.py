@@ -38,5 +38,6 @@ STAGES = (
              external="ragworks.corpus.corpus:external_inputs", work=("chunks", "chunks"), resumable=True,
              incremental=True,
              help="read, normalise, dedup (exact + MinHash) and chunk the source; rejects kept aside; "
-                  "resumable (each dedup pass is kept on disk until the stage ends)"),
+                  "resumable (each dedup pass is kept on disk until the stage ends); a changed source is an "
+                  "update (only the changed files read, only the changed documents chunked)"),
 )

@@ -34,11 +34,10 @@ from ..manifest import files_fingerprint
 from ..ordering import first_rows
 from ..runtime import actor_pool
 from ..storage import Folder
-from . import CorpusOutputs
+from . import CorpusDelta, CorpusOutputs
 from .chunking import Chunk
 from .dedup import KEYS_BATCH, add_positions, deduplicate, key_schema, with_keys
-from . import CorpusDelta
-from .delta import carry, changes, summary, touched_files
+from .delta import carry, changes, documents, summary, touched_files
 from .normalize import normalize_batch
 from .readers import read_source, source_files
 from .records import SCHEMA
@@ -108,7 +107,7 @@ def run(cfg: CorpusConfig, ctx) -> CorpusOutputs:
     delta = None
     if previous is not None:
         todo, counts = changes(ray.data.read_parquet(previous.records, **READ_ARGS), records, gone, read)
-        ctx.console.print(f"{summary(counts)}: {counts['upsert']:,} documents to chunk and index, "
+        ctx.console.print(f"{summary(counts)}: {documents(counts['upsert'])} to chunk and index, "
                           f"{counts['replace'] - counts['upsert']:,} to drop", highlight=False)
         upsert = ray.put(todo["doc_id"].filter(todo["upsert"]))
         kept = kept.map_batches(_with_ids, fn_kwargs={"ids": upsert, "keep": True}, **LIGHT)

@@ -22,7 +22,6 @@ table in one task: a shuffle costs more than it saves on a small corpus.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 

@@ -151,5 +151,9 @@ def changes(previous: ray.data.Dataset, records: ray.data.Dataset, gone: list[st
     return pa.table({"doc_id": replace, "upsert": pc.is_in(replace, value_set=upsert)}), counts
 
 
+def documents(n: int) -> str:
+    return f"{n:,} document" + ("" if n == 1 else "s")
+
+
 def summary(counts: dict) -> str:
     return ", ".join(f"{counts[s]:,} {s}" for s in STATUSES)

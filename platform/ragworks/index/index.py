@@ -11,6 +11,7 @@ from ..stage import StageError
 from . import IndexOutputs
 from .embed import Embed
 from .lance_sink import LanceFragments
+from ..corpus.delta import documents
 from .update import applicable, apply_delta, tag
 
 TABLE_COLUMNS = ["id", "doc_id", "chunk_index", "n_tokens", "title", "text", "source", "line", "metadata", "doc_hash",
@@ -77,8 +78,9 @@ def build(cfg: IndexConfig, ctx, embedder: str) -> IndexOutputs:
 
     before, why = applicable(ctx, corpus, embedder)
     if before is not None:
-        ctx.console.print(f"updating the index in place with the corpus delta ({corpus.delta.counts.get('upsert', 0):,} "
-                          f"documents to embed, {corpus.delta.counts.get('replace', 0):,} to replace), with {embedder}")
+        counts = corpus.delta.counts
+        ctx.console.print(f"updating the index in place with the corpus delta ({documents(counts.get('upsert', 0))} "
+                          f"to embed, {counts.get('replace', 0):,} to replace), with {embedder}", highlight=False)
         return apply_delta(cfg, ctx, corpus, before, embed)
     if ctx.previous is not None:
         ctx.console.print(f"rebuilding the index: {why}")

@@ -99,7 +99,7 @@ def run(cfg: SynthesizeConfig, ctx) -> GeneratedOutputs:
         out.move_to(attempts / CARRIED)
     dropped = drop_partial_files(attempts)
     before, tokens_before = count_generated(attempts)  # a resumed run's rate counts only its own rows
-    if before["rows"] or dropped:
+    if (before["rows"] and ctx.previous is None) or dropped:  # an update said what it carried
         ctx.console.print(f"resuming: {before['rows']:,} rows already written"
                           + (f", {len(dropped)} partial files removed" if dropped else ""))
     mine = attempt_folder(ctx.stage_dir)

@@ -35,6 +35,7 @@ def last_model(cfg: TrainerConfig, ctx, outputs):
     training run for a 1% change buys a model the ship gate would not tell apart. Counted over updates, so
     many small ones do retrain. Otherwise the last run's folder is cleared and the stage trains."""
     from ..corpus import CorpusOutputs
+    from ..corpus.delta import documents
 
     if ctx.previous is None:
         return None
@@ -46,11 +47,11 @@ def last_model(cfg: TrainerConfig, ctx, outputs):
     changed = int(last.counts.get(CHANGED, 0)) + corpus.delta.counts.get("replace", 0)
     share = changed / max(1, corpus.counts.get("documents", 0))
     if cfg.retrain_after == 0 or share >= cfg.retrain_after:
-        ctx.console.print(f"training again: {changed:,} documents ({share:.1%} of the corpus) changed since the last "
+        ctx.console.print(f"training again: {documents(changed)} ({share:.1%} of the corpus) changed since the last "
                           f"training, retrain_after {cfg.retrain_after:.0%}", highlight=False)
         ctx.start_clean()
         return None
-    ctx.console.print(f"keeping the last model: {changed:,} documents ({share:.1%} of the corpus) changed since it "
+    ctx.console.print(f"keeping the last model: {documents(changed)} ({share:.1%} of the corpus) changed since it "
                       f"was trained, below retrain_after {cfg.retrain_after:.0%}", highlight=False)
     return last.model_copy(update={"counts": {**last.counts, CHANGED: changed}})
 
