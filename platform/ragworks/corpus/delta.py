@@ -32,7 +32,6 @@ from ray.data.expressions import col
 
 from ..ordering import per_key
 
-
 STATUSES = ("added", "changed", "deleted", "unchanged")
 SIDES = pa.schema([("doc_id", pa.string()), ("doc_hash", pa.string()), ("kept", pa.bool_()), ("old", pa.bool_())])
 ACTIONS = pa.schema([("doc_id", pa.string()), ("status", pa.string()), ("upsert", pa.bool_()),

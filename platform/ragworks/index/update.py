@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import lance
 import lancedb
-import pyarrow.compute as pc
 import ray
 
 from ..config import IndexConfig
@@ -154,8 +153,3 @@ def tag(uri: str, version: int) -> None:
     else:
         tags.create(SERVED_TAG, version)
 
-
-def count_ids(uri: str) -> tuple[int, int]:
-    """(rows, distinct chunk ids): a table an update left right has them equal."""
-    ids = lance.dataset(uri).to_table(columns=["id"])["id"]
-    return len(ids), len(pc.unique(ids))
