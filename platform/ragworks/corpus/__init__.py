@@ -18,6 +18,18 @@ class CorpusDelta(BaseModel):
     files_removed: int
     counts: dict[str, int] = {}
 
+    def replaced_ids(self):
+        """Every document id whose chunks the update replaces, as an Arrow array: a delta's ids, not the corpus's
+        (one small file the corpus stage wrote)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from ..storage import Folder
+
+        files = Folder(self.replaced).files(".parquet")
+        tables = [pq.read_table(f.path, filesystem=f.fs, columns=["doc_id"]) for f in files]
+        return pa.concat_tables(tables)["doc_id"].combine_chunks() if tables else pa.array([], pa.string())
+
 
 class CorpusOutputs(Outputs):
     """Every input record lands in exactly one folder: input = documents + duplicates + rejects. `records`
@@ -31,6 +43,12 @@ class CorpusOutputs(Outputs):
     files: dict[str, str] = {}
     source_root: str = ""
     delta: CorpusDelta | None = None
+
+    def updates(self, built: dict | None) -> bool:
+        """Whether this run's delta applies to what a stage built last (`built`, its manifest): that stage read the
+        corpus run the delta was made against."""
+        read = ((built or {}).get("inputs") or {}).get("corpus") or {}
+        return self.delta is not None and read.get("run_id") == self.delta.base
 
 
 STAGES = (

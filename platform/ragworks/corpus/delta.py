@@ -74,7 +74,8 @@ def carry(batch: pa.Table, moved: dict[str, str]) -> pa.Table:
 
 def sides(batch: pa.Table, touched, old: bool) -> pa.Table:
     """A touched file's records as one side of the comparison: id, hash, kept or not."""
-    batch = batch.filter(pa.array(in_sources(batch, touched) & batch["doc_id"].is_valid().to_numpy(zero_copy_only=False)))
+    has_id = batch["doc_id"].is_valid().to_numpy(zero_copy_only=False)
+    batch = batch.filter(pa.array(in_sources(batch, touched) & has_id))
     n = batch.num_rows
     return pa.table({"doc_id": batch["doc_id"], "doc_hash": batch["doc_hash"],
                      "kept": pc.equal(batch["kind"], "doc").fill_null(False), "old": pa.array([old] * n, pa.bool_())},
@@ -124,7 +125,8 @@ def _counts(t: pa.Table) -> pa.Table:
     return pa.table({s: pa.array([pc.sum(pc.equal(t["status"], s)).as_py() or 0], pa.int64()) for s in STATUSES})
 
 
-def changes(previous: ray.data.Dataset, records: ray.data.Dataset, gone: list[str], read: list[str]) -> tuple[pa.Table, dict]:
+def changes(previous: ray.data.Dataset, records: ray.data.Dataset, gone: list[str], read: list[str]
+            ) -> tuple[pa.Table, dict]:
     """(the document ids to upsert and to replace, the touched files' documents by status): the touched files'
     documents before and after, joined on doc_id, and the carried documents whose decision flipped. Only the
     ids the index must touch reach the driver (a delta's, not the corpus's)."""

@@ -48,9 +48,9 @@ def applicable(ctx, corpus, embedder: str) -> tuple[IndexOutputs | None, str]:
         return None, "no earlier index with this config"
     if corpus.delta is None:
         return None, "the corpus stage rebuilt everything"
-    before = IndexOutputs.from_manifest(ctx.previous)
-    if (ctx.previous.get("inputs") or {}).get("corpus", {}).get("run_id") != corpus.delta.base:
+    if not corpus.updates(ctx.previous):
         return None, "the last index was built from another corpus run than the delta's base"
+    before = IndexOutputs.from_manifest(ctx.previous)
     if before.embedder != embedder:
         return None, f"the embedder changed ({before.embedder} -> {embedder})"
     if before.version is None:
@@ -73,8 +73,7 @@ def apply_delta(cfg: IndexConfig, ctx, corpus, before: IndexOutputs, embed) -> I
         ds.restore()
         ds = lance.dataset(uri)
     rows_before = ds.count_rows()
-    replaced = ray.data.read_parquet(corpus.delta.replaced).select_columns(["doc_id"]).take_all()
-    ids = sorted(r["doc_id"] for r in replaced)
+    ids = sorted(corpus.delta.replaced_ids().to_pylist())
     deleted = 0
     for i in range(0, len(ids), DELETE_BATCH):
         literals = ", ".join("'" + d.replace("'", "''") + "'" for d in ids[i: i + DELETE_BATCH])

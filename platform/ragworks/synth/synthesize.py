@@ -150,12 +150,11 @@ def follow_delta(cfg: SynthesizeConfig, ctx, chunks) -> None:
     if ctx.previous is None:
         return
     corpus = ctx.output("corpus")
-    if corpus.delta is None or (ctx.previous.get("inputs") or {}).get("corpus", {}).get("run_id") != corpus.delta.base:
+    if not corpus.updates(ctx.previous):
         ctx.console.print("rebuilding: the last run's rows are from another corpus than this update's base")
         ctx.start_clean()
         return
-    replaced = ray.data.read_parquet(corpus.delta.replaced).select_columns(["doc_id"]).to_arrow_refs()
-    replaced = pa.concat_tables(ray.get(replaced))["doc_id"].combine_chunks()
+    replaced = corpus.delta.replaced_ids()
     selected = pa.concat_tables(ray.get(chunks.select_columns(["id"]).to_arrow_refs()))["id"].combine_chunks() \
         if cfg.limit else None
     kept, dropped = carry_last_run(ctx.stage_dir / "generated", ctx.stage_dir / ATTEMPTS, replaced, selected,
