@@ -1,5 +1,7 @@
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -49,11 +51,13 @@ def ray_local(s3):
     from ragworks.config import RayConfig
     from ragworks.runtime import configure_data
 
+    temp_dir = tempfile.mkdtemp(prefix="rw-suite-")  # a temp dir of its own: nothing shared with another Ray
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", _temp_dir=temp_dir)
     configure_data(RayConfig())
     yield ray
     ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def free_port() -> int:

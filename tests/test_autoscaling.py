@@ -1,14 +1,18 @@
 """Ray's autoscaler adds the nodes a stage declares and removes them when idle.
 
 Ray's own fake multi-node provider (`ray.cluster_utils.AutoscalingCluster`) launches
-"cloud" nodes as local processes, so the real autoscaler decides when to scale. Runs
-before the modules that start an embedded Ray in this process (it calls `ray stop`)."""
+"cloud" nodes as local processes, so the real autoscaler decides when to scale. Its head
+gets a port and temp dir of its own and is stopped by its pids: AutoscalingCluster's own
+start and shutdown run `ray stop --force`, which would stop every Ray on the machine."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,7 +21,8 @@ import pytest
 import yaml
 from ray.cluster_utils import AutoscalingCluster
 
-from conftest import write_jsonl
+from conftest import free_port, write_jsonl
+from ragworks import ray_processes
 from fake_llm import FakeLLM
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,6 +48,33 @@ class LocalAutoscalingCluster(AutoscalingCluster):
         config.update(config_kwargs)
         return config
 
+    def start(self):
+        """AutoscalingCluster.start without its `ray stop --force`, on a port and temp dir of its own."""
+        self.temp_dir = tempfile.mkdtemp(prefix="rw-autoscale-")
+        self.address = f"127.0.0.1:{free_port()}"
+        self._config["provider"]["gcs_address"] = self.address  # the fake provider's nodes join this head
+        config = Path(self.temp_dir) / "autoscaling.json"
+        config.write_text(json.dumps(self._config))
+        cmd = ["ray", "start", "--head", f"--autoscaling-config={config}", "--node-ip-address", "127.0.0.1",
+               "--port", self.address.rsplit(":", 1)[1], "--temp-dir", self.temp_dir, "--include-dashboard", "false",
+               "--ray-client-server-port", str(free_port()), "--disable-usage-stats",
+               f"--num-cpus={self._head_resources.pop('CPU')}"]
+        # no token: the suite's clients do not send Ray's token (a head started where ~/.ray/auth_token exists
+        # requires it by default)
+        env = {**os.environ, "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_FAKE_CLUSTER": "1", "RAY_AUTH_MODE": "disabled"}
+        env.pop("RAY_ADDRESS", None)
+        subprocess.check_call(cmd, env=env, stdout=subprocess.DEVNULL)
+        ray_processes.record(self.pids, self.temp_dir)
+
+    @property
+    def pids(self) -> str:
+        return str(Path(self.temp_dir) / "pids.json")
+
+    def shutdown(self):
+        """The head's processes and, as their children, the nodes the autoscaler started: nothing else."""
+        ray_processes.stop(self.pids)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
 
 @pytest.fixture
 def autoscaling_cluster():
@@ -58,8 +90,8 @@ def autoscaling_cluster():
         idle_timeout_minutes=0.5)
     cluster.start()
     try:
-        ray.init(address="auto", logging_level="ERROR")
-        yield ray
+        ray.init(address=cluster.address, logging_level="ERROR")
+        yield ray, cluster.address
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -70,7 +102,7 @@ def synth_nodes(ray) -> int:
 
 
 def test_synthesize_scales_its_worker_type_from_zero_and_back(autoscaling_cluster, tmp_path):
-    ray = autoscaling_cluster
+    ray, address = autoscaling_cluster
     assert synth_nodes(ray) == 0  # min_workers 0: nothing runs until a stage asks
     docs = [{"_id": f"d{i}", "title": f"topic {i}", "text": f"document {i} is about subject {i} " * 5} for i in range(24)]
     write_jsonl(tmp_path / "corpus" / "corpus.jsonl", docs)
@@ -87,7 +119,7 @@ def test_synthesize_scales_its_worker_type_from_zero_and_back(autoscaling_cluste
         workdir = tmp_path / "wd"
         env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
         proc = subprocess.Popen([sys.executable, "-m", "ragworks.cli", "run", str(tmp_path / "job.yaml"),
-                                 "--workdir", str(workdir), "--address", "auto"], cwd=ROOT, env=env,
+                                 "--workdir", str(workdir), "--address", address], cwd=ROOT, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         most = 0
         deadline = time.time() + 420

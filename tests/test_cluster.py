@@ -1,9 +1,8 @@
 """ragworks on a real multi-node Ray cluster: three nodes on 127.0.0.1 started by
 `cluster/local.sh`, jobs submitted through the Jobs API, a worker node killed mid-run,
-and the cluster manifests checked against Ray's own schemas.
-
-Runs before the modules that start an embedded Ray in this process (`ray stop` in
-`local.sh down` would take that Ray down too)."""
+and the cluster manifests checked against Ray's own schemas. `local.sh down` stops the
+cluster's own nodes only: another Ray on the machine (the suite's, someone's long job)
+lives on, which the last test checks."""
 
 from __future__ import annotations
 
@@ -11,9 +10,11 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,7 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD_PORT = 8275  # not Ray's default 8265: a developer's own cluster may hold that
 HEAD_PORT = 6395
 ADDRESS = f"http://127.0.0.1:{DASHBOARD_PORT}"
+CLUSTER_DIR = f"/tmp/rw-test-cluster-{os.getpid()}"  # the nodes' temp dirs and pids: this run's own
 ENV = {**os.environ, "RAGWORKS_DASHBOARD_PORT": str(DASHBOARD_PORT), "RAGWORKS_HEAD_PORT": str(HEAD_PORT),
+       "RAGWORKS_CLUSTER_DIR": CLUSTER_DIR,
        "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_ADDRESS": ADDRESS, "RAY_AUTH_MODE": "token"}
 
 
@@ -144,6 +147,7 @@ def local_cluster():
         yield ADDRESS
     finally:
         subprocess.run(["bash", "cluster/local.sh", "down"], cwd=ROOT, env=ENV, capture_output=True, timeout=120)
+        shutil.rmtree(CLUSTER_DIR, ignore_errors=True)
 
 
 def alive_nodes(address: str) -> list:
@@ -285,3 +289,34 @@ def test_a_killed_worker_node_loses_no_row_and_duplicates_none(local_cluster, tm
     # the block the dead node's actor was generating is generated again; nothing else is (the actor wrote
     # every block it finished before the node died): at most one block of 2 beyond one request per key
     assert len(keys) <= requests <= len(keys) + 2
+
+
+def test_down_stops_its_own_nodes_and_leaves_another_ray_alive(local_cluster, tmp_path):
+    """Last in this module: it takes the module's cluster down (the fixture's own `down` then finds nothing)."""
+    from conftest import free_port
+    from ragworks import ray_processes
+
+    other = Path(tempfile.mkdtemp(prefix="rw-other-"))  # not under tmp_path: Ray's socket paths must stay short
+    port = free_port()
+    started = subprocess.run(["ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                              "--temp-dir", str(other), "--num-cpus", "1", "--include-dashboard", "false",
+                              "--ray-client-server-port", str(free_port()), "--disable-usage-stats"],
+                             env={**ENV, "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, started.stdout + started.stderr
+    pids = str(tmp_path / "other-pids.json")
+    ray_processes.record(pids, str(other))
+    theirs = ray_processes.under(str(other))
+    try:
+        cluster = ray_processes.under(CLUSTER_DIR)
+        assert len(cluster) >= 3 and theirs
+        down = subprocess.run(["bash", "cluster/local.sh", "down"], cwd=ROOT, env=ENV, capture_output=True,
+                              text=True, timeout=120)
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert not any(p.is_running() for p in cluster), "a node of the local cluster outlived `down`"
+        assert all(p.is_running() for p in theirs), "`down` stopped a Ray it did not start"
+        status = subprocess.run(["ray", "status", "--address", f"127.0.0.1:{port}"], capture_output=True,
+                                text=True, timeout=60, env={**ENV, "RAY_AUTH_MODE": "disabled"})
+        assert status.returncode == 0 and "1.0 CPU" in status.stdout, status.stdout + status.stderr
+    finally:
+        ray_processes.stop(pids)
+        shutil.rmtree(other, ignore_errors=True)
