@@ -140,7 +140,9 @@ def run_plain(args) -> dict:
             table.add(data)
         pending = []
 
-    for f in sorted((args.workdir / "wd" / "corpus" / "chunks").glob("*.parquet")):
+    from ragworks.stage import outputs_at
+
+    for f in sorted(Path(outputs_at(args.workdir / "wd" / "corpus").chunks).rglob("*.parquet")):
         for batch in pq.ParquetFile(f).iter_batches(batch_size=args.batch_size, columns=TABLE_COLUMNS):
             vectors = model.encode(batch.column("text").to_pylist(), batch_size=args.batch_size, show_progress_bar=False)
             pending.append(batch.append_column("vector", vector_array(vectors)))

@@ -42,6 +42,7 @@ class CorpusOutputs(Outputs):
     records: str = ""
     files: dict[str, str] = {}
     source_root: str = ""
+    parted: bool = False  # every output folder in parts, one per source file (`parts.py`): what an update links
     delta: CorpusDelta | None = None
 
     def updates(self, built: dict | None) -> bool:

@@ -4,6 +4,7 @@ exceeds what the model reads, with overlap so no sentence is only ever cut."""
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -43,21 +44,35 @@ def chunk_id(doc_id: str, index: int) -> str:
     return f"{doc_id}#{index}"
 
 
+def fast_tokenizer(model: str):
+    """A local model folder's `tokenizer.json` as a `tokenizers.Tokenizer`: the same tokenizer transformers'
+    fast wrapper holds, without importing transformers and torch (seconds per chunker actor); None when the
+    model is a hub id or has no tokenizer.json."""
+    path = Path(model) / "tokenizer.json"
+    if not path.is_file():
+        return None
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(path))
+
+
 class Chunk:
     """Ray Data callable class: loads the tokenizer once per actor, splits `doc` rows
     into `chunk` rows and passes duplicates and rejects through untouched."""
 
     def __init__(self, cfg: ChunkingConfig, tokenizer: str):
-        from transformers import AutoTokenizer
-
         self.cfg = cfg
-        self.tok = AutoTokenizer.from_pretrained(resolve_model(tokenizer))
-        self.tok.model_max_length = 1 << 30  # we count tokens of whole documents, never feed them to a model
-        self.backend = None
-        if self.tok.is_fast:  # a copy: a tokenizer.json may carry padding and truncation the wrapper resets per call
-            from tokenizers import Tokenizer
+        self.tok, self.backend = None, fast_tokenizer(resolve_model(tokenizer))
+        if self.backend is None:
+            from transformers import AutoTokenizer
 
-            self.backend = Tokenizer.from_str(self.tok.backend_tokenizer.to_str())
+            self.tok = AutoTokenizer.from_pretrained(resolve_model(tokenizer))
+            self.tok.model_max_length = 1 << 30  # we count tokens of whole documents, never feed them to a model
+            if self.tok.is_fast:  # a copy: a tokenizer.json may carry padding and truncation
+                from tokenizers import Tokenizer
+
+                self.backend = Tokenizer.from_str(self.tok.backend_tokenizer.to_str())
+        if self.backend is not None:
             self.backend.no_padding()
             self.backend.no_truncation()
 

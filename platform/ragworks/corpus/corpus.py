@@ -9,10 +9,13 @@ re-run of a half-done stage starts at the first unfinished pass. Nothing relies
 on the order rows arrive in.
 
 Every decided record is kept (`records`: text, content hash, dedup keys,
-decision) with each source file's fingerprint, so a re-run over changed input
-with the same recipe is a delta (`delta.py`): only the changed files are read
-and signed, dedup decides again over the carried and the new records, and only
-the documents whose kept version changed are chunked; `delta` in the outputs
+decision) with each source file's fingerprint, and every output folder is kept in
+parts, one per source file (`parts.py`). A re-run over changed input with the
+same recipe is a delta (`delta.py`): only the changed files are read and signed,
+dedup decides again over the new records and the carried records' keys (their
+text is not read), only the documents whose kept version changed are chunked,
+and only the parts of the files read, or whose records' decisions changed, are
+written; every other part is linked from the last run. `delta` in the outputs
 tells the index what to replace. Each run writes a folder of its own
 (`ctx.version_dir`), so the last run's outputs stay whole until this run's
 manifest replaces them.
@@ -36,8 +39,11 @@ from ..runtime import actor_pool
 from ..storage import Folder
 from . import CorpusDelta, CorpusOutputs
 from .chunking import Chunk
-from .dedup import KEYS_BATCH, add_positions, deduplicate, key_schema, with_keys
-from .delta import carry, changes, documents, summary, touched_files
+from . import parts
+from .dedup import KEYS_BATCH, _in_one_task, add_positions, deduplicate, key_schema, with_keys
+from .delta import (PREVIOUS, carry, changed_parts, changes, documents, renamed, renames, summary, touched_files,
+                    with_decisions)
+from .parts import with_part
 from .normalize import normalize_batch
 from .readers import read_source, source_files
 from .records import SCHEMA
@@ -49,12 +55,17 @@ LIGHT = {"batch_format": "pyarrow", "num_cpus": 0.25}
 
 
 def records_schema(cfg: CorpusConfig) -> pa.Schema:
-    """A decided record: the corpus row, its order key, its dedup keys, and the decision it had last run."""
+    """A decided record: the corpus row, its order key, its dedup keys, its part, and the decision it had last run."""
     schema = SCHEMA.append(pa.field("pos", pa.int64()))
     for field in key_schema(cfg.dedup):
         if field.name not in schema.names:
             schema = schema.append(field)
-    return schema.append(pa.field("prev_kind", pa.string()))
+    for name in ("part", *PREVIOUS.values()):
+        schema = schema.append(pa.field(name, pa.string()))
+    return schema
+
+
+TEXT_COLUMNS = ("title", "text", "metadata")  # what dedup does not read: a carried record's keys are enough
 
 
 def external_inputs(cfg: CorpusConfig) -> dict:
@@ -64,20 +75,22 @@ def external_inputs(cfg: CorpusConfig) -> dict:
 
 def run(cfg: CorpusConfig, ctx) -> CorpusOutputs:
     files = {path: files_fingerprint(path) for path in source_files(cfg.source)}
+    root = source_root(cfg)
+    part_of = parts.part_ids(files, root)
     previous = last_build(cfg, ctx)
     out = ctx.version_dir
     keep = Checkpoints(out / "_dedup")
     schema = records_schema(cfg)
     read, gone, moved, removed = list(files), [], {}, 0
     if previous is not None:
-        read, gone, moved, removed = touched_files(previous.files, previous.source_root, files, source_root(cfg))
+        read, gone, moved, removed = touched_files(previous.files, previous.source_root, files, root)
         ctx.console.print(f"updating the corpus of the last run: {len(read):,} of {len(files):,} files changed or "
                           f"added, {removed:,} removed; reading those only", highlight=False)
     else:
         ctx.console.print(f"reading {cfg.source.format} records from {cfg.source.path}")
 
     order = {path: i for i, path in enumerate(files)}  # the final input's file order: "earliest copy" means it
-    parts = []
+    sources = []
     if read:
         ds = read_source(cfg.source, read)
         ds = ds.map_batches(normalize_batch, fn_kwargs={"cfg": cfg.normalize}, batch_size=KEYS_BATCH,
@@ -85,56 +98,128 @@ def run(cfg: CorpusConfig, ctx) -> CorpusOutputs:
         ds = ds.map_batches(add_positions, fn_kwargs={"files": order}, batch_format="pyarrow")
         if cfg.source.limit:
             ds = first_rows(ds, cfg.source.limit, ["pos"])
-        ds = ds.map_batches(_keyed, fn_kwargs={"cfg": cfg.dedup, "schema": schema}, batch_size=KEYS_BATCH,
-                            batch_format="pyarrow")
+        ds = ds.map_batches(_keyed, fn_kwargs={"cfg": cfg.dedup, "schema": schema, "parts": part_of},
+                            batch_size=KEYS_BATCH, batch_format="pyarrow")
         # Blocks of a few chunker batches, made while nothing else holds a CPU: every chunker then has blocks to
         # take (a dozen 100k-document blocks kept one busy while the other core idled); split later, next to the
         # chunkers, the 1-CPU split task found no node with a whole CPU free on a 3-node cluster and hung
-        parts.append(keep("documents", ds.repartition(target_num_rows_per_block=CHUNK_BATCH * 8), schema))
-    if previous is not None:
-        carried = ray.data.read_parquet(previous.records, **READ_ARGS) \
-            .map_batches(carry, fn_kwargs={"moved": moved}, **LIGHT) \
-            .map_batches(add_positions, fn_kwargs={"files": order}, batch_format="pyarrow") \
-            .map_batches(conform, fn_kwargs={"schema": schema}, batch_format="pyarrow")
-        parts.append(carried)
-    docs = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+        sources.append(keep("documents", ds.repartition(target_num_rows_per_block=CHUNK_BATCH * 8), schema))
+    if previous is not None:  # the carried records' keys only: their text stays in the last run's parts
+        sources.append(_carried(previous.records, schema, moved, order, part_of,
+                                [n for n in schema.names if n not in TEXT_COLUMNS + ("part", *PREVIOUS.values())]))
+    docs = sources[0].union(*sources[1:]) if len(sources) > 1 else sources[0]
     decided, plan = deduplicate(docs, cfg.dedup, keep)
     ctx.console.print(f"dedup: {plan['documents']:,} documents, "
                       + ("in one task" if plan["partitions"] == 1 else f"{plan['partitions']} hash partitions"))
-    records = Checkpoints(out)("records", decided, schema, materialize=False)
-
-    kept = records.filter(expr=col("kind") == "doc")
-    delta = None
-    if previous is not None:
-        todo, counts = changes(ray.data.read_parquet(previous.records, **READ_ARGS), records, gone, read)
+    outputs = {name: str(out / name) for name in ("chunks", "duplicates", "rejects", "records")}
+    link, delta = set(), None
+    if previous is None:
+        parts.write(decided, outputs["records"])
+    else:
+        decided = keep("decided", decided, schema, materialize=False)  # read again by each keyed pass below
+        rewrite, link = _rewritten(decided, previous, schema, moved, order, part_of, root)
+        moved_all = renames(previous.files, previous.source_root, files, root)
+        todo, counts = changes(ray.data.read_parquet(previous.records, columns=list(SIDE_COLUMNS), partitioning=None,
+                                                     **READ_ARGS), decided.select_columns([*SIDE_COLUMNS, "prev_kind"]),
+                               gone, read)
         ctx.console.print(f"{summary(counts)}: {documents(counts['upsert'])} to chunk and index, "
-                          f"{counts['replace'] - counts['upsert']:,} to drop", highlight=False)
-        upsert = ray.put(todo["doc_id"].filter(todo["upsert"]))
-        kept = kept.map_batches(_with_ids, fn_kwargs={"ids": upsert, "keep": True}, **LIGHT)
+                          f"{counts['replace'] - counts['upsert']:,} to drop; {len(link):,} of "
+                          f"{len(files):,} files' outputs kept as they were", highlight=False)
         replaced = out / "delta" / "replaced"
         replaced.mkdir()
         _write_table(todo.select(["doc_id", "upsert"]), replaced)
         delta = CorpusDelta(base=ctx.previous["run_id"], chunks=str(out / "delta" / "chunks"), replaced=str(replaced),
                             files_read=len(read), files_removed=removed, counts=counts)
+        parts.write(rewrite, outputs["records"])
+    # the records written this run: every one on a rebuild, those of the parts not linked on an update
+    written = _read_parts(parts.paths(outputs["records"], parts.present(outputs["records"])), schema, part_of)
+    kept = written.filter(expr=col("kind") == "doc")
+    if delta is not None:
+        kept = kept.map_batches(_with_ids, fn_kwargs={"ids": ray.put(todo["doc_id"].filter(todo["upsert"])),
+                                                      "keep": True}, **LIGHT)
     # the whole pool starts at once: its input is all waiting
     chunks = kept.select_columns(SCHEMA.names).map_batches(
         Chunk, fn_constructor_args=(cfg.chunking, cfg.chunking.tokenizer_model), batch_size=CHUNK_BATCH,
-        batch_format="pyarrow", **actor_pool(cfg.concurrency, 0.5, resources=cfg.resources, start_all=True))
+        batch_format="pyarrow", **actor_pool(cfg.concurrency, 0.5, resources=cfg.resources, start_all=True)) \
+        .map_batches(_parted, fn_kwargs={"parts": part_of, "schema": PARTED}, **LIGHT)
     if delta is not None:  # the new chunks on their own, for the index; beside the last run's that stay
-        chunks = Checkpoints(out / "delta")("chunks", chunks, SCHEMA)
-        stay = ray.data.read_parquet(previous.chunks, **READ_ARGS) \
-            .map_batches(_with_ids, fn_kwargs={"ids": ray.put(todo["doc_id"]), "keep": False}, **LIGHT)
-        chunks = stay.union(chunks)
-    outputs = {"chunks": str(out / "chunks"), "duplicates": str(out / "duplicates"), "rejects": str(out / "rejects")}
-    _write(chunks, outputs["chunks"])
+        chunks = Checkpoints(out / "delta")("chunks", chunks, PARTED)
+        stay = parts.paths(previous.chunks, (parts.present(previous.chunks) - link) & set(part_of.values()))
+        if stay:  # the rewritten parts' other chunks, under this run's paths
+            chunks = ray.data.read_parquet(stay, partitioning=None, **READ_ARGS) \
+                .map_batches(_with_ids, fn_kwargs={"ids": ray.put(todo["doc_id"]), "keep": False}, **LIGHT) \
+                .map_batches(renamed, fn_kwargs={"paths": moved_all}, **LIGHT) \
+                .map_batches(_parted, fn_kwargs={"parts": part_of, "schema": PARTED}, **LIGHT).union(chunks)
+    parts.write(chunks, outputs["chunks"])
     for kind, name in (("duplicate", "duplicates"), ("reject", "rejects")):
-        _write(records.filter(expr=col("kind") == kind).select_columns(SCHEMA.names), outputs[name])
+        parts.write(written.filter(expr=col("kind") == kind).select_columns(PARTED.names), outputs[name])
+    if previous is not None:
+        for name in ("records", "chunks", "duplicates", "rejects"):
+            parts.link(getattr(previous, name), outputs[name], link)
     keep.remove()
 
     counts = count_outputs(outputs)
     print_counts(ctx.console, counts, outputs["rejects"])
-    return CorpusOutputs(**outputs, records=str(out / "records"), files=files, source_root=source_root(cfg),
-                         delta=delta, counts=counts)
+    return CorpusOutputs(**outputs, files=files, source_root=root, parted=True, delta=delta, counts=counts)
+
+
+PARTED = SCHEMA.append(pa.field("part", pa.string()))  # an output row and the part it is written to
+
+
+def _read_parts(folders: list[str], schema: pa.Schema, part_of: dict) -> ray.data.Dataset:
+    if not folders:
+        return ray.data.from_arrow(schema.empty_table())
+    return ray.data.read_parquet(folders, partitioning=None, **READ_ARGS) \
+        .map_batches(_parted, fn_kwargs={"parts": part_of, "schema": schema}, **LIGHT)
+
+
+SIDE_COLUMNS = ("doc_id", "doc_hash", "kind", "source")  # what `changes` compares of the last run's records
+
+
+def _carried(records: str, schema: pa.Schema, moved: dict, order: dict, part_of: dict, columns=None,
+             folders: list[str] | None = None) -> ray.data.Dataset:
+    """The last run's records of the unchanged files, under this run's paths, order and parts, back to undecided."""
+    ds = ray.data.read_parquet(folders if folders is not None else records, columns=columns, partitioning=None,
+                               **READ_ARGS)
+    return ds.map_batches(carry, fn_kwargs={"moved": moved}, **LIGHT) \
+        .map_batches(add_positions, fn_kwargs={"files": order}, batch_format="pyarrow") \
+        .map_batches(_parted, fn_kwargs={"parts": part_of, "schema": schema}, **LIGHT)
+
+
+def _rewritten(decided, previous, schema, moved, order, part_of, root):
+    """(the records to write: this run's new ones and the carried ones of every part whose decisions changed,
+    with their text read back from the last run; the parts to link from the last run unchanged). A project
+    moved to another root has every carried row's `source` changed: every part is written again."""
+    fresh = decided.filter(expr=col("prev_kind").is_null())
+    if previous.source_root != root:
+        again = set(part_of.values())
+    else:
+        decisions = decided.select_columns(["part", *PREVIOUS, *PREVIOUS.values()])
+        again = {row["part"] for row in decisions.map_batches(changed_parts, **LIGHT).take_all()}
+    carried_parts = {part_of[path] for path in moved.values()}
+    again &= carried_parts
+    link = carried_parts - again
+    if not again:
+        return fresh, link
+    changed = decided.filter(expr=col("prev_kind").is_not_null()) \
+        .map_batches(parts.in_parts, fn_kwargs={"parts": again}, **LIGHT).select_columns(["pos", *PREVIOUS])
+    # a part's decisions, as one table: proportional to the parts being rewritten, not to the corpus
+    refs = changed.materialize().to_arrow_refs()
+    decisions = _in_one_task(_or_empty_decisions, refs)
+    texts = _carried(previous.records, schema, moved, order, part_of,
+                     folders=parts.paths(previous.records, again))
+    texts = texts.map_batches(with_decisions, fn_kwargs={"decisions": decisions}, **LIGHT)
+    return fresh.union(texts), link
+
+
+def _or_empty_decisions(t: pa.Table | None) -> pa.Table:
+    return t if t is not None else pa.table({"pos": pa.array([], pa.int64()),
+                                             **{n: pa.array([], pa.string()) for n in PREVIOUS}})
+
+
+def _parted(batch: pa.Table, parts: dict[str, str], schema: pa.Schema) -> pa.Table:
+    """`batch` in `schema` (which has `part`), with each row's part from its source."""
+    return conform(with_part(batch, parts), schema)
 
 
 def source_root(cfg: CorpusConfig) -> str:
@@ -144,8 +229,8 @@ def source_root(cfg: CorpusConfig) -> str:
     return str(path if path.is_dir() else path.parent)
 
 
-def _keyed(batch: pa.Table, cfg, schema: pa.Schema) -> pa.Table:
-    return conform(with_keys(batch, cfg), schema)
+def _keyed(batch: pa.Table, cfg, schema: pa.Schema, parts: dict[str, str]) -> pa.Table:
+    return conform(with_part(with_keys(batch, cfg), parts), schema)
 
 
 def conform(batch: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -163,8 +248,9 @@ def last_build(cfg: CorpusConfig, ctx) -> CorpusOutputs | None:
     before = CorpusOutputs.from_manifest(ctx.previous)
     if (ctx.previous.get("external") or {}).get("tokenizer") != cfg.chunking.tokenizer_model:
         return None
-    if not (before.records and before.files and before.source_root) or not Folder(before.records).exists():
-        return None
+    if not (before.records and before.files and before.source_root and before.parted) \
+            or not Folder(before.records).exists():
+        return None  # a run before parts (nothing to link) or without records
     return before
 
 

@@ -51,6 +51,19 @@ def touched_files(before: dict[str, str], before_root: str, now: dict[str, str],
     return read, gone, moved, sum(1 for r in was if r not in now_rel)
 
 
+def renames(before: dict[str, str], before_root: str, now: dict[str, str], root: str) -> dict[str, str]:
+    """The last run's path -> this run's for every file in both (matched by its path under the root)."""
+    now_rel = {os.path.relpath(p, root): p for p in now}
+    return {p: now_rel[r] for p in before if (r := os.path.relpath(p, before_root)) in now_rel}
+
+
+def renamed(batch: pa.Table, paths: dict[str, str]) -> pa.Table:
+    """Rows of the last run under this run's path for their file (`paths`, from `renames`)."""
+    old, new = pa.array(list(paths), pa.string()), pa.array(list(paths.values()), pa.string())
+    source = pc.coalesce(new.take(pc.index_in(batch["source"], value_set=old)), batch["source"])
+    return batch.set_column(batch.schema.get_field_index("source"), "source", source)
+
+
 def in_sources(batch: pa.Table, sources) -> np.ndarray:
     sources = pa.array(list(sources), pa.string()) if not isinstance(sources, pa.Array) else sources
     return pc.is_in(batch["source"], value_set=sources).fill_null(False).to_numpy(zero_copy_only=False)
@@ -58,18 +71,53 @@ def in_sources(batch: pa.Table, sources) -> np.ndarray:
 
 def carry(batch: pa.Table, moved: dict[str, str]) -> pa.Table:
     """Last run's records of the unchanged files (under this run's path for them), back to undecided: dedup
-    decides them again beside the new ones. `prev_kind` keeps the decision they had, to tell which flipped."""
+    decides them again beside the new ones. `prev_*` keep the decision they had, to tell which changed."""
     old, new = pa.array(list(moved), pa.string()), pa.array(list(moved.values()), pa.string())
     batch = batch.filter(pa.array(in_sources(batch, old)))
     batch = batch.set_column(batch.schema.get_field_index("source"), "source",
                              new.take(pc.index_in(batch["source"], value_set=old)))
     decided = pc.is_valid(batch["doc_hash"])  # reached dedup (read and normalisation rejects have no hash)
-    out = batch.set_column(batch.schema.get_field_index("prev_kind"), "prev_kind", batch["kind"])
+    out = batch
+    for name in ("kind", "reason", "duplicate_of"):
+        out = _set(out, PREVIOUS[name], batch[name])
     for name, value in (("kind", pa.scalar("doc")), ("reason", pa.scalar(None, pa.string())),
                         ("duplicate_of", pa.scalar(None, pa.string()))):
-        merged = pc.if_else(decided, value, batch[name])
-        out = out.set_column(out.schema.get_field_index(name), name, merged.cast(pa.string()))
+        out = _set(out, name, pc.if_else(decided, value, batch[name]).cast(pa.string()))
     return out
+
+
+PREVIOUS = {"kind": "prev_kind", "reason": "prev_reason", "duplicate_of": "prev_of"}
+
+
+def _set(batch: pa.Table, name: str, values) -> pa.Table:
+    if name in batch.column_names:
+        return batch.set_column(batch.schema.get_field_index(name), name, values)
+    return batch.append_column(name, values)
+
+
+def is_carried(batch: pa.Table) -> pa.Array:
+    """Rows carried from the last run (a new record has no previous decision)."""
+    return pc.is_valid(batch["prev_kind"])
+
+
+def changed_parts(batch: pa.Table) -> pa.Table:
+    """The parts of the carried records whose decision (kind, reason, duplicate named) is not the last run's."""
+    batch = batch.filter(is_carried(batch))
+    differ = pa.array([False] * batch.num_rows, pa.bool_())
+    for name, prev in PREVIOUS.items():
+        differ = pc.or_(differ, pc.fill_null(pc.not_equal(batch[name], batch[prev]),
+                                             pc.xor(pc.is_null(batch[name]), pc.is_null(batch[prev]))))
+    return pa.table({"part": pc.unique(batch["part"].filter(differ))})
+
+
+def with_decisions(batch: pa.Table, decisions) -> pa.Table:
+    """Carried records (with their text) given this run's decisions (`decisions`: pos -> kind, reason,
+    duplicate_of, of the parts being rewritten)."""
+    table = ray.get(decisions) if isinstance(decisions, ray.ObjectRef) else decisions
+    at = pc.index_in(batch["pos"], value_set=table["pos"])
+    for name in PREVIOUS:
+        batch = _set(batch, name, table[name].take(at).cast(pa.string()))
+    return batch
 
 
 def sides(batch: pa.Table, touched, old: bool) -> pa.Table:
