@@ -1,5 +1,6 @@
 """A served index follows a corpus update: a real Serve app over HTTP on 127.0.0.1, searched without pause while
-a delta (corpus and index stages, in place) lands; no request fails, and the change is live soon after."""
+a delta (corpus and index stages, in place) lands, and then while the index is rebuilt for a new config; no
+request fails, and each change is live soon after."""
 
 import json
 import threading
@@ -29,12 +30,12 @@ def write(folder, docs: dict) -> None:
     (folder / "corpus.jsonl").write_text("".join(json.dumps({"_id": k, "text": v}) + "\n" for k, v in docs.items()))
 
 
-def job(src, workdir):
+def job(src, workdir, **index):
     # one chunker and one embedder: beside the app's replicas on the suite's 2-CPU Ray, a second chunker would
     # hold the CPU a Parquet read's whole-CPU task waits for (README: Known limits). The static embedder: what
     # is checked holds for any, and it loads in a second (in the index stage and in the app's replicas)
     spec = parse_spec({"corpus": {"source": {"path": str(src)}, "concurrency": [1, 1]},
-                       "index": {"concurrency": [1, 1], "embedder": "static"}})
+                       "index": {"concurrency": [1, 1], "embedder": "static", **index}})
     return run_job(spec, workdir=workdir, console=Console(quiet=True))
 
 
@@ -96,6 +97,15 @@ def test_a_corpus_update_goes_live_under_load_with_no_failed_request(ray_local, 
             if len(tail) == 12 and all(live(r) for r in tail):
                 break
             time.sleep(0.2)
+        # a rebuild under the same load (a new index config): the table gets a new version beside the served one
+        third = job(src, wd, batch_size=16)
+        assert third["index"]["outputs"]["counts"] == {"rows": 5}  # rebuilt, not updated
+        assert third["index"]["outputs"]["version"] > second["index"]["outputs"]["version"]
+        rebuilt = time.monotonic()
+        while time.monotonic() < rebuilt + LIVE_WITHIN_S and \
+                httpx.get(f"{url}/healthz").json()["index"]["version"] != third["index"]["outputs"]["version"]:
+            time.sleep(0.2)
+        time.sleep(1)
         stop.set()
         thread.join(timeout=30)
         failed = [r for r in results if r[1] != 200]
@@ -107,7 +117,8 @@ def test_a_corpus_update_goes_live_under_load_with_no_failed_request(ray_local, 
         first_live = next(r[0] for i, r in enumerate(after) if all(live(x) for x in after[i:]))
         print(f"{len(results)} searches, none failed; live {first_live - ended:.2f} s after the update's run ended")
         health = httpx.get(f"{url}/healthz").json()["index"]
-        assert health == {"version": second["index"]["outputs"]["version"], "rows": 5}
+        assert health == {"version": third["index"]["outputs"]["version"], "rows": 5}
+        assert all(live(r) for r in results if r[0] > rebuilt)  # the rebuilt index is the updated corpus's
     finally:
         stop.set()
         serve.shutdown()

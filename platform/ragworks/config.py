@@ -32,6 +32,10 @@ class RayConfig(Section):
     parquet_reader: Literal["v1", "v2"] = Field("v1", description="Ray Data's Parquet reader. v2 (Ray's default) "
                                                 "starts a pool of footer-reading actors for every read: 3-5 s a read "
                                                 "on 2 cores, whatever its size; v1 lists files in tasks")
+    read_blocks: int | None = Field(None, ge=1, description="read tasks a read is split into at least (Ray Data's "
+                                    "read_op_min_num_blocks, 200 by default); default: twice the cluster's CPUs, at "
+                                    "least 4. A read of many small files (a corpus update's parts) is then a few "
+                                    "tasks, not one per file")
 
 
 # ----------------------------------------------------------------- corpus

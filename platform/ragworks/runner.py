@@ -81,10 +81,11 @@ def run_job(
         same = old is not None and (old["recipe"] == recipe if "recipe" in old else old.get("config") == config)
         update = stage.incremental and not full and name not in forced and same
         follows = following(old, inputs, external, manifests) if same and name not in forced and not full else None
-        if not resume and not update:  # stale or half-done output: start the stage clean
+        keeps = update or (stage.served and name not in forced)  # a server goes on reading the last output meanwhile
+        if not resume and not keeps:  # stale or half-done output: start the stage clean
             stage_dir.remove()
         stage_dir.mkdir()
-        if not update:  # an update keeps the last manifest until its own replaces it: a server goes on reading
+        if not keeps:  # an update keeps the last manifest until its own replaces it
             (stage_dir / MANIFEST).unlink()
         marker.write_text(json.dumps({"key": key, "started": now()}))
         console.rule(f"[bold]{name}" + (" (resuming)" if resume else ""))

@@ -93,6 +93,10 @@ class StageDef:
     # and the last manifest (a server reading it goes on reading it) and hands the manifest over as
     # `ctx.previous`; the stage decides whether it can apply a delta or must rebuild
     incremental: bool = False
+    # a server reads its output while it runs again (a LanceDB table): a rebuild too (a new config, `--full`;
+    # not `--force STAGE`) keeps the folder and the last manifest, and writes a new table version beside the one
+    # served, which the new manifest then names
+    served: bool = False
     work: tuple[str, str] | None = None  # (key in outputs.counts, unit): the report's work column
     last: bool = False  # reports on the others (evaluate): runs after every stage it does not feed
     help: str = ""  # one line for `ragworks run --help`

@@ -29,11 +29,11 @@ class IndexOutputs(Outputs):
 
 STAGES = (
     StageDef("index", IndexConfig, "ragworks.index.index:run", IndexOutputs, needs=("corpus",),
-             work=("rows", "chunks"), incremental=True,
+             work=("rows", "chunks"), incremental=True, served=True,
              help="embed the chunks in an actor pool; LanceDB table, ANN and full-text indexes; a corpus delta "
                   "is applied in place"),
     StageDef("index_tuned", IndexConfig, "ragworks.index.index_tuned:run", IndexOutputs,
-             needs=("corpus", "train_retriever"), work=("rows", "chunks"), incremental=True,
+             needs=("corpus", "train_retriever"), work=("rows", "chunks"), incremental=True, served=True,
              help="the same chunks re-embedded with train_retriever's model (index.embedder: trained)"),
 )
 
