@@ -31,7 +31,7 @@ import ray
 from ray.data.expressions import col
 from rich.table import Table
 
-from ..checkpoint import READ_ARGS, WRITE_ARGS, Checkpoints
+from ..checkpoint import READ_ARGS, Checkpoints
 from ..config import CorpusConfig
 from ..manifest import files_fingerprint
 from ..ordering import first_rows
@@ -259,13 +259,6 @@ def _with_ids(batch: pa.Table, ids, keep: bool) -> pa.Table:
     ids = ray.get(ids) if isinstance(ids, ray.ObjectRef) else ids
     inside = pc.is_in(batch["doc_id"], value_set=ids).fill_null(False)
     return batch.filter(inside if keep else pc.invert(inside))
-
-
-def _write(ds: ray.data.Dataset, target: str) -> None:
-    folder = Folder(target)
-    folder.remove()  # a resumed run's half-written output
-    ds.write_parquet(target, ray_remote_args=WRITE_ARGS)
-    folder.mkdir()  # an empty result writes no file, and no folder
 
 
 def _write_table(table: pa.Table, folder: Folder) -> None:
