@@ -132,7 +132,7 @@ def run(cfg: CorpusConfig, ctx) -> CorpusOutputs:
                             files_read=len(read), files_removed=removed, counts=counts)
         parts.write(rewrite, outputs["records"])
     # the records written this run: every one on a rebuild, those of the parts not linked on an update
-    written = _read_parts(parts.paths(outputs["records"], parts.present(outputs["records"])), schema, part_of)
+    written = _read_parts(parts.paths(outputs["records"]), schema, part_of)
     kept = written.filter(expr=col("kind") == "doc")
     if delta is not None:
         kept = kept.map_batches(_with_ids, fn_kwargs={"ids": ray.put(todo["doc_id"].filter(todo["upsert"])),

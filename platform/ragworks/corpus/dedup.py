@@ -35,6 +35,7 @@ from ..checkpoint import Checkpoints
 from ..config import DedupConfig, NearDedupConfig
 from ..ordering import first_of_key, per_key
 from .normalize import document_hash
+from .records import set_column
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +84,7 @@ def add_positions(batch: pa.Table, files: dict[str, int]) -> pa.Table:
     lines = batch["line"].fill_null(0).to_numpy()
     index = np.array([files[s] for s in batch["source"].to_pylist()], dtype=np.int64)
     pos = pa.array(index * POS_STRIDE + lines, pa.int64())
-    if "pos" in batch.column_names:  # a carried record: its file's place in this run's file order
-        return batch.set_column(batch.schema.get_field_index("pos"), "pos", pos)
-    return batch.append_column("pos", pos)
+    return set_column(batch, "pos", pos)  # a carried record has one: its file's place in this run's order
 
 
 def _as_fixed_binary(matrix: np.ndarray) -> pa.Array:

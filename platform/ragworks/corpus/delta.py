@@ -31,6 +31,7 @@ import ray
 from ray.data.expressions import col
 
 from ..ordering import per_key
+from .records import set_column
 
 STATUSES = ("added", "changed", "deleted", "unchanged")
 SIDES = pa.schema([("doc_id", pa.string()), ("doc_hash", pa.string()), ("kept", pa.bool_()), ("old", pa.bool_())])
@@ -72,27 +73,18 @@ def in_sources(batch: pa.Table, sources) -> np.ndarray:
 def carry(batch: pa.Table, moved: dict[str, str]) -> pa.Table:
     """Last run's records of the unchanged files (under this run's path for them), back to undecided: dedup
     decides them again beside the new ones. `prev_*` keep the decision they had, to tell which changed."""
-    old, new = pa.array(list(moved), pa.string()), pa.array(list(moved.values()), pa.string())
-    batch = batch.filter(pa.array(in_sources(batch, old)))
-    batch = batch.set_column(batch.schema.get_field_index("source"), "source",
-                             new.take(pc.index_in(batch["source"], value_set=old)))
+    batch = renamed(batch.filter(pa.array(in_sources(batch, moved))), moved)
     decided = pc.is_valid(batch["doc_hash"])  # reached dedup (read and normalisation rejects have no hash)
     out = batch
     for name in ("kind", "reason", "duplicate_of"):
-        out = _set(out, PREVIOUS[name], batch[name])
+        out = set_column(out, PREVIOUS[name], batch[name])
     for name, value in (("kind", pa.scalar("doc")), ("reason", pa.scalar(None, pa.string())),
                         ("duplicate_of", pa.scalar(None, pa.string()))):
-        out = _set(out, name, pc.if_else(decided, value, batch[name]).cast(pa.string()))
+        out = set_column(out, name, pc.if_else(decided, value, batch[name]).cast(pa.string()))
     return out
 
 
 PREVIOUS = {"kind": "prev_kind", "reason": "prev_reason", "duplicate_of": "prev_of"}
-
-
-def _set(batch: pa.Table, name: str, values) -> pa.Table:
-    if name in batch.column_names:
-        return batch.set_column(batch.schema.get_field_index(name), name, values)
-    return batch.append_column(name, values)
 
 
 def is_carried(batch: pa.Table) -> pa.Array:
@@ -116,7 +108,7 @@ def with_decisions(batch: pa.Table, decisions) -> pa.Table:
     table = ray.get(decisions) if isinstance(decisions, ray.ObjectRef) else decisions
     at = pc.index_in(batch["pos"], value_set=table["pos"])
     for name in PREVIOUS:
-        batch = _set(batch, name, table[name].take(at).cast(pa.string()))
+        batch = set_column(batch, name, table[name].take(at).cast(pa.string()))
     return batch
 
 

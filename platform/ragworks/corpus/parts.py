@@ -22,6 +22,7 @@ import ray
 
 from ..checkpoint import WRITE_ARGS
 from ..storage import Folder
+from .records import set_column
 
 PREFIX = "part="
 
@@ -38,10 +39,7 @@ def part_ids(files, root: str) -> dict[str, str]:
 def with_part(batch: pa.Table, parts: dict[str, str]) -> pa.Table:
     """`batch` with its rows' `part`, from their `source` (`parts` holds one entry per source file)."""
     paths, ids = pa.array(list(parts), pa.string()), pa.array(list(parts.values()), pa.string())
-    part = ids.take(pc.index_in(batch["source"], value_set=paths))
-    if "part" in batch.column_names:
-        return batch.set_column(batch.schema.get_field_index("part"), "part", part)
-    return batch.append_column("part", part)
+    return set_column(batch, "part", ids.take(pc.index_in(batch["source"], value_set=paths)))
 
 
 def in_parts(batch: pa.Table, parts) -> pa.Table:
@@ -83,7 +81,7 @@ def link(source: str, target: str, parts) -> int:
     return n
 
 
-def paths(folder: str, parts) -> list[str]:
-    """The part folders of `parts` that `folder` holds, to read those only."""
+def paths(folder: str, parts=None) -> list[str]:
+    """The part folders of `parts` (default: every one) that `folder` holds, to read those only."""
     have = present(folder)
-    return [str(Folder(folder) / f"{PREFIX}{p}") for p in sorted(parts) if p in have]
+    return [str(Folder(folder) / f"{PREFIX}{p}") for p in sorted(have if parts is None else parts) if p in have]

@@ -33,5 +33,12 @@ def to_table(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist([{**EMPTY_ROW, **r} for r in rows], schema=SCHEMA)
 
 
+def set_column(batch: pa.Table, name: str, values) -> pa.Table:
+    """`batch` with column `name` set to `values`: replaced where it has it, appended where not."""
+    if name in batch.column_names:
+        return batch.set_column(batch.schema.get_field_index(name), name, values)
+    return batch.append_column(name, values)
+
+
 def reject(row: dict, reason: str) -> dict:
     return {**row, "kind": "reject", "reason": reason}
