@@ -42,8 +42,9 @@ def spec(src, **index) -> dict:
     })
 
 
-# a vector index from the first rows on, so updates fold rows into it and retrain it
-ANN = {"ann": {"min_rows": 10, "index_type": "IVF_FLAT", "num_partitions": 2}}
+# a vector index from the first rows on, so updates fold rows into it and retrain it; a full-text index rebuilt
+# only once a third of the rows were deleted since it was built, so a small delete folds in and a later one rebuilds
+ANN = {"ann": {"min_rows": 10, "index_type": "IVF_FLAT", "num_partitions": 2}, "fulltext": {"rebuild_fraction": 0.34}}
 
 
 def run(src, workdir, index: dict | None = None, **kwargs) -> tuple[dict, str]:
@@ -101,6 +102,9 @@ def test_a_changed_corpus_updates_the_index_in_place_as_a_rebuild_would(ray_loca
     assert (delta["counts"]["upsert"], delta["counts"]["replace"]) == (3, 5)
     assert "updating the index in place" in log and "rebuilding" not in log
     assert second["index"]["outputs"]["version"] > v1
+    deleted = second["index"]["outputs"]["counts"]["deleted"]
+    assert 0 < deleted < 0.34 * second["index"]["outputs"]["counts"]["rows"]
+    assert second["index"]["outputs"]["fts_deleted"] == deleted  # folded in: the full-text index not rebuilt
 
     rebuilt, _ = run(src, tmp_path / "rebuilt", ANN)
     assert table_rows(second["index"]) == table_rows(rebuilt["index"])
@@ -129,6 +133,17 @@ def test_a_changed_corpus_updates_the_index_in_place_as_a_rebuild_would(ray_loca
     assert searcher.search("moraines mark where glaciers " + _text(8), mode="dense", k=1)[0]["doc_id"] == "d0"
     for name in ("text_idx", "vector_idx"):
         assert searcher.table.index_stats(name).num_unindexed_rows == 0, name
+    assert fourth["index"]["outputs"]["fts_deleted"] == deleted
+
+    # deletes past fulltext.rebuild_fraction since the full-text index was built: rebuilt, and its count starts again
+    write(src, "b.jsonl", b[:1])
+    fifth, log = run(src, tmp_path / "wd", ANN)
+    out = fifth["index"]["outputs"]
+    assert "rebuilding the full-text index" in log and out["fts_deleted"] == 0
+    assert out["counts"]["deleted"] + deleted >= 0.34 * out["counts"]["rows"]
+    searcher = open_index(tmp_path / "wd" / "index")
+    assert searcher.search("moraines mark where glaciers", mode="fulltext", k=1)[0]["doc_id"] == "d0"
+    assert "b2" not in {h["doc_id"] for h in searcher.search(b[2][1], mode="fulltext", k=20)}
 
 
 def test_an_update_cut_short_converges_on_the_re_run(ray_local, tmp_path, monkeypatch):

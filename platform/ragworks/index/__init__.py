@@ -19,6 +19,8 @@ class IndexOutputs(Outputs):
     indexes: list[str] = []
     version: int | None = None  # the table version a search opens: later ones may be an update under way
     ann_rows: int = 0  # rows the vector index was trained on: an update retrains it past ann.retrain_fraction
+    fts_deleted: int = 0  # rows deleted since the full-text index was built: an update rebuilds it past
+    # fulltext.rebuild_fraction
 
     @classmethod
     def legacy(cls, manifest: dict, data: dict) -> dict:

@@ -54,8 +54,10 @@ def add_indexes(table, cfg: IndexConfig, console) -> list[str]:
 
 
 def create_fts(table, cfg: IndexConfig) -> None:
-    table.create_fts_index("text", language=cfg.fulltext.language, stem=cfg.fulltext.stem,
-                           remove_stop_words=cfg.fulltext.remove_stop_words, replace=True)
+    from lancedb.index import FTS
+
+    table.create_index("text", config=FTS(language=cfg.fulltext.language, stem=cfg.fulltext.stem,
+                                          remove_stop_words=cfg.fulltext.remove_stop_words), replace=True)
 
 
 def run(cfg: IndexConfig, ctx) -> IndexOutputs:
