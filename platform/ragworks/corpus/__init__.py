@@ -43,6 +43,8 @@ class CorpusOutputs(Outputs):
     files: dict[str, str] = {}
     source_root: str = ""
     parted: bool = False  # every output folder in parts, one per source file (`parts.py`): what an update links
+    ledger: str = ""  # every document's dedup keys and decision, looked up by key (`ledger.py`)
+    ledger_version: int | None = None  # the ledger's version this run left: later ones are a killed update's
     delta: CorpusDelta | None = None
 
     def updates(self, built: dict | None) -> bool:

@@ -23,6 +23,7 @@ manifest replaces them.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -39,7 +40,7 @@ from ..runtime import actor_pool
 from ..storage import Folder
 from . import CorpusDelta, CorpusOutputs
 from .chunking import Chunk
-from . import parts
+from . import ledger, parts
 from .dedup import KEYS_BATCH, _in_one_task, add_positions, deduplicate, key_schema, with_keys
 from .delta import (PREVIOUS, carry, changed_parts, changes, documents, renamed, renames, summary, touched_files,
                     with_decisions)
@@ -104,13 +105,24 @@ def run(cfg: CorpusConfig, ctx) -> CorpusOutputs:
         # take (a dozen 100k-document blocks kept one busy while the other core idled); split later, next to the
         # chunkers, the 1-CPU split task found no node with a whole CPU free on a 3-node cluster and hung
         sources.append(keep("documents", ds.repartition(target_num_rows_per_block=CHUNK_BATCH * 8), schema))
-    if previous is not None:  # the carried records' keys only: their text stays in the last run's parts
-        sources.append(_carried(previous.records, schema, moved, order, part_of,
-                                [n for n in schema.names if n not in TEXT_COLUMNS + ("part", *PREVIOUS.values())]))
+    book, stale, ledger_uri = None, set(), str(ctx.stage_dir / ledger.NAME)
+    if previous is not None:
+        # the parts whose last-run records go: of the files read again, and of the files gone
+        stale = {part_of[p] for p in read} | {parts.part_id(os.path.relpath(p, previous.source_root)) for p in gone}
+        book = _ledger(previous, ledger_uri)
+        if book is not None:  # the carried documents in a component with a change, from the ledger
+            sources.append(_affected(book, stale, sources[0] if read else None, previous, cfg, schema, moved,
+                                     order, part_of))
+        else:  # a last run with no ledger: every carried record's keys (their text stays in its parts)
+            columns = [n for n in schema.names if n not in TEXT_COLUMNS + ("part", *PREVIOUS.values())]
+            sources.append(_carried(ray.data.read_parquet(previous.records, columns=columns, partitioning=None,
+                                                          **READ_ARGS), schema, moved, order, part_of))
     docs = sources[0].union(*sources[1:]) if len(sources) > 1 else sources[0]
     decided, plan = deduplicate(docs, cfg.dedup, keep)
-    ctx.console.print(f"dedup: {plan['documents']:,} documents, "
-                      + ("in one task" if plan["partitions"] == 1 else f"{plan['partitions']} hash partitions"))
+    ctx.console.print(f"dedup: {plan['documents']:,} documents"
+                      + (" (the new ones, and the carried ones in a component with a change)" if book else "")
+                      + (", in one task" if plan["partitions"] == 1 else f", {plan['partitions']} hash partitions"),
+                      highlight=False)
     outputs = {name: str(out / name) for name in ("chunks", "duplicates", "rejects", "records")}
     link, delta = set(), None
     if previous is None:
@@ -119,9 +131,8 @@ def run(cfg: CorpusConfig, ctx) -> CorpusOutputs:
         decided = keep("decided", decided, schema, materialize=False)  # read again by each keyed pass below
         rewrite, link = _rewritten(decided, previous, schema, moved, order, part_of, root)
         moved_all = renames(previous.files, previous.source_root, files, root)
-        todo, counts = changes(ray.data.read_parquet(previous.records, columns=list(SIDE_COLUMNS), partitioning=None,
-                                                     **READ_ARGS), decided.select_columns([*SIDE_COLUMNS, "prev_kind"]),
-                               gone, read)
+        todo, counts = changes(_read_parts(parts.paths(previous.records, stale), schema, part_of, list(SIDE_COLUMNS)),
+                               decided.select_columns([*SIDE_COLUMNS, "prev_kind"]), gone, read)
         ctx.console.print(f"{summary(counts)}: {documents(counts['upsert'])} to chunk and index, "
                           f"{counts['replace'] - counts['upsert']:,} to drop; {len(link):,} of "
                           f"{len(files):,} files' outputs kept as they were", highlight=False)
@@ -153,34 +164,43 @@ def run(cfg: CorpusConfig, ctx) -> CorpusOutputs:
     parts.write(chunks, outputs["chunks"])
     for kind, name in (("duplicate", "duplicates"), ("reject", "rejects")):
         parts.write(written.filter(expr=col("kind") == kind).select_columns(PARTED.names), outputs[name])
+    if book is not None:  # the ledger follows the records: the parts written replace their rows and the gone ones'
+        version = ledger.write(written, ledger_uri, cfg.dedup,
+                               append_to=ledger.drop_parts(book, stale | parts.present(outputs["records"])))
     if previous is not None:
         for name in ("records", "chunks", "duplicates", "rejects"):
             parts.link(getattr(previous, name), outputs[name], link)
+    if book is None:  # a first ledger, of every record
+        version = ledger.write(_read_parts(parts.paths(outputs["records"]), schema, part_of), ledger_uri, cfg.dedup)
     keep.remove()
 
     counts = count_outputs(outputs)
     print_counts(ctx.console, counts, outputs["rejects"])
-    return CorpusOutputs(**outputs, files=files, source_root=root, parted=True, delta=delta, counts=counts)
+    return CorpusOutputs(**outputs, files=files, source_root=root, parted=True, delta=delta, counts=counts,
+                         ledger=ledger_uri, ledger_version=version)
 
 
 PARTED = SCHEMA.append(pa.field("part", pa.string()))  # an output row and the part it is written to
 
 
-def _read_parts(folders: list[str], schema: pa.Schema, part_of: dict) -> ray.data.Dataset:
+def _read_parts(folders: list[str], schema: pa.Schema, part_of: dict, columns: list[str] | None = None
+                ) -> ray.data.Dataset:
+    """Records of the part folders `folders`, in `schema` (or only `columns` of them, as they were written)."""
+    if columns is not None:
+        schema = pa.schema([schema.field(n) for n in columns])
     if not folders:
         return ray.data.from_arrow(schema.empty_table())
-    return ray.data.read_parquet(folders, partitioning=None, **READ_ARGS) \
-        .map_batches(_parted, fn_kwargs={"parts": part_of, "schema": schema}, **LIGHT)
+    ds = ray.data.read_parquet(folders, columns=columns, partitioning=None, **READ_ARGS)
+    return ds if columns is not None else ds.map_batches(_parted, fn_kwargs={"parts": part_of, "schema": schema},
+                                                         **LIGHT)
 
 
 SIDE_COLUMNS = ("doc_id", "doc_hash", "kind", "source")  # what `changes` compares of the last run's records
 
 
-def _carried(records: str, schema: pa.Schema, moved: dict, order: dict, part_of: dict, columns=None,
-             folders: list[str] | None = None) -> ray.data.Dataset:
-    """The last run's records of the unchanged files, under this run's paths, order and parts, back to undecided."""
-    ds = ray.data.read_parquet(folders if folders is not None else records, columns=columns, partitioning=None,
-                               **READ_ARGS)
+def _carried(ds: ray.data.Dataset, schema: pa.Schema, moved: dict, order: dict, part_of: dict) -> ray.data.Dataset:
+    """The last run's records (`ds`) of the unchanged files, under this run's paths, order and parts, back to
+    undecided."""
     return ds.map_batches(carry, fn_kwargs={"moved": moved}, **LIGHT) \
         .map_batches(add_positions, fn_kwargs={"files": order}, batch_format="pyarrow") \
         .map_batches(_parted, fn_kwargs={"parts": part_of, "schema": schema}, **LIGHT)
@@ -206,10 +226,45 @@ def _rewritten(decided, previous, schema, moved, order, part_of, root):
     # a part's decisions, as one table: proportional to the parts being rewritten, not to the corpus
     refs = changed.materialize().to_arrow_refs()
     decisions = _in_one_task(_or_empty_decisions, refs)
-    texts = _carried(previous.records, schema, moved, order, part_of,
-                     folders=parts.paths(previous.records, again))
+    texts = _carried(ray.data.read_parquet(parts.paths(previous.records, again), partitioning=None, **READ_ARGS),
+                     schema, moved, order, part_of)
     texts = texts.map_batches(with_decisions, fn_kwargs={"decisions": decisions}, **LIGHT)
     return fresh.union(texts), link
+
+
+def _ledger(previous: CorpusOutputs, uri: str):
+    """The last run's ledger as of its manifest, when it has one to look the delta up in."""
+    if previous.ledger_version is None:
+        return None
+    try:
+        return ledger.open_at(uri, previous.ledger_version)
+    except (ValueError, OSError, RuntimeError):  # removed, or that version cleaned up: every record's keys instead
+        return None
+
+
+def _affected(book, stale: set, new: ray.data.Dataset | None, previous: CorpusOutputs, cfg: CorpusConfig,
+              schema: pa.Schema, moved: dict, order: dict, part_of: dict) -> ray.data.Dataset:
+    """The carried records dedup must decide again: those in a key-sharing component with a new record or
+    with one of the last run's that go (`ledger.affected`), as `_carried` gives them."""
+    seeds = [new] if new is not None else []
+    old = parts.paths(previous.records, stale)
+    if old:
+        seeds.append(ray.data.read_parquet(old, columns=[n for n in ledger.schema(cfg.dedup).names
+                                                         if n in schema.names and n != "part"],
+                                           partitioning=None, **READ_ARGS))
+    refs = [ref for ds in seeds
+            for ref in ds.map_batches(ledger.seed_keys, fn_kwargs={"cfg": cfg.dedup}, **LIGHT).to_arrow_refs()]
+    found = _in_one_task(ledger.affected, refs, book.uri, book.version, sorted(stale), cfg.dedup)
+    paths = {parts.part_id(os.path.relpath(p, previous.source_root)): p for p in moved}  # part -> last run's path
+    ds = ray.data.from_arrow_refs([found]).map_batches(_from_ledger, fn_kwargs={"paths": paths}, **LIGHT)
+    return _carried(ds, schema, moved, order, part_of)
+
+
+def _from_ledger(batch: pa.Table, paths: dict[str, str]) -> pa.Table:
+    """Ledger document rows as the last run's records (under the last run's path for their file)."""
+    batch = batch.drop_columns(["key"])
+    source = pa.array([paths[p] for p in batch["part"].to_pylist()], pa.string())
+    return batch.append_column("source", source)
 
 
 def _or_empty_decisions(t: pa.Table | None) -> pa.Table:

@@ -177,19 +177,25 @@ def split_exact(t: pa.Table) -> tuple[pa.Table, pa.Table]:
     return t.filter(pa.array(~later)), dups
 
 
-def band_rows(t: pa.Table, near: NearDedupConfig) -> pa.Table:
-    """One row per (document, band): a 64-bit hash of the band's MinHash values (and of the band's number),
-    so that documents equal on a band share a key."""
+def band_keys(sigs: pa.ChunkedArray | pa.Array, near: NearDedupConfig) -> np.ndarray:
+    """(documents, bands): a 64-bit hash of each band's MinHash values (and of the band's number), so that
+    documents equal on a band share a key."""
     bands, rows = lsh_params(near)
-    sig = signature_matrix(t["sig"], near.num_perm)[:, : bands * rows].astype(np.uint64)
+    sig = signature_matrix(sigs, near.num_perm)[:, : bands * rows].astype(np.uint64)
     rng = np.random.default_rng(SEED)
     mult = rng.integers(1, 1 << 62, size=(bands, rows), dtype=np.uint64) | np.uint64(1)
     salt = rng.integers(1, 1 << 62, size=bands, dtype=np.uint64)
-    keys = np.empty((t.num_rows, bands), dtype=np.uint64)
+    keys = np.empty((len(sig), bands), dtype=np.uint64)
     with np.errstate(over="ignore"):
         for j in range(bands):
             keys[:, j] = (sig[:, j * rows: (j + 1) * rows] * mult[j]).sum(axis=1, dtype=np.uint64) ^ salt[j]
-    idx = pa.array(np.repeat(np.arange(t.num_rows), bands))
+    return keys
+
+
+def band_rows(t: pa.Table, near: NearDedupConfig) -> pa.Table:
+    """One row per (document, band) with the band's key (`band_keys`)."""
+    keys = band_keys(t["sig"], near)
+    idx = pa.array(np.repeat(np.arange(t.num_rows), keys.shape[1]))
     return pa.table({"bkey": pa.array(keys.ravel()), "pos": t["pos"].take(idx), "doc_id": t["doc_id"].take(idx)})
 
 

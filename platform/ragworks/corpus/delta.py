@@ -104,11 +104,14 @@ def changed_parts(batch: pa.Table) -> pa.Table:
 
 def with_decisions(batch: pa.Table, decisions) -> pa.Table:
     """Carried records (with their text) given this run's decisions (`decisions`: pos -> kind, reason,
-    duplicate_of, of the parts being rewritten)."""
+    duplicate_of, of the parts being rewritten). A record dedup did not see this run (its component had no
+    change, `ledger.affected`) keeps the decision it had."""
     table = ray.get(decisions) if isinstance(decisions, ray.ObjectRef) else decisions
     at = pc.index_in(batch["pos"], value_set=table["pos"])
-    for name in PREVIOUS:
-        batch = set_column(batch, name, table[name].take(at).cast(pa.string()))
+    seen = pc.is_valid(at)
+    for name, prev in PREVIOUS.items():
+        batch = set_column(batch, name, pc.if_else(seen, table[name].take(at).cast(pa.string()),
+                                                   batch[prev].cast(pa.string())))
     return batch
 
 
