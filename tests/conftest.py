@@ -53,7 +53,8 @@ def ray_local(s3):
 
     temp_dir = tempfile.mkdtemp(prefix="rw-suite-")  # a temp dir of its own: nothing shared with another Ray
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", _temp_dir=temp_dir)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", _temp_dir=temp_dir,
+                 _system_config={"metrics_report_interval_ms": 1000})  # /metrics tests wait a second, not ten
     configure_data(RayConfig())
     yield ray
     ray.shutdown()

@@ -70,6 +70,27 @@ class ChatModel(ABC):
         yield {"prompt_tokens": 0, "completion_tokens": 0, "finish_reason": "stop", **usage,
                **({"finish_reason": "stop"} if stopped else {})}
 
+    batches: ClassVar[bool] = False  # whether `generate_batch` runs its requests as one batch (`batching.py`)
+
+    def generate_batch(self, asks: list) -> None:
+        """Answer `batching.Ask`s: pieces to `ask.piece`, tokens to `ask.token`, the end to `ask.finish`,
+        stopping a request once it is not `ask.live()`. Here one at a time, through `_stream`."""
+        for ask in asks:
+            source = self._stream(ask.messages, ask.max_tokens, ask.temperature, ask.top_p, ask.stop)
+            counts = {}
+            try:
+                for piece in source:
+                    if isinstance(piece, dict):
+                        counts = piece
+                    elif ask.piece(piece):
+                        ask.token(len(piece.split()) or 1)  # the engine keeps to max_tokens itself
+                    else:
+                        break
+            finally:
+                source.close()  # an endpoint's stream is closed, so it stops generating too
+            ask.finish(counts.get("prompt_tokens", 0), counts.get("finish_reason", "stop"),
+                       counts.get("completion_tokens"))
+
     @abstractmethod
     def _chat(self, messages: list[dict], max_tokens: int, temperature: float, top_p: float,
               stop: list[str] | None) -> dict:
@@ -87,23 +108,39 @@ def cut_at_stop(text: str, stop: list[str] | None) -> tuple[str, bool]:
     return (text[: min(found)], True) if found else (text, False)
 
 
+class StopCut:
+    """OpenAI's stop sequences over text arriving in pieces: what may be sent of each piece, holding back
+    only a tail that could begin a stop sequence."""
+
+    def __init__(self, stop: list[str] | None):
+        self.stop, self.hold = stop, max(map(len, stop)) - 1 if stop else 0
+        self.text, self.sent, self.hit = "", 0, False
+
+    def feed(self, piece: str) -> tuple[str, bool]:
+        """(what to send now, whether a stop sequence ended the text)."""
+        self.text += piece
+        cut, self.hit = cut_at_stop(self.text, self.stop)
+        end = len(cut) if self.hit else len(self.text) - self.hold
+        out = self.text[self.sent: end] if end > self.sent else ""
+        self.sent = max(self.sent, end)
+        return out, self.hit
+
+    def rest(self) -> str:
+        """What was held back, once the text has ended without a stop sequence."""
+        return self.text[self.sent:]
+
+
 def stop_at(pieces: Iterator[str], stop: list[str] | None):
-    """The pieces up to the earliest stop sequence, holding back only a tail that could begin one; returns
-    whether a stop sequence ended them."""
-    hold = max(map(len, stop)) - 1 if stop else 0
-    text, sent = "", 0
+    """The pieces up to the earliest stop sequence; returns whether a stop sequence ended them."""
+    cut = StopCut(stop)
     for piece in pieces:
-        text += piece
-        cut, hit = cut_at_stop(text, stop)
+        out, hit = cut.feed(piece)
+        if out:
+            yield out
         if hit:
-            if len(cut) > sent:
-                yield cut[sent:]
             return True
-        if len(text) - hold > sent:
-            yield text[sent: len(text) - hold]
-            sent = len(text) - hold
-    if len(text) > sent:
-        yield text[sent:]
+    if cut.rest():
+        yield cut.rest()
     return False
 
 

@@ -163,6 +163,26 @@ class HFChat(ChatModel):
         return {"text": text.strip(), "prompt_tokens": int(inputs["input_ids"].shape[1]),
                 "completion_tokens": int(len(new)), "finish_reason": "length" if len(new) >= max_tokens else "stop"}
 
+    batches = True
+
+    def generate_batch(self, asks: list) -> None:
+        """One left-padded `generate` for requests that sample alike (`batching.Batcher` groups them); stop
+        sequences are cut per row (`Ask.piece`), not by `generate`, which would stop every row alike."""
+        import torch
+        from transformers import StoppingCriteriaList
+
+        texts = [self.tok.apply_chat_template(a.messages, add_generation_prompt=True, tokenize=False) for a in asks]
+        self.tok.padding_side = "left"
+        inputs = self.tok(texts, return_tensors="pt", padding=True, return_token_type_ids=False)
+        inputs = {k: v.to(self.model.device) for k, v in inputs.items()}
+        eos = self.model.generation_config.eos_token_id
+        eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        rows = Rows(self.tok, asks, inputs["attention_mask"].sum(dim=1).tolist(), eos | {self.tok.eos_token_id})
+        first = asks[0]
+        kwargs = sampling_kwargs(self.tok, max(a.max_tokens for a in asks), first.temperature, first.top_p)
+        with torch.inference_mode():
+            self.model.generate(**inputs, **kwargs, streamer=rows, stopping_criteria=StoppingCriteriaList([rows]))
+
     def _stream(self, messages, max_tokens, temperature, top_p, stop):
         from transformers import TextIteratorStreamer
 
@@ -180,6 +200,55 @@ class HFChat(ChatModel):
         written = len(self.tok(text, add_special_tokens=False)["input_ids"])  # the streamer gives no count
         yield {"prompt_tokens": int(inputs["input_ids"].shape[1]), "completion_tokens": written,
                "finish_reason": "length" if written >= max_tokens else "stop"}
+
+
+class Rows:
+    """The streamer and the stopping criterion of one batched `generate`: each step's token goes to its
+    row's request, and a row is done once its request is (end of text, its max_tokens, its stop sequence,
+    its caller gone), which `generate` reads at the same step."""
+
+    def __init__(self, tok, asks: list, prompt_tokens: list[int], eos: set[int]):
+        self.tok, self.asks, self.prompt_tokens, self.eos = tok, asks, prompt_tokens, eos
+        self.ids = [[] for _ in asks]
+        self.said = [""] * len(asks)
+        self.done = [False] * len(asks)
+        self.started = False
+
+    def put(self, value) -> None:
+        if not self.started:  # generate() hands the prompt first
+            self.started = True
+            return
+        for i, token in enumerate(value.reshape(-1).tolist()):
+            ask = self.asks[i]
+            if self.done[i] or not ask.live():
+                self.done[i] = True
+                continue
+            if token in self.eos:
+                self.done[i] = True
+                ask.finish(self.prompt_tokens[i], "stop")
+                continue
+            more = ask.token()
+            self.ids[i].append(token)
+            text = self.tok.decode(self.ids[i], skip_special_tokens=True)
+            if not text.endswith("\ufffd"):  # not in the middle of a character's bytes
+                new, self.said[i] = text[len(self.said[i]):], text
+                if not ask.cut.text:  # the answer's leading space (a whole answer is stripped too)
+                    new = new.lstrip()
+                if new and not ask.piece(new):
+                    self.done[i] = True
+            if not more and not self.done[i]:
+                self.done[i] = True
+                ask.finish(self.prompt_tokens[i], "length")
+
+    def end(self) -> None:
+        for i, ask in enumerate(self.asks):
+            ask.finish(self.prompt_tokens[i], "length" if ask.written >= ask.max_tokens else "stop")
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        self.done = [d or not a.live() for d, a in zip(self.done, self.asks)]
+        return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
 
 
 class TransformersEngine(PoolEngine):

@@ -21,14 +21,19 @@ import weakref
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from ray import serve
+from ray.exceptions import TaskCancelledError
+from ray.serve.exceptions import RequestCancelledError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..answers import cited_ids, messages
 from .drain import DrainWatch
+from .metrics import ApiMetrics, exposition, measured
+from .names import ServedModels, model_id
 from .schemas import ChatRequest, EmbeddingRequest, SearchRequest
+from .tokens import FIX, texts_of
 
 
 OPEN_PATHS = {"/", "/healthz", "/docs", "/openapi.json"}  # the playground asks for the key in the page
@@ -167,6 +172,7 @@ class RagAPI:
         self.api_key = os.environ.get(options["api_key_env"]) or None
         self.busy = Busy(options["max_in_flight"])
         self.drain = DrainWatch()
+        self.metrics = ApiMetrics()
         self.created = int(time.time())
 
     async def _admit(self, request: Request, model: "type[BaseModel] | None" = None) -> "BaseModel | None":
@@ -186,23 +192,43 @@ class RagAPI:
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
-        """`index`: the table version and rows one retriever replica searches (a corpus update moves them)."""
+        """`index`: the table version and rows one retriever replica searches (a corpus update moves them).
+        Open without a key, so it names models by id (`names.model_id`), never by a path of the server."""
         info = await self.retriever.info.remote()
         return {"status": "ok", "auth": self.api_key is not None, "engine": self.options["engine"],
-                "generator": self.options["generator"], "adapter": self.options["adapter"],
-                "reranker": self.options.get("rerank"),
+                "generator": model_id(self.options["generator"]), "adapter": bool(self.options["adapter"]),
+                "reranker": model_id(self.options["rerank"]) if self.options.get("rerank") else None,
                 "index": {"version": info["table_version"], "rows": info["rows"]}}
 
-    @api.get("/v1/models")
-    async def models(self, request: Request) -> dict:
-        """The served generator (what chat answers with) and embedder (what embeddings and search use)."""
+    async def _models(self, purpose: "str | None" = None, asked: "str | None" = None) -> ServedModels:
+        """The served models (the embedder follows the index); 404 `model_not_found` when `asked` is not
+        `purpose`'s."""
+        served = ServedModels(self.options["generator"], await self.embedder.model_name.remote())
+        wrong = purpose and served.check(purpose, asked)
+        if wrong:
+            raise HTTPException(404, {"message": wrong, "type": "invalid_request_error", "param": "model",
+                                      "code": "model_not_found"})
+        return served
+
+    @api.get("/metrics", include_in_schema=False)
+    async def prometheus(self, request: Request):
+        """Prometheus's text format: ragworks's and Serve's metrics of this node (`metrics.py`)."""
         await self._admit(request)
-        embedder = await self.embedder.model_name.remote()
+        return PlainTextResponse(await asyncio.to_thread(exposition), media_type="text/plain; version=0.0.4")
+
+    @api.get("/v1/models")
+    @measured("/v1/models")
+    async def models(self, request: Request) -> dict:
+        """The served generator (what chat answers with) and embedder (what embeddings and search use), by the
+        ids a request names them with."""
+        await self._admit(request)
+        served = await self._models()
         return {"object": "list", "data": [
             {"id": name, "object": "model", "created": self.created, "owned_by": "ragworks", "purpose": purpose}
-            for name, purpose in ((self.options["generator"], "chat"), (embedder, "embeddings"))]}
+            for purpose, name in served.ids.items()]}
 
     @api.get("/v1/chunks/{chunk_id:path}")
+    @measured("/v1/chunks")
     async def chunk(self, chunk_id: str, request: Request) -> dict:
         """One chunk by id: what a citation opens."""
         await self._admit(request)
@@ -226,6 +252,7 @@ class RagAPI:
         return await self.retriever.search.remote(query, vector, mode, k, rerank)
 
     @api.post("/v1/search", openapi_extra=body_of(SearchRequest))
+    @measured("/v1/search")
     async def search(self, request: Request) -> dict:
         body = await self._admit(request, SearchRequest)
         with self.busy:
@@ -234,25 +261,31 @@ class RagAPI:
         return {"object": "list", "mode": body.mode, "reranked": self._rerank(body.rerank), "data": hits, "took_ms": round(1000 * (time.perf_counter() - start), 2)}
 
     @api.post("/v1/embeddings", openapi_extra=body_of(EmbeddingRequest))
+    @measured("/v1/embeddings")
     async def embeddings(self, request: Request) -> dict:
         body = await self._admit(request, EmbeddingRequest)
-        texts = [body.input] if isinstance(body.input, str) else body.input
+        served = await self._models("embeddings", body.model)
+        texts = await asyncio.to_thread(texts_of, body.input)
+        if texts is None:
+            return error(400, f"input: token ids cannot be decoded on this server (no tokenizer for them); {FIX}",
+                         param="input", code="token_ids_unsupported")
         if len(texts) > self.options["max_batch"] or any(len(t) > 20_000 for t in texts):
             return error(413, f"at most {self.options['max_batch']} inputs of 20,000 characters", param="input")
         with self.busy:
             vectors = await asyncio.gather(*(self.embedder.embed.remote(t) for t in texts))
-            model = await self.embedder.model_name.remote()
 
         def encode(v: np.ndarray):
             return base64.b64encode(v.astype("<f4").tobytes()).decode() if body.encoding_format == "base64" else v.tolist()
         words = sum(len(t.split()) for t in texts)
-        return {"object": "list", "model": model,
+        return {"object": "list", "model": served.ids["embeddings"],
                 "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)],
                 "usage": {"prompt_tokens": words, "total_tokens": words}}
 
     @api.post("/v1/chat/completions", openapi_extra=body_of(ChatRequest))
+    @measured("/v1/chat/completions")
     async def chat(self, request: Request):
         body = await self._admit(request, ChatRequest)
+        served = await self._models("chat", body.model)
         turns = [{"role": m.role, "content": m.text()} for m in body.messages]
         if turns[-1]["role"] != "user":
             return error(422, "messages: the last message must be the user's question", param="messages")
@@ -262,10 +295,16 @@ class RagAPI:
             hits = await self._hits(turns[-1]["content"], body.mode, body.top_k, body.rerank)
             prompt = rag_messages(turns, hits, self.options["context_words"])
             sampling = body.sampling(self.options["max_tokens"])
-            head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": self.options["generator"]}
+            head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": served.ids["chat"]}
             ids = [h["id"] for h in hits]
             if not body.stream:
-                outs = await asyncio.gather(*(self.generator.complete.remote(prompt, **sampling) for _ in range(body.n)))
+                calls = [self.generator.complete.remote(prompt, **sampling) for _ in range(body.n)]
+                try:
+                    outs = await asyncio.gather(*calls)
+                except asyncio.CancelledError:  # the client went (or its deadline passed): stop generating
+                    for call in calls:
+                        call.cancel()
+                    raise
                 return {**head, "object": "chat.completion",
                         "choices": [{"index": i, "message": {"role": "assistant", "content": out["text"]},
                                      "finish_reason": out["finish_reason"]} for i, out in enumerate(outs)],
@@ -292,6 +331,7 @@ class RagAPI:
         def delta(d: dict, finish: "str | None" = None) -> list:
             return [{"index": 0, "delta": d, "finish_reason": finish}]
 
+        finished = False
         try:
             yield chunk(delta({"role": "assistant", "content": ""}))
             text, counts = "", {}
@@ -305,5 +345,10 @@ class RagAPI:
             if with_usage:
                 yield chunk([], usage=usage(counts.get("prompt_tokens", 0), counts.get("completion_tokens", 0)))
             yield "data: [DONE]\n\n"
+            finished = True
+        except (RequestCancelledError, TaskCancelledError):  # the generator's call was cancelled: nobody to answer
+            return
         finally:
+            if not finished:  # the client went mid-answer: the generator stops at its next step
+                pieces.cancel()
             release()

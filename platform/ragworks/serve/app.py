@@ -14,6 +14,13 @@ from ..index.rerank import rerank_model
 from .deployments import Embedder, Generator, Retriever
 
 
+class BatchOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_size: int = Field(8, ge=1, le=64, description="chat requests generated together on one replica")
+    wait_s: float = Field(0.01, ge=0, le=1, description="how long the first request of a batch waits for others")
+
+
 class ServeOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -40,6 +47,10 @@ class ServeOptions(BaseModel):
                                "Retry-After (below the replica's max_ongoing_requests, so Serve never queues them)")
     min_replicas: dict[str, int] = Field(default_factory=dict, description="replicas kept up by deployment name "
                                          "(autoscaling adds more up to each deployment's max_replicas)")
+    access_log: bool = Field(True, description="one INFO line per request, from the API deployment (the inner "
+                             "deployments log warnings and errors only); off: none")
+    batch: "BatchOptions" = Field(default_factory=lambda: BatchOptions(), description="concurrent chat requests "
+                                  "on a generator replica generated together")
     cpus: dict[str, float] = Field(default_factory=dict, description="CPUs per replica by deployment name, over the "
                                    "defaults (RagAPI 0.1, Embedder 0.5, Retriever 0.25, Generator 1, or 0.1 when "
                                    "it only calls an endpoint)")
@@ -87,6 +98,10 @@ def build(args: dict):
         rerank = {"config": opts.rerank.model_dump(), "model": rerank_model(opts.rerank, trained_reranker(workdir))}
 
     def sized(deployment, cpus: float | None = None, ongoing: int | None = None, **actor_options):
+        # Serve's access line is INFO: the ingress writes one per request (or none), the inner ones never do
+        ingress = deployment.name == "RagAPI"
+        logging = {"enable_access_log": ingress and opts.access_log,
+                   "log_level": "INFO" if ingress and opts.access_log else "WARNING"}
         cpus = opts.cpus.get(deployment.name, cpus)
         options = {**deployment.ray_actor_options, **({"num_cpus": cpus} if cpus is not None else {}), **actor_options}
         scaling = dict(deployment._deployment_config.autoscaling_config.model_dump(include={
@@ -94,16 +109,17 @@ def build(args: dict):
         if deployment.name in opts.min_replicas:
             scaling["min_replicas"] = opts.min_replicas[deployment.name]
             scaling["max_replicas"] = max(scaling["max_replicas"], scaling["min_replicas"])
-        return deployment.options(ray_actor_options=options, autoscaling_config=scaling,
+        return deployment.options(ray_actor_options=options, autoscaling_config=scaling, logging_config=logging,
                                   **({"max_ongoing_requests": ongoing} if ongoing else {}))
 
     # An endpoint client mostly waits on the network: a tenth of a CPU, and many requests in flight, per replica.
     remote = engine.kind == "openai"
-    generator = sized(Generator, cpus=0.1 if remote else None, ongoing=32 if remote else None,
+    # a local model holds a batch generating and the next one gathering; an endpoint client, many requests
+    generator = sized(Generator, cpus=0.1 if remote else None, ongoing=32 if remote else 2 * opts.batch.max_size,
                       **env_of(getattr(engine, "api_key_env", None)))
     return sized(RagAPI, **env_of(opts.api_key_env)).bind(
         sized(Embedder).bind(str(workdir), opts.reload_s), sized(Retriever).bind(str(workdir), opts.reload_s, rerank),
-        generator.bind(engine.model_dump()),
+        generator.bind(engine.model_dump(), opts.batch.model_dump()),
         {**opts.model_dump(), "workdir": str(workdir), "generator": engine.model, "rerank": rerank and rerank["model"],
          "adapter": getattr(engine, "adapter", None), "context_words": words, "engine": engine.kind})
 

@@ -101,7 +101,10 @@ class Retriever:
     """Dense, full-text and hybrid search over the job's LanceDB table."""
 
     def __init__(self, workdir: str, reload_s: float = 2.0, rerank: dict | None = None):
+        from .metrics import IndexMetrics
+
         self.watch = IndexWatch(workdir, reload_s)
+        self.metrics = IndexMetrics()
         self.reranker = None
         if rerank is not None:  # a cross-encoder loaded once per replica, torch on this replica's CPUs
             from ..config import RerankConfig
@@ -115,6 +118,7 @@ class Retriever:
 
         self.searcher = open_index(self.watch.index_dir)
         self.version = self.searcher.table.version
+        self.metrics.record(self.version, self.searcher.table.count_rows())
 
     def search(self, query: str, vector: np.ndarray | None, mode: str, k: int, rerank: bool = False) -> list[dict]:
         if self.watch.changed():
@@ -142,18 +146,28 @@ class Generator:
     trained LoRA adapter merged in, or an OpenAI-compatible endpoint. The engine arrives as a plain dict, which
     Serve can ship to replicas and a serve config can write."""
 
-    def __init__(self, engine: dict):
+    def __init__(self, engine: dict, batch: dict | None = None):
         from ..engines import chat_engine, engine_config
+        from ..engines.batching import Batcher
+        from .metrics import report_generator
 
         cfg = engine_config(engine)
         self.name, self.kind = cfg.model, cfg.kind
         self.engine = chat_engine(cfg)  # a local model limits torch to this replica's CPUs as it loads
+        self.batcher = Batcher(self.engine, **(batch or {}))
+        report_generator(self.batcher.stats)
 
-    def complete(self, messages: list[dict], max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
-                 stop: list[str] | None = None) -> dict:
-        return self.engine.chat(messages, max_tokens, temperature, top_p, stop)
+    async def complete(self, messages: list[dict], max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+                       stop: list[str] | None = None) -> dict:
+        return await self.batcher.complete(messages, max_tokens, temperature, top_p, stop)
 
-    def stream(self, messages: list[dict], max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
-               stop: list[str] | None = None):
-        """Text pieces as the model writes them, then the counts (a Serve streaming method)."""
-        yield from self.engine.stream(messages, max_tokens, temperature, top_p, stop)
+    async def stream(self, messages: list[dict], max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+                     stop: list[str] | None = None):
+        """Text pieces as the model writes them, then the counts (a Serve streaming method). A cancelled call
+        (its client gone) stops its generation at the next step (`batching.Batcher`)."""
+        async for piece in self.batcher.stream(messages, max_tokens, temperature, top_p, stop):
+            yield piece
+
+    def stats(self) -> dict:
+        """Tokens generated on this replica since it started, and the requests generating and waiting."""
+        return self.batcher.stats()

@@ -24,9 +24,10 @@ class SearchRequest(BaseModel):
 
 
 class EmbeddingRequest(BaseModel):
-    """OpenAI's body; `model` is accepted and ignored (one embedder is served)."""
+    """OpenAI's body: `input` a string, strings, token ids or lists of token ids (`tokens.texts_of`); `model`
+    the served embedder's id or unset."""
 
-    input: str | list[str] = Field(..., min_length=1)
+    input: str | list[str] | list[int] | list[list[int]] = Field(..., min_length=1)
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
