@@ -42,13 +42,13 @@ def job(src, workdir, **index):
 def test_a_corpus_update_goes_live_under_load_with_no_failed_request(ray_local, tmp_path):
     from ray import serve
 
-    from ragworks.serve import build
+    from ragworks.serve import build, start
 
     src, wd = tmp_path / "src", tmp_path / "wd"
     write(src, DOCS)
     first = job(src, wd)
     port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    start("127.0.0.1", port)
     serve.run(build({"workdir": str(wd), "reload_s": 0.5, "cpus": SMALL, "min_replicas": {"Retriever": 2},
                      "engine": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "none"}}),
               name="rag", route_prefix="/")

