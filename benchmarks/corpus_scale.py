@@ -293,7 +293,7 @@ def run_ragworks(platform: Path, input_dir: Path, workdir: Path, banding: dict |
     dups = pds.dataset(outputs_at(stage).duplicates, format="parquet").to_table(columns=["doc_id", "duplicate_of"])
     result["flagged"] = dict(zip(dups["doc_id"].to_pylist(), dups["duplicate_of"].to_pylist()))
     manifest = json.loads((stage / "manifest.json").read_text())
-    result["stage_seconds"], result["counts"] = manifest["seconds"], manifest["outputs"]["counts"]
+    result["stage_seconds"], result["counts"] = manifest["seconds"], outputs_at(stage).counts
     return result
 
 

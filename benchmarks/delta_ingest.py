@@ -90,11 +90,10 @@ def change(input_dir: Path, n: int, parts: int, seed: int) -> dict:
     return {"files_touched": len(touched) + 1, "added": added, "near_copies_added": near, "edited": k, "deleted": k}
 
 
-def outputs(workdir: Path) -> tuple[dict, dict]:
-    from ragworks.manifest import read_manifest
+def outputs(workdir: Path):
     from ragworks.stage import outputs_at
 
-    return outputs_at(workdir / "corpus"), read_manifest(workdir / "index")
+    return outputs_at(workdir / "corpus"), outputs_at(workdir / "index")
 
 
 def differences(a: Path, b: Path) -> dict:
@@ -104,8 +103,8 @@ def differences(a: Path, b: Path) -> dict:
 
     def chunks(workdir: Path) -> set:
         _, index = outputs(workdir)
-        o = index["outputs"]
-        t = lance.dataset(f"{o['lancedb']}/{o['table']}.lance", version=o["version"]).to_table(columns=["id", "chunk_hash"])
+        t = lance.dataset(f"{index.lancedb}/{index.table}.lance", version=index.version).to_table(
+            columns=["id", "chunk_hash"])
         return set(zip(t["id"].to_pylist(), t["chunk_hash"].to_pylist()))
 
     def decisions(workdir: Path) -> set:
@@ -171,13 +170,13 @@ def main() -> None:
     generate(args.docs, args.seed, parts, root)
     inputs = root / "input"
     first = ragworks(inputs, root / "live", root / "first.log")
-    version = outputs(root / "live")[1]["outputs"]["version"]
+    version = outputs(root / "live")[1].version
     did = change(inputs, args.docs, parts, args.seed)
     delta = ragworks(inputs, root / "live", root / "delta.log")
     full = ragworks(inputs, root / "rebuilt", root / "full.log")
-    after = outputs(root / "live")[1]["outputs"]["version"]
+    after = outputs(root / "live")[1].version
     noop = ragworks(inputs, root / "live", root / "noop.log")
-    stayed = outputs(root / "live")[1]["outputs"]["version"] == after
+    stayed = outputs(root / "live")[1].version == after
     diff = differences(root / "live", root / "rebuilt")
     top10 = agreement(root / "live", root / "rebuilt", args.queries, args.seed)
     corpus, _ = outputs(root / "live")

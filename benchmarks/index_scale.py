@@ -106,16 +106,17 @@ def run_stage(args) -> dict:
 
     from ragworks.config import JobSpec
     from ragworks.runner import run_job
+    from ragworks.stage import registry
 
     spec = {"name": "index-scale", "index": {
         "embedder": "static", "batch_size": args.batch_size, "concurrency": [args.cpus, args.cpus], "fulltext": False,
-        "num_cpus": 1.0,  # a whole CPU per actor, as the README's figures were measured (one thread either way)
+        "num_cpus": 1.0,  # a whole CPU per actor, as docs/benchmarks.md's figures were measured (one thread either way)
         "ann": {"min_rows": 10**12}}}
     # JobSpec, not parse_spec: the spec has no corpus section on purpose, the runner finds the finished one
     t0 = time.perf_counter()
     manifests = run_job(JobSpec.model_validate(spec), workdir=args.workdir / "wd", address=args.address,
                         console=Console(stderr=True))
-    return {"rows": manifests["index"]["outputs"]["counts"]["rows"], "seconds": time.perf_counter() - t0}
+    return {"rows": registry()["index"].outputs.from_manifest(manifests["index"]).counts["rows"], "seconds": time.perf_counter() - t0}
 
 
 def run_plain(args) -> dict:

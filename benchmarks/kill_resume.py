@@ -16,7 +16,6 @@ is compared with the fresh run's (the done-key check and the commit run in Ray D
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shutil
@@ -35,6 +34,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from fake_llm import FakeLLM  # noqa: E402  (the test suite's OpenAI-compatible server on 127.0.0.1)
+from ragworks.stage import outputs_at  # noqa: E402
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument("--kills", type=int, default=10)
@@ -128,8 +128,7 @@ out = workdir / "synthesize" / "generated"
 keys = [k for f in sorted(out.rglob("*.parquet")) for k in pq.read_table(f, columns=["key"])["key"].to_pylist()]
 duplicates = len(keys) - len(set(keys))
 missing = keys_expected - len(set(keys))
-manifest = json.loads((workdir / "synthesize" / "manifest.json").read_text())
-dropped = manifest["outputs"]["counts"].get("duplicates_dropped", 0)
+dropped = outputs_at(workdir / "synthesize").counts.get("duplicates_dropped", 0)
 print(f"\nkills: {len(kills)}  keys expected: {keys_expected:,}  rows committed: {len(keys):,}  "
       f"duplicates: {duplicates}  missing: {missing}; copies written late and dropped at commit: {dropped}")
 ok = duplicates == 0 and missing == 0

@@ -32,7 +32,7 @@ def write(folder, docs: dict) -> None:
 
 def job(src, workdir, **index):
     # one chunker and one embedder: beside the app's replicas on the suite's 2-CPU Ray, a second chunker would
-    # hold the CPU a Parquet read's whole-CPU task waits for (README: Known limits). The static embedder: what
+    # hold the CPU a Parquet read's whole-CPU task waits for (docs/known-limits.md). The static embedder: what
     # is checked holds for any, and it loads in a second (in the index stage and in the app's replicas)
     spec = parse_spec({"corpus": {"source": {"path": str(src)}, "concurrency": [1, 1]},
                        "index": {"concurrency": [1, 1], "embedder": "static", **index}})

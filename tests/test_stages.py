@@ -43,8 +43,19 @@ def test_every_spec_section_is_one_registered_stage_and_the_order_follows_needs(
     for name, stage in stages.items():
         assert f"{name}: {stage.help}" in " ".join(help_text.split()), name
 
-    found = subprocess.run(["grep", "-rn", '\\["outputs"\\]', "platform"], cwd=ROOT, capture_output=True, text=True)
-    assert found.stdout == "", found.stdout  # stages read typed outputs, never a manifest's dict
+    found = subprocess.run(["grep", "-rn", '\\["outputs"\\]', "platform", "benchmarks"], cwd=ROOT,
+                           capture_output=True, text=True)
+    assert found.stdout == "", found.stdout  # stages and benchmarks read typed outputs, never a manifest's dict
+
+    graph = subprocess.run([sys.executable, "-m", "ragworks.stage"], capture_output=True, text=True, check=True)
+    rows = [line for line in graph.stdout.splitlines() if line and not line.startswith((" ", "("))]
+    assert [row.split()[0] for row in rows] == order, graph.stdout  # every stage, in run order
+    for row in rows:  # NAME reads NEED, ..., OPTIONAL?, ... -> OUTPUTS(fields)
+        name, rest = row.split(" ", 1)
+        reads, hands = rest.strip().removeprefix("reads ").split(" -> ")
+        stage = stages[name]
+        assert reads.strip() == (", ".join([*stage.needs, *(f"{o}?" for o in stage.optional)]) or "-"), row
+        assert hands.startswith(stage.outputs.__name__ + "("), row
 
 
 def test_registry_refuses_unknown_inputs_cycles_and_twins():

@@ -172,6 +172,10 @@ def serve(
     rerank_top_k: int = typer.Option(20, help="--rerank: hits re-scored per search"),
     drain_s: float = typer.Option(30.0, help="On SIGTERM or Ctrl-C: new requests get 503 while those in flight "
                                   "finish, for at most this long"),
+    request_timeout_s: float = typer.Option(300.0, help="A request's deadline: past it Serve answers 408 and its "
+                                            "generation stops at the next decoding step, as for a dropped client"),
+    access_log: bool = typer.Option(True, help="One access line per request (--no-access-log: none; warnings "
+                                    "and errors are always logged)"),
 ) -> None:
     """Serve a job's index on Ray Serve: search, embeddings and RAG chat.
 
@@ -206,6 +210,7 @@ def serve(
     try:
         application = build({"workdir": str(workdir), "generator": generator, "max_tokens": max_tokens,
                              "api_key_env": api_key_env, "engine": {"kind": engine, **endpoint},
+                             "access_log": access_log,
                              **({"rerank": {"model": rerank, "top_k": rerank_top_k}} if rerank else {})})
     except (FileNotFoundError, ValueError, EngineUnavailable) as err:
         _fail(err)
@@ -213,7 +218,7 @@ def serve(
         ray.init(address=address)
     else:
         ray.init(address="local", dashboard_host="127.0.0.1")  # its own Ray; the dashboard stays on loopback
-    start_serve(host, port)
+    start_serve(host, port, request_timeout_s)
     flag = create_flag()
     index, why = served_index(Folder(str(workdir)))
     console.print(f"index: {index} ({why})")

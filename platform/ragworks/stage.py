@@ -265,3 +265,22 @@ def spec_model():
 
 
 _SPEC_MODELS: dict[tuple, type] = {}
+
+
+def graph_text() -> str:
+    """The stage graph as `python -m ragworks.stage` prints it: each stage in run order, what it reads and
+    what it hands on."""
+    stages = registry()
+    lines = []
+    for name in run_order():
+        s = stages[name]
+        reads = ", ".join([*s.needs, *(f"{o}?" for o in s.optional)]) or "-"
+        hands = ", ".join(f for f in s.outputs.model_fields if f != "counts") or "counts"
+        lines.append(f"{name:<16} reads {reads:<44} -> {s.outputs.__name__}({hands})")
+        if s.help:
+            lines.append(f"{'':<16} {s.help}")
+    return "\n".join(lines + ["(? : read when the spec has that stage)"])
+
+
+if __name__ == "__main__":
+    print(graph_text())

@@ -61,11 +61,13 @@ class ServeOptions(BaseModel):
 SYSTEM_LOGGING = {"enable_access_log": False, "log_level": "WARNING"}
 
 
-def start(host: str, port: int) -> None:
-    """Serve's HTTP proxy on `host:port`, logging as `SYSTEM_LOGGING` says."""
+def start(host: str, port: int, request_timeout_s: float | None = None) -> None:
+    """Serve's HTTP proxy on `host:port`, logging as `SYSTEM_LOGGING` says. Past `request_timeout_s` the proxy
+    answers 408 and cancels the request, which stops its generation as a dropped client's does."""
     from ray import serve
 
-    serve.start(http_options={"host": host, "port": port}, logging_config=SYSTEM_LOGGING)
+    serve.start(http_options={"host": host, "port": port, "request_timeout_s": request_timeout_s},
+                logging_config=SYSTEM_LOGGING)
 
 
 def choose_generator(opts: ServeOptions, workdir: Folder) -> tuple[BaseEngineConfig, int]:
