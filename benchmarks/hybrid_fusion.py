@@ -26,8 +26,8 @@ import pyarrow.dataset as pads  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from ragworks.evaluate.beir import load_qrels, load_queries  # noqa: E402
-from ragworks.evaluate.metrics import evaluate_run  # noqa: E402
+from ragworks.beir import load_qrels, load_queries  # noqa: E402
+from ragworks.ranking_metrics import evaluate_run  # noqa: E402
 from ragworks.evaluate.retrieval import rank_by  # noqa: E402
 from ragworks.index import open_index  # noqa: E402
 from ragworks.runtime import limit_torch_threads  # noqa: E402

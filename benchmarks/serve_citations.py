@@ -22,7 +22,7 @@ import ray
 from ray import serve
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
-from ragworks.evaluate.beir import load_qrels, load_queries  # noqa: E402
+from ragworks.beir import load_qrels, load_queries  # noqa: E402
 from ragworks.serve import build  # noqa: E402
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -153,7 +153,7 @@ def test_a_changed_corpus_updates_the_index_in_place_as_a_rebuild_would(ray_loca
 def test_an_update_cut_short_converges_on_the_re_run(ray_local, tmp_path, monkeypatch):
     """A run that dies after the index update's delete commit leaves a table ahead of its manifest: the re-run
     restores the manifest's version and applies the delta whole (no chunk twice, no delete lost)."""
-    from ragworks.index import lance_sink
+    from ragworks import lance_sink
 
     src = tmp_path / "src"
     docs = [(f"d{i}", _text(40 + i)) for i in range(6)]

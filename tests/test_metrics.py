@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from ragworks.evaluate.metrics import evaluate_run, mrr_at_k, ndcg_at_k, recall_at_k
+from ragworks.ranking_metrics import evaluate_run, mrr_at_k, ndcg_at_k, recall_at_k
 
 
 def test_ndcg_hand_computed():

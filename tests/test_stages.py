@@ -125,7 +125,7 @@ def test_a_registered_stage_runs_in_a_job_and_shows_in_the_report(ray_local, tmp
 
 
 # ------------------------------------------------------------- failures
-def test_a_failing_stage_says_so_in_one_line_and_exits_1(tmp_path):
+def test_a_failing_stage_says_so_in_one_line_and_exits_1(ray_local, tmp_path):
     write_jsonl(tmp_path / "docs" / "corpus.jsonl", [{"_id": "a", "title": "no text"}, {"_id": "b", "text": ""}])
     job = tmp_path / "job.yaml"
     job.write_text(f"name: broken\nworkdir: {tmp_path / 'wd'}\nray: {{num_cpus: 2}}\n"
@@ -133,7 +133,9 @@ def test_a_failing_stage_says_so_in_one_line_and_exits_1(tmp_path):
     env = {**os.environ, "COLUMNS": "400", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
 
     def ragworks(*args):
-        return subprocess.run([sys.executable, "-m", "ragworks.cli", "run", str(job), *args], env=env,
+        # on the suite's Ray: a Ray of its own would start twice for what fails in a second
+        address = ray_local.get_runtime_context().gcs_address
+        return subprocess.run([sys.executable, "-m", "ragworks.cli", "run", str(job), "--address", address, *args], env=env,
                               capture_output=True, text=True, timeout=300)
 
     plain = ragworks()

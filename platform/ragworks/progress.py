@@ -30,9 +30,10 @@ def configure(console, verbose: bool = False) -> None:
     quiet_console()
     if not console.is_terminal:
         from ray.data import DataContext
-        from ray.data._internal.execution import streaming_executor
 
-        streaming_executor.get_progress_manager = partial(_one_line_manager, console)
+        from .ray_internals import set_progress_manager
+
+        set_progress_manager(partial(_one_line_manager, console))
         # Ray Train hands this context to its workers and split coordinators: no bars from their datasets
         # either (`quiet_train_worker` does the rest); the driver's lines above report the stage.
         DataContext.get_current().enable_progress_bars = False
@@ -49,21 +50,23 @@ def quiet_train_worker() -> None:
     """In a Ray Train worker of a run printing to a file: its datasets (the val slice, the train shard) print
     nothing, not even Ray's note that their bars are off."""
     from ray.data import DataContext
-    from ray.data._internal.execution import streaming_executor
-    from ray.data._internal.progress.base_progress import NoopExecutionProgressManager
+
+    from .ray_internals import progress_managers, set_progress_manager
 
     if DataContext.get_current().enable_progress_bars:
         return  # a terminal, or --verbose
     quiet_console()
-    streaming_executor.get_progress_manager = (
-        lambda ctx, dataset_id, topology, verbose: NoopExecutionProgressManager(dataset_id, topology, False, verbose))
+    noop = progress_managers()[0]
+    set_progress_manager(lambda ctx, dataset_id, topology, verbose: noop(dataset_id, topology, False, verbose))
 
 
 def _one_line_manager(console, ctx, dataset_id, topology, verbose_progress):
-    from ray.data._internal.execution.operators.input_data_buffer import InputDataBuffer
-    from ray.data._internal.progress.logging_progress import LoggingExecutionProgressManager
+    from .ray_internals import input_buffer, progress_managers, progress_total
+    from .ray_internals import topology as operators
 
-    class OneLine(LoggingExecutionProgressManager):
+    InputDataBuffer = input_buffer()
+
+    class OneLine(progress_managers()[1]):
         """Ray's own non-terminal progress manager (it keeps the counts), printing one line per interval."""
 
         started = time.monotonic()
@@ -75,10 +78,10 @@ def _one_line_manager(console, ctx, dataset_id, topology, verbose_progress):
                 return
             self.last = now
             # the furthest operator that has handed rows on: a sink hands on nothing until it is done
-            moved = [(s.op, s.op.metrics.row_outputs_taken) for s in self._topology.values()
+            moved = [(s.op, s.op.metrics.row_outputs_taken) for s in operators(self).values()
                      if not isinstance(s.op, InputDataBuffer) and s.op.metrics.row_outputs_taken]
             op, rows = moved[-1] if moved else (None, 0)
-            total = (op.num_output_rows_total() if op is not None else None) or self._global_progress_metric.total
+            total = (op.num_output_rows_total() if op is not None else None) or progress_total(self)
             rate = rows / max(now - self.started, 1e-9)
             eta = f", ETA {(total - rows) / rate:,.0f} s" if total and rate > 0 and total > rows else ""
             where = f" out of {op.name}" if op is not None else ""

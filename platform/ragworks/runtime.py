@@ -8,9 +8,8 @@ import time
 
 import ray
 import ray.data
-from ray.data._internal.execution.execution_callback import ExecutionCallback
-
-from .config import RayConfig
+from .ray_internals import execution_callback, topology
+from .sections import RayConfig
 
 
 def init_ray(cfg: RayConfig, address: str | None = None) -> None:
@@ -54,7 +53,7 @@ def configure_data(cfg: RayConfig) -> None:
 IDLE_BACKOFF_S = 0.05
 
 
-class IdleBackoff(ExecutionCallback):
+class IdleBackoff(execution_callback()):
     """Sleeps a Ray Data execution loop step that had no task to wait on.
 
     Ray Data's scheduling loop blocks in `ray.wait` on its running tasks; with none running it returns at
@@ -66,8 +65,7 @@ class IdleBackoff(ExecutionCallback):
     """
 
     def on_execution_step(self, executor) -> None:
-        topology = getattr(executor, "_topology", None) or {}
-        if not any(op.get_active_tasks() for op in topology):
+        if not any(op.get_active_tasks() for op in topology(executor)):
             time.sleep(IDLE_BACKOFF_S)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Section(BaseModel):
@@ -22,3 +22,17 @@ RESOURCES_HELP = ("custom Ray resources each actor or worker needs, e.g. {synth:
 
 # How an index is searched: by vectors, by words (BM25), or both fused.
 Mode = Literal["dense", "fulltext", "hybrid"]
+
+
+# Ray's own settings, beside the sections: runtime.py reads them, and must not import the job spec to do so
+class RayConfig(Section):
+    address: str | None = Field(None, description="null: start an embedded local Ray; 'auto' or ray://host:10001 on a cluster")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded Ray (default: all of this machine's)")
+    dashboard_host: str = Field("127.0.0.1", description="where the embedded Ray's dashboard listens")
+    parquet_reader: Literal["v1", "v2"] = Field("v1", description="Ray Data's Parquet reader. v2 (Ray's default) "
+                                                "starts a pool of footer-reading actors for every read: 3-5 s a read "
+                                                "on 2 cores, whatever its size; v1 lists files in tasks")
+    read_blocks: int | None = Field(None, ge=1, description="read tasks a read is split into at least (Ray Data's "
+                                    "read_op_min_num_blocks, 200 by default); default: twice the cluster's CPUs, at "
+                                    "least 4. A read of many small files (a corpus update's parts) is then a few "
+                                    "tasks, not one per file")

@@ -25,11 +25,11 @@ NO_CLUSTER = ("no Ray Jobs API at {address}: start a cluster (`cluster/local.sh 
 def use_token_if_any() -> None:
     """Send Ray's token when this machine has one: a head started where a token exists requires it
     (Ray's default since token authentication); `ray job` finds it the same way."""
-    try:
-        from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
-    except ImportError:  # a Ray without token authentication
-        return
-    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    from .ray_internals import token_setup
+
+    setup = token_setup()
+    if setup is not None:  # None: a Ray without token authentication
+        setup(warn_if_disabled=False)
 
 
 def client(address: str | None):

@@ -102,7 +102,7 @@ def write(ds: ray.data.Dataset, uri: str, cfg: DedupConfig, append_to: int | Non
     """The rows of `ds`'s records into the ledger (a new one, or appended to version `append_to`); its version."""
     import lance
 
-    from ..index.lance_sink import LanceFragments
+    from ..lance_sink import LanceFragments
 
     sink = LanceFragments(uri, append_to=append_to)
     ds.map_batches(rows, fn_kwargs={"cfg": cfg}, batch_format="pyarrow", num_cpus=0.25) \

@@ -12,7 +12,7 @@ from ..runtime import limit_torch_threads
 from ..storage import staged
 from ..stage import StageError
 from . import EvaluateOutputs
-from .beir import load_qrels, load_queries
+from ..beir import load_qrels, load_queries
 from .generation import answer_metrics
 from .retrieval import score_modes
 from .report import metrics_table, query_samples, stage_rows, write_report

@@ -25,7 +25,7 @@ from ..runtime import limit_torch_threads
 from ..stage import StageError
 from ..storage import Folder
 from . import GateOutputs
-from .beir import load_qrels, load_queries
+from ..beir import load_qrels, load_queries
 from .retrieval import score_modes
 
 INDEXES = {"base": "index", "tuned": "index_tuned"}

@@ -8,7 +8,7 @@ itself (a synthetic query's own chunk).
 from __future__ import annotations
 
 from ..sections import Mode
-from .metrics import evaluate_run
+from ..ranking_metrics import evaluate_run
 
 RERANKED = " + rerank"
 

@@ -10,7 +10,7 @@ from ..runtime import actor_pool
 from ..stage import StageError
 from . import IndexOutputs
 from .embed import Embed
-from .lance_sink import LanceFragments
+from ..lance_sink import LanceFragments
 from ..corpus.delta import documents
 from .update import applicable, apply_delta, tag
 

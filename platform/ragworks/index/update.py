@@ -88,7 +88,7 @@ def apply_delta(cfg: IndexConfig, ctx, corpus, before: IndexOutputs, embed) -> I
         ds = lance.dataset(uri)
         deleted += before_rows - ds.count_rows()
     from .index import TABLE_COLUMNS
-    from .lance_sink import LanceFragments
+    from ..lance_sink import LanceFragments
 
     chunks = ray.data.read_parquet(corpus.delta.chunks)
     added = 0

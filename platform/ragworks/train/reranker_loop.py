@@ -13,7 +13,7 @@ import numpy as np
 import ray.train
 
 from ..config import TrainRerankerConfig
-from ..evaluate.metrics import mrr_at_k, ndcg_at_k
+from ..ranking_metrics import mrr_at_k, ndcg_at_k
 from ..index.rerank import load_cross_encoder
 from .loop import collect
 from .steps import checkpointer, make_optimizer, restore, run_steps, start_worker

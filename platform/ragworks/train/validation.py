@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from ..config import DevSetConfig
-from ..evaluate.beir import load_qrels, load_queries
-from ..evaluate.metrics import mrr_at_k, ndcg_at_k, recall_at_k
+from ..beir import load_qrels, load_queries
+from ..ranking_metrics import mrr_at_k, ndcg_at_k, recall_at_k
 
 
 def score(model, queries: list[str], pool: dict[str, str], qrels: list[dict[str, int]], prefix: str,

@@ -1,0 +1,108 @@
+"""Every private name of Ray that ragworks uses, here and nowhere else, with what it is for.
+
+Ray Data has no public hook for a progress line per dataset or for a callback on each scheduling step, and
+`ray._private` holds the token check `ray job` makes. Such names move between Ray releases without notice:
+`missing()` lists those this Ray lacks, and `tests/test_ray_internals.py` fails naming them, so an upgrade
+says what broke instead of a stage printing nothing or spinning a core.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+
+# (module, attribute, what ragworks does with it)
+NAMES = [
+    ("ray.data._internal.execution.streaming_executor", "get_progress_manager",
+     "replaced by progress.py: one progress line per dataset outside a terminal, none in a training worker"),
+    ("ray.data._internal.progress.base_progress", "NoopExecutionProgressManager",
+     "the progress manager of a training worker's datasets (progress.quiet_train_worker)"),
+    ("ray.data._internal.progress.logging_progress", "LoggingExecutionProgressManager",
+     "the base of progress.py's one-line manager: it keeps the counts"),
+    ("ray.data._internal.execution.operators.input_data_buffer", "InputDataBuffer",
+     "the input operator, which the progress line skips"),
+    ("ray.data._internal.execution.execution_callback", "ExecutionCallback",
+     "runtime.IdleBackoff: a scheduling step with no task running sleeps instead of spinning"),
+    ("ray._private.authentication.authentication_token_setup", "maybe_enable_token_auth_if_token_available",
+     "submission.use_token_if_any: send Ray's token as `ray job` does (absent before token auth: skipped)"),
+]
+OPTIONAL = {"maybe_enable_token_auth_if_token_available"}
+# attributes read off Ray's objects: (module, class, attribute as its source sets it)
+ATTRIBUTES = [
+    ("ray.data._internal.execution.streaming_executor", "StreamingExecutor", "self._topology"),
+    ("ray.data._internal.progress.logging_progress", "LoggingExecutionProgressManager", "self._topology"),
+    ("ray.data._internal.progress.logging_progress", "LoggingExecutionProgressManager",
+     "self._global_progress_metric"),
+    ("ray.data._internal.execution.execution_callback", "ExecutionCallback", "def on_execution_step"),
+    ("ray.data._internal.execution.interfaces.physical_operator", "PhysicalOperator", "def get_active_tasks"),
+    ("ray.data._internal.execution.interfaces.physical_operator", "PhysicalOperator", "def num_output_rows_total"),
+    ("ray.data._internal.execution.interfaces.op_runtime_metrics", "OpRuntimeMetrics", "row_outputs_taken"),
+]
+PROGRESS_MANAGER_ARGS = ["ctx", "dataset_id", "topology", "verbose_progress"]
+
+
+def name(module: str, attribute: str):
+    return getattr(importlib.import_module(module), attribute)
+
+
+def progress_managers():
+    """(Noop, Logging) progress manager classes."""
+    return (name("ray.data._internal.progress.base_progress", "NoopExecutionProgressManager"),
+            name("ray.data._internal.progress.logging_progress", "LoggingExecutionProgressManager"))
+
+
+def set_progress_manager(factory) -> None:
+    """`factory(ctx, dataset_id, topology, verbose_progress)` makes every later dataset's progress manager."""
+    importlib.import_module("ray.data._internal.execution.streaming_executor").get_progress_manager = factory
+
+
+def input_buffer():
+    return name("ray.data._internal.execution.operators.input_data_buffer", "InputDataBuffer")
+
+
+def execution_callback():
+    return name("ray.data._internal.execution.execution_callback", "ExecutionCallback")
+
+
+def topology(executor_or_manager) -> dict:
+    """The operators of a running dataset and their states, from its executor or progress manager."""
+    return getattr(executor_or_manager, "_topology", None) or {}
+
+
+def progress_total(manager) -> int | None:
+    return manager._global_progress_metric.total
+
+
+def token_setup():
+    """Ray's token check, or None for a Ray without token authentication."""
+    try:
+        return name("ray._private.authentication.authentication_token_setup",
+                    "maybe_enable_token_auth_if_token_available")
+    except (ImportError, AttributeError):
+        return None
+
+
+def missing() -> list[str]:
+    """What of the above this Ray lacks, each as 'module.name: what it is for'."""
+    gone = []
+    for module, attribute, why in NAMES:
+        try:
+            name(module, attribute)
+        except (ImportError, AttributeError):
+            if attribute not in OPTIONAL:
+                gone.append(f"{module}.{attribute}: {why}")
+    for module, cls, attribute in ATTRIBUTES:
+        try:
+            source = "".join(inspect.getsource(c) for c in name(module, cls).__mro__ if c.__module__.startswith("ray"))
+        except (ImportError, AttributeError):
+            continue  # reported above
+        if attribute not in source:
+            gone.append(f"{module}.{cls}: no {attribute} any more")
+    try:
+        args = list(inspect.signature(name("ray.data._internal.execution.streaming_executor",
+                                           "get_progress_manager")).parameters)
+        if args != PROGRESS_MANAGER_ARGS:
+            gone.append(f"get_progress_manager takes {args}, not {PROGRESS_MANAGER_ARGS}")
+    except (ImportError, AttributeError):
+        pass
+    return gone
