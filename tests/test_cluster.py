@@ -168,7 +168,7 @@ def test_local_cluster_has_three_nodes_and_a_loopback_dashboard(local_cluster):
 def metrics(workdir: Path) -> dict:
     report = json.loads((workdir / "evaluate" / "report.json").read_text())
     counts = {s: json.loads((workdir / s / "manifest.json").read_text())["outputs"]["counts"]
-              for s in ("corpus", "index", "synthesize")}
+              for s in ("corpus", "index")}
     return {"report": report["metrics"], "counts": counts}
 
 

@@ -598,51 +598,56 @@ def test_sigterm_finishes_every_accepted_request_and_exits_0(served):
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", KEY_ENV)}
-    proc = subprocess.Popen([sys.executable, "-m", "ragworks.cli", "serve", str(served["root"] / "wd"),
-                             "--port", str(port), "--max-tokens", "8"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(1)
-        else:
-            pytest.fail("ragworks serve did not come up in 180 s")
-        done = threading.Event()
-        finished = []
+    from fake_llm import FakeLLM
 
-        def one(i: int):
-            try:
-                if i % 10 == 0:  # a chat in ten: answers that take the generator a while, in flight at SIGTERM
-                    r = httpx.post(f"{url}/v1/chat/completions", timeout=60, json={
-                        "messages": [{"role": "user", "content": DOCS[i % 5][1]}], "max_tokens": 8})
-                else:
-                    r = httpx.post(f"{url}/v1/search", json={"query": DOCS[i % 5][1], "top_k": 2}, timeout=60)
-                outcome = r.status_code
-            except httpx.ConnectError:
-                outcome = "refused"  # the server had stopped listening: never accepted
-            except httpx.HTTPError as err:
-                outcome = f"cut: {type(err).__name__}"
-            finished.append(outcome)
-            if len(finished) == 60:
-                done.set()
-            return outcome
+    # chats through an endpoint that takes a while: in flight at SIGTERM, with no model to load in this Ray
+    with FakeLLM(delay=0.5) as llm:
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", KEY_ENV)}
+        proc = subprocess.Popen([sys.executable, "-m", "ragworks.cli", "serve", str(served["root"] / "wd"),
+                                 "--port", str(port), "--max-tokens", "8", "--engine", "openai", "--base-url", llm.url,
+                                 "--generator", "fake-model"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.time() + 180
+            while time.time() < deadline:
+                try:
+                    if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(1)
+            else:
+                pytest.fail("ragworks serve did not come up in 180 s")
+            done = threading.Event()
+            finished = []
 
-        with ThreadPoolExecutor(16) as pool:
-            futures = [pool.submit(one, i) for i in range(200)]
-            done.wait(120)
-            proc.send_signal(signal.SIGTERM)
-            outcomes = [f.result() for f in futures]
-        out, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+            def one(i: int):
+                try:
+                    if i % 10 == 0:  # a chat in ten: answers that take the generator a while, in flight at SIGTERM
+                        r = httpx.post(f"{url}/v1/chat/completions", timeout=60, json={
+                            "messages": [{"role": "user", "content": DOCS[i % 5][1]}], "max_tokens": 8})
+                    else:
+                        r = httpx.post(f"{url}/v1/search", json={"query": DOCS[i % 5][1], "top_k": 2}, timeout=60)
+                    outcome = r.status_code
+                except httpx.ConnectError:
+                    outcome = "refused"  # the server had stopped listening: never accepted
+                except httpx.HTTPError as err:
+                    outcome = f"cut: {type(err).__name__}"
+                finished.append(outcome)
+                if len(finished) == 60:
+                    done.set()
+                return outcome
+
+            with ThreadPoolExecutor(16) as pool:
+                futures = [pool.submit(one, i) for i in range(200)]
+                done.wait(120)
+                proc.send_signal(signal.SIGTERM)
+                outcomes = [f.result() for f in futures]
+            out, _ = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
     assert proc.returncode == 0, out[-3000:]
     counts = {o: outcomes.count(o) for o in set(outcomes)}
     assert set(counts) <= {200, 503, "refused"}, counts
