@@ -217,6 +217,9 @@ def serve(
     if address:
         ray.init(address=address)
     else:
+        from .ray_internals import quiet_token_notice
+
+        quiet_token_notice()
         ray.init(address="local", dashboard_host="127.0.0.1")  # its own Ray; the dashboard stays on loopback
     start_serve(host, port, request_timeout_s)
     flag = create_flag()

@@ -27,6 +27,9 @@ NAMES = [
      "submission.use_token_if_any: send Ray's token as `ray job` does (absent before token auth: skipped)"),
 ]
 OPTIONAL = {"maybe_enable_token_auth_if_token_available"}
+# Ray's logger for token authentication: a new local Ray turns it on by default and says so at WARNING, on
+# every start; ragworks keeps the default (a token) and not the line
+TOKEN_LOGGER = "ray._private.authentication.authentication_token_setup"
 # attributes read off Ray's objects: (module, class, attribute as its source sets it)
 ATTRIBUTES = [
     ("ray.data._internal.execution.streaming_executor", "StreamingExecutor", "self._topology"),
@@ -80,6 +83,13 @@ def token_setup():
                     "maybe_enable_token_auth_if_token_available")
     except (ImportError, AttributeError):
         return None
+
+
+def quiet_token_notice() -> None:
+    """No WARNING line that a new local Ray uses token authentication, Ray's default (errors still show)."""
+    import logging
+
+    logging.getLogger(TOKEN_LOGGER).setLevel(logging.ERROR)
 
 
 def missing() -> list[str]:
