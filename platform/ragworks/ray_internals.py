@@ -23,6 +23,8 @@ NAMES = [
      "the input operator, which the progress line skips"),
     ("ray.data._internal.execution.execution_callback", "ExecutionCallback",
      "runtime.IdleBackoff: a scheduling step with no task running sleeps instead of spinning"),
+    ("ray.train.v2._internal.execution.controller.placement_group_cleaner", "PlacementGroupCleaner",
+     "its logger (CLEANER_LOGGER) is set to ERROR in an embedded Ray's workers (quiet_worker)"),
     ("ray._private.authentication.authentication_token_setup", "maybe_enable_token_auth_if_token_available",
      "submission.use_token_if_any: send Ray's token as `ray job` does (absent before token auth: skipped)"),
 ]
@@ -90,6 +92,29 @@ def quiet_token_notice() -> None:
     import logging
 
     logging.getLogger(TOKEN_LOGGER).setLevel(logging.ERROR)
+
+
+# Ray Train's placement-group cleaner asks the State API once a second whether the trainer still lives; an
+# embedded Ray starts without the dashboard that serves that API, so it warned every second of training
+CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
+# deprecation notices raised inside libraries, not by ragworks's calls: Ray Train's own DatasetManager, and a
+# transformers property something in loading or generation reads
+LIBRARY_DEPRECATIONS = (r"`ExecutionOptions\.exclude_resources` is deprecated",
+                        r"`is_gradient_checkpointing` is deprecated")
+
+
+def quiet_worker() -> None:
+    """Every worker process of an embedded Ray (its `worker_process_setup_hook`): no cleaner warning, no
+    library deprecation notice; other warnings and every error still reach the driver."""
+    import logging
+    import warnings
+
+    logging.getLogger(CLEANER_LOGGER).setLevel(logging.ERROR)
+    for message in LIBRARY_DEPRECATIONS:
+        warnings.filterwarnings("ignore", message=message)
+
+
+WORKER_SETUP = {"worker_process_setup_hook": "ragworks.ray_internals.quiet_worker"}
 
 
 def missing() -> list[str]:

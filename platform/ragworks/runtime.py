@@ -8,7 +8,7 @@ import time
 
 import ray
 import ray.data
-from .ray_internals import execution_callback, quiet_token_notice, topology
+from .ray_internals import WORKER_SETUP, execution_callback, quiet_token_notice, quiet_worker, topology
 from .sections import RayConfig
 
 
@@ -32,8 +32,9 @@ def init_ray(cfg: RayConfig, address: str | None = None) -> None:
     else:
         # "local": always a Ray of its own, even beside a cluster started on this machine with `ray start`.
         quiet_token_notice()
+        quiet_worker()
         ray.init(address="local", num_cpus=cfg.num_cpus, dashboard_host=cfg.dashboard_host, include_dashboard=False,
-                 **kwargs)
+                 runtime_env=WORKER_SETUP, **kwargs)
     configure_data(cfg)  # after ray.init: it reads the cluster's CPUs
 
 

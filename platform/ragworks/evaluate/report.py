@@ -15,13 +15,23 @@ from rich.table import Table
 
 
 def metrics_table(metrics: dict[str, dict[str, float]], title: str = "retrieval") -> Table:
+    """Modes as rows, metrics as columns; with more metrics than fit 80 columns (the answers' seven), metrics as
+    rows and modes as columns instead, so no header is cut. Counts print as integers."""
     names = list(next(iter(metrics.values())))
+    cell = lambda v: f"{v:,}" if isinstance(v, int) else f"{v:.4f}"  # noqa: E731
     table = Table(title=title)
-    table.add_column("mode")
+    if len(names) <= 4:
+        table.add_column("mode")
+        for n in names:
+            table.add_column(n, justify="right")
+        for mode, values in metrics.items():
+            table.add_row(mode, *(cell(values[n]) for n in names))
+        return table
+    table.add_column("metric")
+    for mode in metrics:
+        table.add_column(mode, justify="right")
     for n in names:
-        table.add_column(n, justify="right")
-    for mode, values in metrics.items():
-        table.add_row(mode, *(f"{values[n]:.4f}" for n in names))
+        table.add_row(n, *(cell(values[n]) for values in metrics.values()))
     return table
 
 
