@@ -48,14 +48,16 @@ def quiet_console() -> None:
 
 def quiet_train_worker() -> None:
     """In a Ray Train worker of a run printing to a file: its datasets (the val slice, the train shard) print
-    nothing, not even Ray's note that their bars are off."""
+    nothing, not even Ray's note that their bars are off; no INFO line per checkpoint saved or reported."""
     from ray.data import DataContext
 
-    from .ray_internals import progress_managers, set_progress_manager
+    from .ray_internals import progress_managers, quiet_train_reports, set_progress_manager
 
     if DataContext.get_current().enable_progress_bars:
         return  # a terminal, or --verbose
     quiet_console()
+    quiet_train_reports()
+    logging.getLogger("sentence_transformers").setLevel(logging.WARNING)  # "Loading" / "Saving model to" a checkpoint
     noop = progress_managers()[0]
     set_progress_manager(lambda ctx, dataset_id, topology, verbose: noop(dataset_id, topology, False, verbose))
 

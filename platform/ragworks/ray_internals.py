@@ -25,6 +25,8 @@ NAMES = [
      "runtime.IdleBackoff: a scheduling step with no task running sleeps instead of spinning"),
     ("ray.train.v2._internal.execution.controller.placement_group_cleaner", "PlacementGroupCleaner",
      "its logger (CLEANER_LOGGER) is set to ERROR in an embedded Ray's workers (quiet_worker)"),
+    ("ray.train.v2._internal.execution.context", "TrainContext",
+     "its per-report INFO line, quieted in a training worker (quiet_train_reports)"),
     ("ray._private.authentication.authentication_token_setup", "maybe_enable_token_auth_if_token_available",
      "submission.use_token_if_any: send Ray's token as `ray job` does (absent before token auth: skipped)"),
 ]
@@ -112,6 +114,17 @@ def quiet_worker() -> None:
     logging.getLogger(CLEANER_LOGGER).setLevel(logging.ERROR)
     for message in LIBRARY_DEPRECATIONS:
         warnings.filterwarnings("ignore", message=message)
+
+
+def quiet_train_reports() -> None:
+    """A Ray Train worker's INFO line per reported result: its logger is named by its file's path
+    (`logging.getLogger(__file__)`), so Ray Train's own LoggingConfig does not reach it."""
+    import importlib.util
+    import logging
+
+    spec = importlib.util.find_spec("ray.train.v2._internal.execution.context")
+    if spec is not None and spec.origin:
+        logging.getLogger(spec.origin).setLevel(logging.WARNING)
 
 
 WORKER_SETUP = {"worker_process_setup_hook": "ragworks.ray_internals.quiet_worker"}
