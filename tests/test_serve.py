@@ -70,11 +70,11 @@ def served(ray_local, tmp_path_factory):
     port = free_port()
     os.environ[KEY_ENV] = KEY
     start("127.0.0.1", port)
-    serve.run(build({"workdir": str(root / "wd"), "max_tokens": 12, "reload_s": 0.5, "api_key_env": KEY_ENV,
-                     "max_body_bytes": 4096, "cpus": SMALL,
-                     "min_replicas": {"Retriever": 2}}), name="rag", route_prefix="/")
+    options = {"workdir": str(root / "wd"), "max_tokens": 12, "reload_s": 0.5, "api_key_env": KEY_ENV,
+               "max_body_bytes": 4096, "cpus": SMALL, "min_replicas": {"Retriever": 2}}
+    serve.run(build(options), name="rag", route_prefix="/")
     models = httpx.get(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": f"Bearer {KEY}"}).json()
-    yield {"url": f"http://127.0.0.1:{port}", "root": root, "adapter": adapter,
+    yield {"url": f"http://127.0.0.1:{port}", "root": root, "adapter": adapter, "options": options,
            "chat": next(m["id"] for m in models["data"] if m["purpose"] == "chat")}
     serve.shutdown()
     del os.environ[KEY_ENV]
@@ -711,7 +711,6 @@ def test_dropped_streams_stop_generating_within_two_seconds(served):
     assert not [line for line in logged if line.startswith("ERROR ") or "Traceback" in line], logged[-20:]
 
 
-
 def scrape(url: str) -> dict:
     """/metrics as {family or sample name with labels: value}, the samples of ragworks's families."""
     text = httpx.get(f"{url}/metrics", headers=AUTH, timeout=30).text
@@ -723,10 +722,14 @@ def scrape(url: str) -> dict:
     return samples
 
 
+def of_family(samples: dict, family: str, **labels) -> dict:
+    """A family's samples whose labels include `labels`."""
+    return {k: v for k, v in samples.items() if k.split("{")[0] == family
+            and all(f'{key}="{value}"' in k for key, value in labels.items())}
+
+
 def total(samples: dict, family: str, **labels) -> float:
-    """The sum of a family's samples whose labels include `labels`."""
-    return sum(v for k, v in samples.items() if k.split("{")[0] == family
-               and all(f'{key}="{value}"' in k for key, value in labels.items()))
+    return sum(of_family(samples, family, **labels).values())
 
 
 def test_metrics_count_requests_latency_tokens_and_the_index_version(served):
@@ -754,10 +757,10 @@ def test_metrics_count_requests_latency_tokens_and_the_index_version(served):
     assert delta("ray_ragworks_request_seconds_count", route="/v1/search") == 7, after
     assert 0 < delta("ray_ragworks_generated_tokens_total") <= 8 + 200 * 5, after
     index = httpx.get(f"{url}/healthz").json()["index"]
-    served_versions = {v for k, v in after.items() if k.split("{")[0] == "ray_ragworks_index_version"}
-    served_rows = {v for k, v in after.items() if k.split("{")[0] == "ray_ragworks_index_rows"}
+    served_versions = set(of_family(after, "ray_ragworks_index_version").values())
+    served_rows = set(of_family(after, "ray_ragworks_index_rows").values())
     assert index["version"] in served_versions and index["rows"] in served_rows, (index, after)
-    assert "ray_ragworks_requests_in_flight" in {k.split("{")[0] for k in after}, after
+    assert of_family(after, "ray_ragworks_requests_in_flight"), after
 
 
 def test_access_lines_one_per_request_and_none_when_off(served):
@@ -791,9 +794,7 @@ def test_access_lines_one_per_request_and_none_when_off(served):
     assert len(access) == 1000, len(access)
     assert not [line for line in lines if line not in access], [line for line in lines if line not in access][:10]
 
-    serve.run(build({"workdir": str(served["root"] / "wd"), "max_tokens": 12, "reload_s": 0.5,
-                     "api_key_env": KEY_ENV, "max_body_bytes": 4096, "cpus": SMALL, "access_log": False,
-                     "min_replicas": {"Retriever": 2}}), name="rag", route_prefix="/")
+    serve.run(build({**served["options"], "access_log": False}), name="rag", route_prefix="/")
     since = serve_log_sizes()
     load(200)
     assert info_lines(since) == []

@@ -51,24 +51,24 @@ def quiet_train_worker() -> None:
     nothing, not even Ray's note that their bars are off; no INFO line per checkpoint saved or reported."""
     from ray.data import DataContext
 
-    from .ray_internals import progress_managers, quiet_train_reports, set_progress_manager
+    from .ray_internals import noop_progress_manager, quiet_train_reports, set_progress_manager
 
     if DataContext.get_current().enable_progress_bars:
         return  # a terminal, or --verbose
     quiet_console()
     quiet_train_reports()
     logging.getLogger("sentence_transformers").setLevel(logging.WARNING)  # "Loading" / "Saving model to" a checkpoint
-    noop = progress_managers()[0]
+    noop = noop_progress_manager()
     set_progress_manager(lambda ctx, dataset_id, topology, verbose: noop(dataset_id, topology, False, verbose))
 
 
 def _one_line_manager(console, ctx, dataset_id, topology, verbose_progress):
-    from .ray_internals import input_buffer, progress_managers, progress_total
+    from .ray_internals import input_buffer, logging_progress_manager, progress_total
     from .ray_internals import topology as operators
 
     InputDataBuffer = input_buffer()
 
-    class OneLine(progress_managers()[1]):
+    class OneLine(logging_progress_manager()):
         """Ray's own non-terminal progress manager (it keeps the counts), printing one line per interval."""
 
         started = time.monotonic()

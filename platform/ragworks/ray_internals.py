@@ -52,10 +52,12 @@ def name(module: str, attribute: str):
     return getattr(importlib.import_module(module), attribute)
 
 
-def progress_managers():
-    """(Noop, Logging) progress manager classes."""
-    return (name("ray.data._internal.progress.base_progress", "NoopExecutionProgressManager"),
-            name("ray.data._internal.progress.logging_progress", "LoggingExecutionProgressManager"))
+def noop_progress_manager():
+    return name("ray.data._internal.progress.base_progress", "NoopExecutionProgressManager")
+
+
+def logging_progress_manager():
+    return name("ray.data._internal.progress.logging_progress", "LoggingExecutionProgressManager")
 
 
 def set_progress_manager(factory) -> None:

@@ -182,7 +182,7 @@ class RagAPI:
         self.api_key = os.environ.get(options["api_key_env"]) or None
         self.busy = Busy(options["max_in_flight"])
         self.drain = DrainWatch()
-        self.metrics = ApiMetrics()
+        self.metrics = ApiMetrics(lambda: self.busy.active)
         self.created = int(time.time())
 
     async def _admit(self, request: Request, model: "type[BaseModel] | None" = None) -> "BaseModel | None":

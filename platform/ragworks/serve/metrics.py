@@ -32,7 +32,8 @@ def repeat(report, every_s: float = 1.0) -> None:
 class ApiMetrics:
     """Requests by route and status, their latency, and the requests in flight, of one API replica."""
 
-    def __init__(self):
+    def __init__(self, in_flight):
+        """`in_flight()`: the requests the replica is answering now (its `Busy` count)."""
         from ray.util.metrics import Counter, Gauge, Histogram
 
         self.requests = Counter("ragworks_requests_total", "requests answered, by route and status",
@@ -40,13 +41,11 @@ class ApiMetrics:
         self.latency = Histogram("ragworks_request_seconds", "time to the answer (a stream: to its first byte)",
                                  boundaries=LATENCY_S, tag_keys=("route",))
         self.in_flight = Gauge("ragworks_requests_in_flight", "requests this API replica is answering")
-        self.active = 0
-        repeat(lambda: self.in_flight.set(self.active))
+        repeat(lambda: self.in_flight.set(in_flight()))
 
-    def record(self, route: str, status: int, seconds: float, in_flight: int) -> None:
+    def record(self, route: str, status: int, seconds: float) -> None:
         self.requests.inc(1, tags={"route": route, "status": str(status)})
         self.latency.observe(seconds, tags={"route": route})
-        self.active = in_flight
 
 
 def measured(route: str):
@@ -70,7 +69,7 @@ def measured(route: str):
                 status = 422
                 raise
             finally:
-                self.metrics.record(route, status, time.perf_counter() - start, self.busy.active)
+                self.metrics.record(route, status, time.perf_counter() - start)
         return route_method
     return wrap
 

@@ -28,13 +28,15 @@ def encoding(timeout_s: float = 5.0):
             found: list = []
 
             def load() -> None:
+                try:
+                    import tiktoken
+                except ImportError:
+                    return
                 for name in ENCODINGS:
                     try:
-                        import tiktoken
-
                         found.append(tiktoken.get_encoding(name))
                         return
-                    except Exception:  # noqa: BLE001 - no tiktoken, no network, no cached file: all one answer
+                    except Exception:  # noqa: BLE001 - not registered, no network, no cached file: the next one
                         pass
             worker = threading.Thread(target=load, daemon=True)
             worker.start()
