@@ -109,7 +109,7 @@ def test_synthesize_scales_its_worker_type_from_zero_and_back(autoscaling_cluste
     with FakeLLM(delay=0.1) as llm:
         spec = {
             "corpus": {"source": {"path": str(tmp_path / "corpus")}, "chunking": {"max_tokens": None}},
-            "index": {"concurrency": [1, 1]},
+            "index": {"concurrency": [1, 1], "embedder": "static"},  # loads in a second; scaling is under test
             # Engine actors need a `synth` resource that only the synth-worker type has.
             "synthesize": {"per_chunk": 2, "engine": {"kind": "openai", "base_url": llm.url, "model": "fake",
                                                       "batch_size": 4, "concurrency": [1, 2],

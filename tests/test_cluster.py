@@ -176,8 +176,10 @@ def test_submitted_quickstart_equals_a_local_run(local_cluster, tmp_path):
     from ray.util.state import list_tasks
 
     # The quickstart's corpus, index and evaluate stages (per-stage start-up costs dominate this small a run;
-    # the other stages' own tests cover them, the LLM stage on this cluster with a node killed, below).
-    sets = ["--set", "index.embedder=base"]
+    # the other stages' own tests cover them, the LLM stage on this cluster with a node killed, below), with
+    # the static embedder: what is checked here is where the work ran and that it ends as a local run ends,
+    # and it loads in a second where sentence-transformers' import takes ten on each node's actor.
+    sets = ["--set", "index.embedder=static"]
     for stage in ("synthesize", "filters", "negatives", "train_retriever", "rag_examples", "train_generator"):
         sets += ["--set", f"{stage}=null"]
     # The local run (an embedded Ray of its own) goes beside the submitted one: most of either is waiting.
@@ -252,7 +254,7 @@ def test_a_killed_worker_node_loses_no_row_and_duplicates_none(local_cluster, tm
     spec = {
         "name": "killed-node",
         "corpus": {"source": {"path": "corpus"}, "chunking": {"max_tokens": None}},
-        "index": {"concurrency": [1, 1]},
+        "index": {"concurrency": [1, 1], "embedder": "static"},  # the LLM stage is what this test is about
         "synthesize": {"per_chunk": 2, "engine": {
             "kind": "openai", "model": "fake", "batch_size": 2, "concurrency": [2, 2],
             # one engine actor per worker node: a node's death takes an actor and its in-flight rows with it

@@ -1,11 +1,16 @@
 """Issue 20: a reranker trained on the synthetic pairs, used as the retriever's teacher (GPL, MarginMSE) and in
-evaluate; the ship gate, which serves base when the tuned retriever is worse."""
+evaluate; the ship gate, which serves base when the tuned retriever is worse; the whole chain following a small
+corpus update (issue 33)."""
 
+import glob
+import io
 import json
 
+import pyarrow.parquet as pq
 import torch
 from conftest import FACTS, train_job
 from fake_llm import FakeLLM
+from test_delta import table_rows
 from rich.console import Console
 
 from ragworks.config import parse_spec
@@ -70,6 +75,27 @@ def test_reranker_teaches_the_retriever_evaluate_reranks_and_the_gate_serves_bas
         assert g["decided_on"] == "heldout" and set(g["gains"]) == {"dense", "hybrid"}
         assert set(g["scores"]["heldout"]) == {"dense (base)", "dense (tuned)", "hybrid (base)", "hybrid (tuned)"}
         assert g["counts"]["heldout_queries"] == m["train_retriever"]["outputs"]["counts"]["val_pairs"] >= 1
+
+        # One document of twelve changes. The chain follows the delta: queries for its chunks only, every trainer
+        # keeps its model (8% < retrain_after 10%), both indexes are updated in place, and the gate decides again.
+        docs = [json.loads(line) for line in (facts_qrels / "corpus.jsonl").read_text().splitlines()]
+        docs[5]["text"] = "Tides rise and fall twice a day as the moon pulls on the oceans of the earth"
+        (facts_qrels / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+        prompts, out = llm.requests, io.StringIO()
+        updated = run_job(spec, workdir=workdir, console=Console(file=out, width=200))
+        log, asked = out.getvalue(), llm.requests - prompts
+        chunks = [r for f in sorted(glob.glob(f"{updated['corpus']['outputs']['chunks']}/**/*.parquet", recursive=True))
+                  for r in pq.read_table(f).to_pylist()]
+        tide = [c for c in chunks if c["doc_id"] == "tide"]
+        assert "0 added, 1 changed, 0 deleted, 11 unchanged" in log, log
+        assert 0 < asked <= len(tide), (asked, len(tide))  # queries for the changed document's chunks only
+        assert updated["synthesize"]["outputs"]["counts"]["ok"] == len(chunks)
+        assert log.count("keeping the last model") == 2, log  # train_reranker and train_retriever
+        assert updated["train_retriever"]["outputs"]["model"] == t["model"]
+        assert updated["train_reranker"]["outputs"]["model"] == r["model"]
+        assert log.count("updating the index in place") == 2, log  # index and index_tuned
+        assert table_rows(updated["index_tuned"]) == table_rows(updated["index"])
+        assert updated["gate"]["run_id"] != m["gate"]["run_id"]  # it decided again, on the updated indexes
 
         # A tuned model that is worse: re-index with it; the gate must serve base.
         damage(t["model"])

@@ -104,7 +104,8 @@ def test_a_registered_stage_runs_in_a_job_and_shows_in_the_report(ray_local, tmp
                       work=("chunks", "chunks"), help="words per chunk"))
     try:
         assert run_order().index("word_counts") < run_order().index("evaluate")
-        spec = parse_spec({"corpus": {"source": {"path": str(beir_dir)}}, "index": {"concurrency": [1, 1]},
+        spec = parse_spec({"corpus": {"source": {"path": str(beir_dir)}},
+                           "index": {"concurrency": [1, 1], "embedder": "static"},
                            "word_counts": {"min_word_length": 4}, "evaluate": {}})
         with pytest.raises(Exception, match="word_countz: unknown key \\(did you mean 'word_counts'\\?\\)"):
             parse_spec({"corpus": {"source": {"path": str(beir_dir)}}, "word_countz": {}})

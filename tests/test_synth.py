@@ -217,6 +217,7 @@ def test_resume_after_a_killed_run(ray_local, tmp_path, corpus_dir):
         data = spec_for(corpus_dir, llm.url).model_dump(mode="json", exclude_none=True)
         data["synthesize"]["per_chunk"] = 3
         data["synthesize"]["engine"].update(batch_size=2, concurrency=[1, 1])
+        data["index"]["embedder"] = "static"  # loads in a second: the index is not what this test is about
         job = tmp_path / "job.yaml"
         job.write_text(yaml.safe_dump(data))
         workdir = tmp_path / "wd"
@@ -314,7 +315,9 @@ def test_filters_and_negatives_stages(ray_local, tmp_path, corpus_dir):
     rag_answers = {"Plants": " What do plants make from sunlight?\nAnswer: Glucose and oxygen.",
                    "Magma": " What comes out of a volcano?\nAnswer: Lava, ash and gases."}
     with FakeLLM(answers) as llm, FakeLLM(rag_answers, default=" no answer format here") as rag_llm:
-        spec = spec_for(corpus_dir, llm.url, filters={"consistency": {"top_k": 3}, "length": {"min_words": 3}},
+        # the static embedder: it ranks these chunks as the filters need, and each of the four stages that
+        # search loads it in a second where sentence-transformers' import alone takes ten
+        spec = spec_for(corpus_dir, llm.url, index={"concurrency": [1, 1], "embedder": "static"}, filters={"consistency": {"top_k": 3}, "length": {"min_words": 3}},
                         negatives={"per_query": 2, "skip_top": 0, "candidates": 20, "mode": "dense",
                                    "max_score_ratio": 0.95},
                         rag_examples={"engine": {"kind": "openai", "base_url": rag_llm.url, "model": "fake", "batch_size": 4},
