@@ -140,8 +140,7 @@ def train_job(facts_dir, url, evaluate=True, **train) -> dict:
         "index": {"concurrency": [1, 1], "embedder": "trained"},
         "synthesize": {"engine": {"kind": "openai", "base_url": url, "model": "fake", "batch_size": 8}},
         "filters": {"consistency": False, "length": {"min_words": 3}},
-        # full-text mining: no embedder to load for it (dense mining has tests of its own, test_synth)
-        "negatives": {"per_query": 2, "skip_top": 0, "candidates": 20, "mode": "fulltext"},
+        "negatives": {"per_query": 2, "skip_top": 0, "candidates": 20, "mode": "dense"},
         "train_retriever": {"batch_size": 4, "negatives": 1, "max_seq_length": 32, "learning_rate": 5e-5,
                             "validation_fraction": 0.2, "workers": 1, "cpus_per_worker": 1, **train},
     }

@@ -200,8 +200,10 @@ def report_checkpoint(write: Callable[[Path], None], state: dict, metrics: dict)
 def checkpointer(state: dict, rank: int, score: Callable[[], dict], write: Callable[[Path], None],
                  extra: Callable[[], dict]) -> Callable[[], None]:
     """checkpoint(): rank 0 scores the model, writes it (`write`) with the state and `extra()` (optimizer...),
-    and reports both; other ranks report the step. Once per step: an epoch may end on a checkpoint_every step."""
-    last = {"step": -1}
+    and reports both; other ranks report the step. Once per step: an epoch may end on a checkpoint_every step,
+    and a restarted worker resumes at a step its checkpoint already holds (when an epoch ended on it, the
+    epoch's end called checkpoint() again: step 2 twice in the history, seen when an epoch was 2 steps)."""
+    last = {"step": state["step"] if ray.train.get_checkpoint() is not None else -1}
 
     def checkpoint() -> None:
         if last["step"] == state["step"]:
