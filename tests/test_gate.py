@@ -2,16 +2,14 @@
 evaluate; the ship gate, which serves base when the tuned retriever is worse; the whole chain following a small
 corpus update (issue 33)."""
 
-import glob
 import io
 import json
 
-import pyarrow.parquet as pq
 import torch
 from conftest import FACTS, train_job
 from fake_llm import FakeLLM
-from test_delta import table_rows
 from rich.console import Console
+from test_delta import corpus_chunks, table_rows
 
 from ragworks.config import parse_spec
 from ragworks.runner import run_job
@@ -84,9 +82,8 @@ def test_reranker_teaches_the_retriever_evaluate_reranks_and_the_gate_serves_bas
         prompts, out = llm.requests, io.StringIO()
         updated = run_job(spec, workdir=workdir, console=Console(file=out, width=200))
         log, asked = out.getvalue(), llm.requests - prompts
-        chunks = [r for f in sorted(glob.glob(f"{updated['corpus']['outputs']['chunks']}/**/*.parquet", recursive=True))
-                  for r in pq.read_table(f).to_pylist()]
-        tide = [c for c in chunks if c["doc_id"] == "tide"]
+        chunks = corpus_chunks(updated["corpus"])  # (id, doc_id, chunk_hash, doc_hash)
+        tide = [c for c in chunks if c[1] == "tide"]
         assert "0 added, 1 changed, 0 deleted, 11 unchanged" in log, log
         assert 0 < asked <= len(tide), (asked, len(tide))  # queries for the changed document's chunks only
         assert updated["synthesize"]["outputs"]["counts"]["ok"] == len(chunks)

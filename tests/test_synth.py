@@ -317,7 +317,8 @@ def test_filters_and_negatives_stages(ray_local, tmp_path, corpus_dir):
     with FakeLLM(answers) as llm, FakeLLM(rag_answers, default=" no answer format here") as rag_llm:
         # the static embedder: it ranks these chunks as the filters need, and each of the four stages that
         # search loads it in a second where sentence-transformers' import alone takes ten
-        spec = spec_for(corpus_dir, llm.url, index={"concurrency": [1, 1], "embedder": "static"}, filters={"consistency": {"top_k": 3}, "length": {"min_words": 3}},
+        spec = spec_for(corpus_dir, llm.url, index={"concurrency": [1, 1], "embedder": "static"},
+                        filters={"consistency": {"top_k": 3}, "length": {"min_words": 3}},
                         negatives={"per_query": 2, "skip_top": 0, "candidates": 20, "mode": "dense",
                                    "max_score_ratio": 0.95},
                         rag_examples={"engine": {"kind": "openai", "base_url": rag_llm.url, "model": "fake", "batch_size": 4},
