@@ -14,6 +14,7 @@ class IndexOutputs(Outputs):
     embedder: str
     metric: str = "cosine"
     nprobes: int = 32
+    ef: int | None = None  # an index built before `ann.ef` searched with LanceDB's default
     refine_factor: int | None = None
     hybrid: dict[str, Any] = {"fusion": "rrf"}  # an index built before fusion was configurable fused by rank
     indexes: list[str] = []
@@ -26,7 +27,7 @@ class IndexOutputs(Outputs):
     def legacy(cls, manifest: dict, data: dict) -> dict:
         # metric and hybrid sit at the config's top level (the shared fill finds them); the ANN settings under `ann`
         ann = (manifest.get("config") or {}).get("ann") or {}
-        return super().legacy(manifest, {**{k: ann[k] for k in ("nprobes", "refine_factor") if k in ann}, **data})
+        return super().legacy(manifest, {**{k: ann[k] for k in ("nprobes", "ef", "refine_factor") if k in ann}, **data})
 
 
 STAGES = (

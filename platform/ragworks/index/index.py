@@ -96,6 +96,6 @@ def build(cfg: IndexConfig, ctx, embedder: str) -> IndexOutputs:
     tag(f"{db_dir}/{cfg.table}.lance", table.version)
     ctx.console.print(f"LanceDB table '{cfg.table}' in {db_dir}: {rows:,} rows, indexes: {', '.join(indexes) or 'none'}")
     return IndexOutputs(lancedb=str(db_dir), table=cfg.table, embedder=embedder, metric=cfg.metric,
-                        nprobes=cfg.ann.nprobes, refine_factor=cfg.ann.refine_factor, hybrid=cfg.hybrid.model_dump(),
+                        nprobes=cfg.ann.nprobes, ef=cfg.ann.ef, refine_factor=cfg.ann.refine_factor, hybrid=cfg.hybrid.model_dump(),
                         indexes=indexes, version=table.version, ann_rows=rows if cfg.ann.index_type in indexes else 0,
                         counts={"rows": rows})

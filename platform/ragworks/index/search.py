@@ -26,7 +26,7 @@ COLUMNS = ["id", "doc_id", "chunk_index", "title", "text", "source", "metadata"]
 
 class Searcher:
     def __init__(self, uri: str | Path, table: str = "chunks", embedder: str = "base", metric: str = "cosine",
-                 nprobes: int = 32, refine_factor: int | None = None, fusion: str = "linear",
+                 nprobes: int = 32, ef: int | None = None, refine_factor: int | None = None, fusion: str = "linear",
                  vector_weight: float = 0.5, candidates: int = 100, rrf_k: int = 60, model=None,
                  version: int | None = None):
         self.db = lancedb.connect(str(uri))
@@ -35,8 +35,7 @@ class Searcher:
             self.table.checkout(version)
         self.embedder_name = embedder
         self.metric = metric
-        self.nprobes = nprobes
-        self.refine_factor = refine_factor
+        self.nprobes, self.ef, self.refine_factor = nprobes, ef, refine_factor
         self.fusion, self.vector_weight, self.candidates, self.rrf_k = fusion, vector_weight, candidates, rrf_k
         self._model = model
 
@@ -51,10 +50,15 @@ class Searcher:
     def embed(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         return self.model.encode(texts, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
 
+    def _ann(self, q):
+        """A vector query with the index's search settings (what a table without an ANN index ignores)."""
+        q = q.distance_type(self.metric).nprobes(self.nprobes)
+        if self.ef:
+            q = q.ef(self.ef)
+        return q.refine_factor(self.refine_factor) if self.refine_factor else q
+
     def dense(self, vector: np.ndarray, k: int = 10, columns: list[str] = COLUMNS) -> list[dict]:
-        q = self.table.search(vector, query_type="vector").distance_type(self.metric).nprobes(self.nprobes)
-        if self.refine_factor:
-            q = q.refine_factor(self.refine_factor)
+        q = self._ann(self.table.search(vector, query_type="vector"))
         rows = q.select(columns + ["_distance"]).limit(k).to_list()
         for r in rows:
             r["score"] = -r.pop("_distance")
@@ -76,8 +80,7 @@ class Searcher:
     def hybrid(self, text: str, vector: np.ndarray, k: int = 10, columns: list[str] = COLUMNS) -> list[dict]:
         # LanceDB fetches `limit` results from each side before fusing: fetch the
         # configured candidates, so a top-4 search fuses the same lists a top-100 does.
-        q = (self.table.search(query_type="hybrid").vector(vector).text(text)
-             .distance_type(self.metric).nprobes(self.nprobes).rerank(self.reranker()))
+        q = self._ann(self.table.search(query_type="hybrid").vector(vector).text(text)).rerank(self.reranker())
         rows = q.select(columns).limit(max(k, self.candidates)).to_list()[:k]
         for r in rows:
             r["score"] = r.pop("_relevance_score")
@@ -129,7 +132,7 @@ def open_index(index_dir: str | Path, **overrides) -> Searcher:
     if manifest is None:
         raise FileNotFoundError(f"{index_dir}: no finished index (no manifest.json); run the index stage first")
     out = IndexOutputs.from_manifest(manifest)
-    kwargs = dict(table=out.table, embedder=out.embedder, metric=out.metric, nprobes=out.nprobes,
+    kwargs = dict(table=out.table, embedder=out.embedder, metric=out.metric, nprobes=out.nprobes, ef=out.ef,
                   refine_factor=out.refine_factor, version=out.version, **out.hybrid)
     kwargs.update(overrides)
     return Searcher(out.lancedb, **kwargs)
