@@ -18,7 +18,9 @@ from pathlib import Path
 
 import ray
 
-from ragworks.config import TrainGeneratorConfig, load_spec
+from ragworks.config import load_spec
+
+from ragworks.train.config import TrainGeneratorConfig
 from ragworks.models import causal_lm_source
 from ragworks.stage import outputs_at
 from ragworks.train.train_generator import split_examples, trainer

@@ -28,7 +28,7 @@ import pyarrow.dataset as pads  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.progress import Progress  # noqa: E402
 
-from ragworks.config import FiltersConfig  # noqa: E402
+from ragworks.synth.config import FiltersConfig
 from ragworks.synth.filters import RoundTrip  # noqa: E402
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -27,7 +27,7 @@ from ray import serve
 from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
-from ragworks.config import parse_spec  # noqa: E402
+from ragworks.config import parse_spec
 from ragworks.index import open_index  # noqa: E402
 from ragworks.runner import run_job  # noqa: E402
 from ragworks.serve import build  # noqa: E402

@@ -21,7 +21,7 @@ import pyarrow.dataset as pads  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from ragworks.config import parse_spec  # noqa: E402
+from ragworks.config import parse_spec
 from ragworks.index.embed import load_embedder  # noqa: E402
 from ragworks.runner import run_job  # noqa: E402
 from ragworks.stage import outputs_at  # noqa: E402

@@ -20,7 +20,7 @@ import os
 import time
 from pathlib import Path
 
-from ragworks.config import PromptConfig
+from ragworks.synth.config import PromptConfig
 from ragworks.engines import TransformersEngineConfig
 from ragworks.models import load_causal_lm
 from ragworks.synth.prompts import QueryPrompt

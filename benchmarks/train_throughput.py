@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ragworks.config import TrainRetrieverConfig
+from ragworks.train.config import TrainRetrieverConfig
 from ragworks.models import resolve_embedder
 
 

@@ -8,7 +8,8 @@ from conftest import write_jsonl
 from rich.console import Console
 
 from ragworks.checkpoint import Checkpoints
-from ragworks.config import ChunkingConfig, parse_spec
+from ragworks.config import parse_spec
+from ragworks.corpus.config import ChunkingConfig
 from ragworks.corpus.chunking import Chunk, token_windows
 from ragworks.runner import run_job
 
@@ -205,7 +206,7 @@ def test_partitioned_dedup_decides_exactly_as_one_task(ray_local, tmp_path):
     import pytest
     import ray
 
-    from ragworks.config import DedupConfig
+    from ragworks.corpus.config import DedupConfig
     from ragworks.storage import Folder
     from ragworks.corpus.dedup import POS_STRIDE, deduplicate
     from ragworks.corpus.records import to_table

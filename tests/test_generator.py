@@ -10,7 +10,8 @@ from fake_llm import FakeLLM
 from rich.console import Console
 
 from ragworks.answers import ABSTAIN, abstains, cited_ids, messages, numbered, score_answers, token_f1
-from ragworks.config import TrainGeneratorConfig, parse_spec
+from ragworks.config import parse_spec
+from ragworks.train.config import TrainGeneratorConfig
 from ragworks.runner import run_job
 
 QUIET = Console(quiet=True)

@@ -48,7 +48,7 @@ def chunks(n: int, tag: str):
 def test_parallel_fragment_write_commits_once_and_lancedb_indexes_and_searches_it(ray_local, tmp_path):
     import lance
 
-    from ragworks.config import IndexConfig
+    from ragworks.index.config import IndexConfig
     from ragworks.index.index import add_indexes, write_table
     from ragworks.index.search import Searcher
 

@@ -25,8 +25,8 @@ QUIET = Console(quiet=True)
 
 def test_every_spec_section_is_one_registered_stage_and_the_order_follows_needs():
     stages = registry()
-    sections = set(JobSpec.model_fields) - {"name", "workdir", "ray"}
-    assert sections == set(stages)  # each section has its stage, each stage its section
+    sections = list(JobSpec.model_fields)
+    assert sections[:3] == ["name", "workdir", "ray"] and sections[3:] == run_order()  # the spec: one section a stage
     for name, stage in stages.items():
         assert stage.config in typing.get_args(JobSpec.model_fields[name].annotation), name
     order = run_order()
@@ -80,6 +80,13 @@ class WordCountsOutputs(Outputs):
     words: str
 
 
+def longest_word(spec, spec_dir) -> list[str]:
+    """A rule of the stage's own, checked when a spec is loaded: it may read other sections."""
+    if spec.word_counts.min_word_length > 20 and spec.index is None:
+        return ["word_counts.min_word_length: over 20 needs an index section"]
+    return []
+
+
 def count_words(cfg: WordCountsConfig, ctx) -> WordCountsOutputs:
     """Words per chunk, in a Ray Data pass over the corpus stage's chunks (read through its typed outputs)."""
     import pyarrow as pa
@@ -101,7 +108,7 @@ def test_a_registered_stage_runs_in_a_job_and_shows_in_the_report(ray_local, tmp
     # Ray's workers cannot import a test module: ship its code by value (a real stage lives in a package)
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     register(StageDef("word_counts", WordCountsConfig, count_words, WordCountsOutputs, needs=("corpus",),
-                      work=("chunks", "chunks"), help="words per chunk"))
+                      work=("chunks", "chunks"), help="words per chunk", check=longest_word))
     try:
         assert run_order().index("word_counts") < run_order().index("evaluate")
         spec = parse_spec({"corpus": {"source": {"path": str(beir_dir)}},
@@ -109,6 +116,8 @@ def test_a_registered_stage_runs_in_a_job_and_shows_in_the_report(ray_local, tmp
                            "word_counts": {"min_word_length": 4}, "evaluate": {}})
         with pytest.raises(Exception, match="word_countz: unknown key \\(did you mean 'word_counts'\\?\\)"):
             parse_spec({"corpus": {"source": {"path": str(beir_dir)}}, "word_countz": {}})
+        with pytest.raises(Exception, match="word_counts.min_word_length: over 20 needs an index section"):
+            parse_spec({"corpus": {"source": {"path": str(beir_dir)}}, "word_counts": {"min_word_length": 21}})
         m = run_job(spec, workdir=tmp_path / "wd", console=QUIET)
     finally:
         unregister("word_counts")

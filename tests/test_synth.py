@@ -16,7 +16,9 @@ from conftest import write_jsonl
 from fake_llm import FakeLLM
 from rich.console import Console
 
-from ragworks.config import FiltersConfig, parse_spec
+from ragworks.config import parse_spec
+
+from ragworks.synth.config import FiltersConfig
 from ragworks.runner import run_job
 from ragworks.engines import EngineUnavailable, OpenAIEngineConfig, TransformersEngineConfig, check_engine
 from ragworks.engines.transformers import HFGenerate
@@ -385,7 +387,7 @@ def test_claim_evidence_is_the_closest_sentence_the_prompt_shows():
 
 
 def test_prompt_shows_text_title_or_both(tmp_path):
-    from ragworks.config import PromptConfig
+    from ragworks.synth.config import PromptConfig
     from ragworks.synth.prompts import QueryPrompt
 
     examples = tmp_path / "ex.yaml"

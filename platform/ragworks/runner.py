@@ -12,7 +12,7 @@ from pyarrow.fs import FileSelector
 from rich.console import Console
 
 from . import __version__
-from .config import JobSpec, SpecError
+from .config import JobBase, SpecError
 from .manifest import MANIFEST, PROGRESS, now, portable, read_manifest, stable_hash, write_manifest
 from .progress import STAGE
 from .runtime import init_ray
@@ -26,7 +26,7 @@ def _upstream_fingerprint(manifest: dict) -> dict:
 
 
 def run_job(
-    spec: JobSpec,
+    spec: JobBase,
     *,
     workdir: str | Path | None = None,
     force: tuple[str, ...] | list[str] = (),
@@ -145,7 +145,7 @@ def remove_other_versions(ctx: StageContext) -> None:
             (ctx.stage_dir / name).remove()
 
 
-def check_engines(spec: JobSpec, enabled: list[str], workdir) -> None:
+def check_engines(spec: JobBase, enabled: list[str], workdir) -> None:
     """An engine that cannot run on this cluster (vLLM not installed, no GPU) fails the job before its first
     stage, not after the hours of corpus and index work before the stage that needs it. Stages finished
     earlier are not checked: a re-run on a CPU machine may go on from a GPU machine's generations."""

@@ -6,6 +6,7 @@ build on it without importing the whole job spec.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -36,3 +37,15 @@ class RayConfig(Section):
                                     "read_op_min_num_blocks, 200 by default); default: twice the cluster's CPUs, at "
                                     "least 4. A read of many small files (a corpus update's parts) is then a few "
                                     "tasks, not one per file")
+
+
+def resolve_input(section: BaseModel, field: str, spec_dir: Path) -> Path | None:
+    """`section.field`, an input path, read from the current directory, then from the spec's folder, and made
+    absolute in place; None (the field left as it was) when it is in neither."""
+    value = getattr(section, field)
+    p = Path(value).expanduser()
+    found = (p if p.exists() else None) if p.is_absolute() else \
+        next(((base / p).resolve() for base in (Path.cwd(), spec_dir) if (base / p).exists()), None)
+    if found is not None:
+        setattr(section, field, str(found))
+    return found

@@ -1,8 +1,8 @@
 """The job-spec reference (docs/job-spec.md), rendered from the pydantic models themselves.
 
-The spec's fields, types, defaults and descriptions live in one place, `config.py` (and the
-engines' `engines/config.py`); a hand-written reference would drift from them. `render()` walks
-`JobSpec` and writes one markdown table per section and nested section, and `tests/test_docs.py`
+The spec's fields, types, defaults and descriptions live in one place, each stage package's `config.py`
+(and the engines' `engines/config.py`); a hand-written reference would drift from them. `render()` walks
+the job spec (`config.job_spec()`: one section per registered stage) and writes one markdown table per section and nested section, and `tests/test_docs.py`
 fails when docs/job-spec.md is not what it renders. Regenerate with
 
     python -m ragworks.spec_reference > docs/job-spec.md
@@ -25,7 +25,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from .config import JobSpec
+from .config import job_spec
 
 HEADER = """\
 # Job spec reference
@@ -204,10 +204,10 @@ def _nested(path: str, fields: dict[str, FieldInfo], seen: dict, out: list[str])
             _section(f"{path}.{name}", field, "###", seen, out)
 
 
-def render(spec: type[BaseModel] = JobSpec) -> str:
+def render(spec: type[BaseModel] | None = None) -> str:
     """The whole reference as markdown: the top-level fields, then one heading per section."""
     out = HEADER.splitlines()
-    fields = spec.model_fields
+    fields = (spec or job_spec()).model_fields
     out += ["", "## Top level", "", *_table({n: f for n, f in fields.items() if not _models_in(f.annotation)})]
     seen: dict[tuple, str] = {}
     for name, field in fields.items():

@@ -99,7 +99,11 @@ class StageDef:
     served: bool = False
     work: tuple[str, str] | None = None  # (key in outputs.counts, unit): the report's work column
     last: bool = False  # reports on the others (evaluate): runs after every stage it does not feed
-    help: str = ""  # one line for `ragworks run --help`
+    help: str = ""  # one line for `ragworks run --help`, and the section's description in the job spec
+    # Rules between sections, declared by the stage that needs them (config.py runs every stage's):
+    prepare: str | Callable[[dict], dict] | None = None  # the raw spec -> the spec, with sections this one implies
+    check: str | Callable[[Any, Any], list[str]] | None = None  # (spec, its folder) -> problems; resolves paths
+    paths: tuple[str, ...] = ()  # input paths in the section (dotted): `ragworks submit` re-points each
 
     def inputs(self, enabled: list[str], cfg) -> tuple[str, ...]:
         wanted = self.optional if self.reads is None else self.reads(cfg)
@@ -111,6 +115,14 @@ class StageDef:
     def external_inputs(self, cfg) -> dict:
         fn = _resolve(self.external)
         return fn(cfg) if fn else {}
+
+    def prepared(self, data: dict) -> dict:
+        fn = _resolve(self.prepare)
+        return fn(data) if fn else data
+
+    def checked(self, spec, spec_dir) -> list[str]:
+        fn = _resolve(self.check)
+        return fn(spec, spec_dir) if fn else []
 
 
 @dataclass
@@ -247,24 +259,6 @@ def outputs_at(stage_dir) -> Outputs:
     if manifest is None:
         raise FileNotFoundError(f"{stage_dir}: no finished stage (no manifest.json)")
     return registry()[manifest["stage"]].outputs.from_manifest(manifest)
-
-
-def spec_model():
-    """The job spec's model: `JobSpec`, plus a section for every registered stage it does not name."""
-    from pydantic import create_model
-
-    from .config import JobSpec
-
-    extra = {name: (s.config | None, None) for name, s in registry().items() if name not in JobSpec.model_fields}
-    if not extra:
-        return JobSpec
-    key = tuple((name, id(cfg)) for name, (cfg, _) in extra.items())
-    if key not in _SPEC_MODELS:
-        _SPEC_MODELS[key] = create_model("JobSpec", __base__=JobSpec, **extra)
-    return _SPEC_MODELS[key]
-
-
-_SPEC_MODELS: dict[tuple, type] = {}
 
 
 def graph_text() -> str:

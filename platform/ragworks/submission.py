@@ -14,7 +14,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from .config import PATH_FIELDS, SpecError, load_spec
+from .config import SpecError, load_spec, path_fields
 from .storage import Folder
 
 EXCLUDES = ["runs/", ".git/", "**/__pycache__/", "*.egg-info/", ".pytest_cache/", ".venv/"]
@@ -57,7 +57,7 @@ def path_overrides(spec, project: Path) -> tuple[list[str], list[str]]:
     storage every node sees. Returns (overrides, paths that must already be on the cluster).
     """
     overrides, outside = [], []
-    for dotted in PATH_FIELDS:
+    for dotted in path_fields():
         value = _field(spec, dotted)
         if value is None:
             continue

@@ -2,7 +2,7 @@
 
 from pydantic import BaseModel
 
-from ..config import CorpusConfig
+from .config import CorpusConfig
 from ..stage import Outputs, StageDef
 
 
@@ -57,7 +57,7 @@ class CorpusOutputs(Outputs):
 STAGES = (
     StageDef("corpus", CorpusConfig, "ragworks.corpus.corpus:run", CorpusOutputs,
              external="ragworks.corpus.corpus:external_inputs", work=("chunks", "chunks"), resumable=True,
-             incremental=True,
+             incremental=True, check="ragworks.corpus.config:check", paths=("source.path",),
              help="read, normalise, dedup (exact + MinHash) and chunk the source; rejects kept aside; "
                   "resumable (each dedup pass is kept on disk until the stage ends); a changed source is an "
                   "update (only the changed files read, only the changed documents chunked)"),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from ..config import ChunkingConfig
+from .config import ChunkingConfig
 from ..models import resolve_model
 from .records import to_table
 

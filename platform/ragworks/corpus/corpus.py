@@ -33,7 +33,7 @@ from ray.data.expressions import col
 from rich.table import Table
 
 from ..checkpoint import READ_ARGS, Checkpoints
-from ..config import CorpusConfig
+from .config import CorpusConfig
 from ..manifest import files_fingerprint
 from ..ordering import first_rows
 from ..runtime import actor_pool

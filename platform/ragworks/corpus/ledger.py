@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from ..config import DedupConfig
+from .config import DedupConfig
 from .dedup import band_keys, key_schema
 
 NAME = "ledger.lance"

@@ -9,7 +9,7 @@ import warnings
 
 import pyarrow as pa
 
-from ..config import NormalizeConfig
+from .config import NormalizeConfig
 from .records import reject, to_table
 
 _SPACES = re.compile(r"[ \t\f\v\u00a0]+")

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import ray
 from ray.data.datasource import FileBasedDatasource
 
-from ..config import SourceConfig
+from .config import SourceConfig
 from .records import reject, to_table
 
 BLOCK_ROWS = 1024

@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from ..config import EvaluateConfig, GateConfig
+from .config import EvaluateConfig, GateConfig
 from ..stage import Outputs, StageDef
 
 
@@ -41,10 +41,11 @@ class GateOutputs(Outputs):
 STAGES = (
     StageDef("gate", GateConfig, "ragworks.evaluate.gate:run", GateOutputs,
              needs=("index", "index_tuned", "train_retriever"), external="ragworks.evaluate.gate:external_inputs",
+             prepare="ragworks.evaluate.config:implied_gate", check="ragworks.evaluate.config:check_gate",
              help="base vs tuned index on held-out synthetic queries (and a dev set) in the served modes; "
-                  "the winner is served"),
+                  "the winner is served (on whenever index_tuned is; `gate: null` turns it off)"),
     StageDef("evaluate", EvaluateConfig, "ragworks.evaluate.evaluate:run", EvaluateOutputs, needs=("index",),
              optional=("index_tuned", "train_generator", "filters", "gate", "train_reranker"),
-             external="ragworks.evaluate.evaluate:external_inputs",
-             last=True, help="nDCG@10, Recall@100, MRR@10 per search mode; answer metrics; report.html/.md/.json/.png"),
+             external="ragworks.evaluate.evaluate:external_inputs", check="ragworks.evaluate.config:check_evaluate",
+             paths=("dataset",), last=True, help="nDCG@10, Recall@100, MRR@10 per search mode; answer metrics; report.html/.md/.json/.png"),
 )

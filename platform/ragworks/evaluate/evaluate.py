@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import EvaluateConfig
+from .config import EvaluateConfig
 from ..index import open_index
 from ..index.rerank import Reranker, rerank_model
 from ..manifest import files_fingerprint

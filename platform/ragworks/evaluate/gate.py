@@ -18,7 +18,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from rich.table import Table
 
-from ..config import DevSetConfig, GateConfig
+from .config import GateConfig
+
+from ..train.config import DevSetConfig
 from ..index import open_index
 from ..manifest import files_fingerprint
 from ..runtime import limit_torch_threads

@@ -16,7 +16,7 @@ import ray
 
 from ..answers import messages, score_answers
 from ..train import GeneratorOutputs  # noqa: F401 - the annotation
-from ..config import GenerationEvalConfig
+from .config import GenerationEvalConfig
 from ..engines import TransformersEngineConfig, generate
 from ..ordering import first_rows
 from ..synth.rag_examples import CLAIM_KEY

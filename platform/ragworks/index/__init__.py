@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from ..config import IndexConfig
+from .config import IndexConfig
 from ..stage import Outputs, StageDef
 
 
@@ -32,12 +32,14 @@ class IndexOutputs(Outputs):
 
 STAGES = (
     StageDef("index", IndexConfig, "ragworks.index.index:run", IndexOutputs, needs=("corpus",),
-             work=("rows", "chunks"), incremental=True, served=True,
+             work=("rows", "chunks"), incremental=True, served=True, check="ragworks.index.config:check",
              help="embed the chunks in an actor pool; LanceDB table, ANN and full-text indexes; a corpus delta "
                   "is applied in place"),
     StageDef("index_tuned", IndexConfig, "ragworks.index.index_tuned:run", IndexOutputs,
              needs=("corpus", "train_retriever"), work=("rows", "chunks"), incremental=True, served=True,
-             help="the same chunks re-embedded with train_retriever's model (index.embedder: trained)"),
+             prepare="ragworks.index.config:implied_index_tuned", check="ragworks.index.config:check_tuned",
+             help="the same chunks re-embedded with train_retriever's model (`index.embedder: trained` sets this "
+                  "section to the index section)"),
 )
 
 _SEARCH = ("IndexActor", "Searcher", "open_index", "unit")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import lancedb
 import ray
 
-from ..config import IndexConfig
+from .config import IndexConfig
 from ..runtime import actor_pool
 from ..stage import StageError
 from . import IndexOutputs

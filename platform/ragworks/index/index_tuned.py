@@ -6,7 +6,7 @@ evaluate scores both side by side.
 
 from __future__ import annotations
 
-from ..config import IndexConfig
+from .config import IndexConfig
 from . import IndexOutputs
 from .index import build
 

@@ -9,7 +9,7 @@ loads any Hugging Face cross-encoder, or an encoder with a new one-logit head.
 
 from __future__ import annotations
 
-from ..config import RerankConfig
+from .config import RerankConfig
 from ..models import DEFAULT_EMBEDDER, resolve_model
 
 

@@ -40,7 +40,7 @@ import lance
 import lancedb
 import ray
 
-from ..config import IndexConfig
+from .config import IndexConfig
 from . import IndexOutputs
 
 SERVED_TAG = "served"

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .api import RagAPI
 from ..engines import BaseEngineConfig, EngineConfig, TransformersEngineConfig, check_engine
-from ..config import RerankConfig
+from ..index.config import RerankConfig
 from ..storage import Folder
 from ..index.rerank import rerank_model
 from .deployments import Embedder, Generator, Retriever

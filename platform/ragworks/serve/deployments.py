@@ -107,7 +107,7 @@ class Retriever:
         self.metrics = IndexMetrics()
         self.reranker = None
         if rerank is not None:  # a cross-encoder loaded once per replica, torch on this replica's CPUs
-            from ..config import RerankConfig
+            from ..index.config import RerankConfig
             from ..index.rerank import Reranker
 
             self.reranker = Reranker(RerankConfig(**rerank["config"]), rerank["model"])

@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from ..config import FiltersConfig, NegativesConfig, RagExamplesStageConfig, SynthesizeConfig
+from .config import FiltersConfig, NegativesConfig, RagExamplesStageConfig, SynthesizeConfig
 from ..stage import Outputs, StageDef
 
 
@@ -33,6 +33,7 @@ _GENERATED: dict[str, Any] = {"outputs": GeneratedOutputs, "resumable": True, "i
 STAGES = (
     StageDef("synthesize", SynthesizeConfig, "ragworks.synth.synthesize:run", needs=("corpus", "index"),
              external="ragworks.synth.synthesize:external_inputs", work=("rows", "generations"), **_GENERATED,
+             check="ragworks.synth.config:check_synthesize", paths=("prompt.examples",),
              help="LLM-written queries (InPars / Promptagator few-shot) or RAFT examples, resumable"),
     StageDef("filters", FiltersConfig, "ragworks.synth.filters:run", FiltersOutputs, needs=("synthesize", "index"),
              work=("input", "queries"), help="clean-up, length, dedup and round-trip consistency of the queries"),
@@ -42,5 +43,6 @@ STAGES = (
     StageDef("rag_examples", RagExamplesStageConfig, "ragworks.synth.rag_examples:run", needs=("corpus", "index"),
              optional=("filters",), reads=claims_read, external="ragworks.synth.synthesize:external_inputs",
              work=("rows", "examples"), **_GENERATED,
+             check="ragworks.synth.config:check_rag_examples", paths=("prompt.examples",),
              help="RAFT question / cited answer / distractor examples for the generator"),
 )

@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 import ray
 from rich.table import Table
 
-from ..config import FiltersConfig
+from .config import FiltersConfig
 from ..incremental import read_columns
 from ..index import IndexActor, unit
 from ..ordering import first_of_key, per_key

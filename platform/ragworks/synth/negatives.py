@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from ..config import NegativesConfig
+from .config import NegativesConfig
 from ..incremental import read_columns
 from ..index import IndexActor, unit
 from ..runtime import actor_pool

@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from ..answers import cut_words
-from ..config import PromptConfig
+from .config import PromptConfig
 
 GENERIC_INSTRUCTION = "Write a short search query that the document answers."
 GENERIC_EXAMPLES = [

@@ -19,7 +19,7 @@ import ray
 from ray.data import ActorPoolStrategy
 
 from ..answers import ABSTAIN, token_f1
-from ..config import SynthesizeConfig
+from .config import SynthesizeConfig
 from ..incremental import string_columns
 from ..index.search import IndexActor
 from . import GeneratedOutputs

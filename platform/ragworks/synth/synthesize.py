@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import ray
 
 from ..answers import ABSTAIN
-from ..config import SynthesizeConfig
+from .config import SynthesizeConfig
 from ..incremental import (ATTEMPTS, CARRIED, attempt_folder, carry_last_run, commit, drop_partial_files, not_written,
                            read_columns, string_columns, write_block)
 from ..manifest import files_fingerprint

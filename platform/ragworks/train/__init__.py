@@ -2,7 +2,7 @@
 
 from typing import Any, ClassVar
 
-from ..config import TrainGeneratorConfig, TrainRerankerConfig, TrainRetrieverConfig
+from .config import TrainGeneratorConfig, TrainRerankerConfig, TrainRetrieverConfig
 from ..stage import Outputs, StageDef
 
 
@@ -62,7 +62,7 @@ STAGES = (
              help="a cross-encoder reranker on Ray Train: synthetic query, its chunk, hard negatives (InPars)"),
     StageDef("train_retriever", TrainRetrieverConfig, "ragworks.train.train_retriever:run", RetrieverOutputs,
              needs=("negatives",), optional=("train_reranker",), reads=teacher_stage,
-             external="ragworks.train.train_retriever:external_inputs",
+             external="ragworks.train.train_retriever:external_inputs", check="ragworks.train.config:check_retriever",
              work=("pairs", "pairs"), incremental=True, help="contrastive fine-tuning of the embedder on Ray Train (hard negatives)"),
     StageDef("train_generator", TrainGeneratorConfig, "ragworks.train.train_generator:run", GeneratorOutputs,
              needs=("rag_examples",), work=("examples", "examples"), incremental=True,

@@ -14,7 +14,7 @@ import math
 import ray.train
 
 from ..answers import messages, numbered
-from ..config import TrainGeneratorConfig
+from .config import TrainGeneratorConfig
 from .steps import checkpointer, make_optimizer, restore, run_steps, start_worker
 
 COLUMNS = ["key", "id", "query", "answer", "context", "oracle_id"]  # a training row

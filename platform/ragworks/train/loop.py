@@ -13,7 +13,7 @@ from pathlib import Path
 
 import ray.train
 
-from ..config import TrainRetrieverConfig
+from .config import TrainRetrieverConfig
 from .steps import checkpointer, make_optimizer, restore, run_steps, start_worker
 from .validation import dev_metrics, heldout_metrics, load_dev
 

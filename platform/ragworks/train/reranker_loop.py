@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import ray.train
 
-from ..config import TrainRerankerConfig
+from .config import TrainRerankerConfig
 from ..ranking_metrics import mrr_at_k, ndcg_at_k
 from ..index.rerank import load_cross_encoder
 from .loop import collect

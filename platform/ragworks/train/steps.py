@@ -21,7 +21,7 @@ from typing import Callable
 import ray
 import ray.train
 
-from ..config import TrainerConfig
+from .config import TrainerConfig
 from ..ordering import first_rows
 from ..storage import Folder, staged
 

@@ -17,7 +17,7 @@ import ray
 from ray.data.expressions import col
 from rich.table import Table
 
-from ..config import TrainGeneratorConfig
+from .config import TrainGeneratorConfig
 from ..models import causal_lm_source
 from ..storage import Folder, staged
 from ..stage import StageError

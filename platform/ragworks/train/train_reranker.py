@@ -9,7 +9,7 @@ exported as `model/`, a sentence-transformers CrossEncoder that `rerank:
 
 from __future__ import annotations
 
-from ..config import TrainRerankerConfig
+from .config import TrainRerankerConfig
 from ..models import DEFAULT_EMBEDDER, resolve_model
 from . import RerankerOutputs, steps
 from .reranker_loop import METRIC, reranker_loop

@@ -18,7 +18,7 @@ import ray
 from ray.data.expressions import col
 from rich.table import Table
 
-from ..config import TrainRerankerConfig, TrainRetrieverConfig
+from .config import TrainRerankerConfig, TrainRetrieverConfig
 from ..manifest import files_fingerprint
 from ..models import resolve_embedder
 from ..stage import StageError

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import DevSetConfig
+from .config import DevSetConfig
 from ..beir import load_qrels, load_queries
 from ..ranking_metrics import mrr_at_k, ndcg_at_k, recall_at_k
 
