@@ -22,12 +22,12 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode="rich",
 )
-console = Console()
+console = Console(soft_wrap=True)  # a log line stays one line (a terminal wraps it itself)
 
 STAGES_HELP = (f"Stage to re-run even if its manifest matches ({', '.join(run_order())}, or all), and every stage "
                "after it that reads it; repeatable.")
 VERBOSE_HELP = ("Print Ray's own log lines too (by default: Ray Data's progress bars in a terminal, else one line per "
-                "running dataset every 10 s; Ray's logs are always in its session folder)")
+                "running dataset after 30 s, then each time its run time doubles; Ray's logs are always in its session folder)")
 DEBUG_HELP = "On a failed stage, print its traceback here too (it is always written to WORKDIR/STAGE/error.log)"
 
 
@@ -41,6 +41,10 @@ SET_HELP = "Override a spec field, KEY=VALUE with a dotted key and a YAML value 
 FULL_HELP = ("Rebuild the stages that re-run from scratch instead of updating their last output with what changed "
              "(a corpus delta)")
 ADDRESS_HELP = "Ray Jobs API of the cluster's head [default: $RAY_ADDRESS, else a cluster started on this machine]"
+
+
+def _seconds(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:,.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
 
 
 def _fail(err: Exception) -> None:
@@ -66,8 +70,8 @@ def _run(spec, workdir, force, address, debug: bool = False, job: Path | None = 
             console.print("".join(traceback.format_exception(err.__cause__ or err)), markup=False, highlight=False)
         console.print(f"[red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
-    console.print(f"[green]done[/]: workdir {spec.workdir_location(workdir)} "
-                  f"({', '.join(manifests)})")
+    took = ", ".join(f"{name} {_seconds(m.get('seconds'))}" for name, m in manifests.items())
+    console.print(f"[green]done[/]: workdir {spec.workdir_location(workdir)} ({took})", highlight=False)
     if "index" in manifests:
         target = job if job is not None and workdir is None else spec.workdir_location(workdir)
         console.print(f"serve it: [bold]ragworks serve {target}[/], then open the playground at "

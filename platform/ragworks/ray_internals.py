@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 
 # (module, attribute, what ragworks does with it)
 NAMES = [
@@ -27,6 +28,11 @@ NAMES = [
      "its logger (CLEANER_LOGGER) is set to ERROR in an embedded Ray's workers (quiet_worker)"),
     ("ray.train.v2._internal.execution.context", "TrainContext",
      "its per-report INFO line, quieted in a training worker (quiet_train_reports)"),
+    ("ray.data._internal.logging", "DEFAULT_CONFIG",
+     "Ray Data's logging config, copied with its console at WARNING for an embedded Ray's workers "
+     "(quiet_data_workers): a training run's split coordinator prints no INFO line per dataset"),
+    ("ray._private.ray_logging", "global_worker_stdstream_dispatcher",
+     "the driver's printer of worker output, wrapped to drop Ray's ACTOR_ARGS_NOTICE (drop_actor_args_notice)"),
     ("ray._private.authentication.authentication_token_setup", "maybe_enable_token_auth_if_token_available",
      "submission.use_token_if_any: send Ray's token as `ray job` does (absent before token auth: skipped)"),
 ]
@@ -41,6 +47,8 @@ ATTRIBUTES = [
     ("ray.data._internal.progress.logging_progress", "LoggingExecutionProgressManager",
      "self._global_progress_metric"),
     ("ray.data._internal.execution.execution_callback", "ExecutionCallback", "def on_execution_step"),
+    ("ray._private.ray_logging", "WorkerStandardStreamDispatcher", "self.handlers"),
+    ("ray._private.ray_logging", "WorkerStandardStreamDispatcher", "self._lock"),
     ("ray.data._internal.execution.interfaces.physical_operator", "PhysicalOperator", "def get_active_tasks"),
     ("ray.data._internal.execution.interfaces.physical_operator", "PhysicalOperator", "def num_output_rows_total"),
     ("ray.data._internal.execution.interfaces.op_runtime_metrics", "OpRuntimeMetrics", "row_outputs_taken"),
@@ -116,6 +124,73 @@ def quiet_worker() -> None:
     logging.getLogger(CLEANER_LOGGER).setLevel(logging.ERROR)
     for message in LIBRARY_DEPRECATIONS:
         warnings.filterwarnings("ignore", message=message)
+    # Ray Train's placement-group cleaner asks the State API with no address: with a second Ray on the machine
+    # (another job, a test suite) that is "Found multiple active Ray instances" and a traceback. Name this one.
+    try:
+        import ray
+
+        if ray.is_initialized():
+            os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+    except Exception:  # noqa: BLE001 - a quieter log is not worth failing a worker's start
+        pass
+
+
+# Ray's notice, once per process, that an actor's constructor arguments sit in the object store: Ray Data's
+# pools and Ray Train's controller always put them there (ray-project/ray#53727); nothing ragworks passes
+ACTOR_ARGS_NOTICE = "has constructor arguments in the object store and max_restarts > 0"
+# Ray Data's notice that progress bars are off, which ragworks turned off on purpose (a run printing to a file)
+DROPPED_DATA_NOTICES = ("Progress bars disabled.",)
+
+
+class DroppedDataNotices:
+    """A logging filter for Ray Data's console in an embedded Ray's workers (quiet_data_workers)."""
+
+    def filter(self, record) -> bool:
+        return not str(record.getMessage()).startswith(DROPPED_DATA_NOTICES)
+
+
+def drop_actor_args_notice() -> None:
+    """After ray.init: worker output the driver prints, less Ray's ACTOR_ARGS_NOTICE lines (the worker's log
+    file keeps them; every other line, errors included, is printed as before). The driver's own copy comes
+    from Ray's C++ log, which no Python filter reaches."""
+    dispatcher = name("ray._private.ray_logging", "global_worker_stdstream_dispatcher")
+
+    def without_notice(handler):
+        def printed(data: dict) -> None:
+            lines = [line for line in data.get("lines", []) if ACTOR_ARGS_NOTICE not in line]
+            if lines:
+                handler({**data, "lines": lines})
+        return printed
+
+    with dispatcher._lock:
+        dispatcher.handlers = [(n, without_notice(h) if n == "ray_print_logs" else h) for n, h in dispatcher.handlers]
+
+
+def quiet_data_workers() -> None:
+    """Before an embedded Ray starts, for a run printing to a file: its workers' Ray Data loggers (a training
+    run's split coordinators: "Starting execution of Dataset ...", its plan, "execution finished") keep
+    everything in the session's ray-data.log and print only warnings, through Ray Data's own
+    RAY_DATA_LOGGING_CONFIG (a copy of its default config)."""
+    import copy
+    import hashlib
+    import tempfile
+
+    import yaml
+
+    if os.environ.get("RAY_DATA_LOGGING_CONFIG"):
+        return  # the user's own
+    config = copy.deepcopy(name("ray.data._internal.logging", "DEFAULT_CONFIG"))
+    config["handlers"]["console"]["level"] = "WARNING"
+    config.setdefault("filters", {})["ragworks_dropped"] = {"()": f"{__name__}.DroppedDataNotices"}
+    config["handlers"]["console"].setdefault("filters", []).append("ragworks_dropped")
+    text = yaml.safe_dump(config)
+    digest = hashlib.sha1(text.encode()).hexdigest()[:12]
+    path = os.path.join(tempfile.gettempdir(), f"ragworks-ray-data-logging-{digest}.yaml")
+    if not os.path.exists(path):  # one file per config, shared by every run on the machine
+        with open(f"{path}.{os.getpid()}", "w") as f:
+            f.write(text)
+        os.replace(f"{path}.{os.getpid()}", path)
+    os.environ["RAY_DATA_LOGGING_CONFIG"] = path
 
 
 def quiet_train_reports() -> None:

@@ -121,7 +121,8 @@ def run_job(
         marker.unlink()
         remove_other_versions(ctx)
         manifests[name] = manifest
-        console.print(f"[bold]{name}[/]: done in {seconds:.1f}s")
+        if console.is_terminal:  # in a log, the next stage's rule says it, and the last line gives every time
+            console.print(f"[bold]{name}[/]: done in {seconds:.1f}s")
     return manifests
 
 

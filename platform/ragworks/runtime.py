@@ -8,7 +8,8 @@ import time
 
 import ray
 import ray.data
-from .ray_internals import WORKER_SETUP, execution_callback, quiet_token_notice, quiet_worker, topology
+from .ray_internals import (WORKER_SETUP, drop_actor_args_notice, execution_callback, quiet_token_notice, quiet_worker,
+                            topology)
 from .sections import RayConfig
 
 
@@ -35,6 +36,10 @@ def init_ray(cfg: RayConfig, address: str | None = None) -> None:
         quiet_worker()
         ray.init(address="local", num_cpus=cfg.num_cpus, dashboard_host=cfg.dashboard_host, include_dashboard=False,
                  runtime_env=WORKER_SETUP, **kwargs)
+    from .progress import STAGE
+
+    if not STAGE["verbose"]:
+        drop_actor_args_notice()
     configure_data(cfg)  # after ray.init: it reads the cluster's CPUs
 
 

@@ -30,8 +30,8 @@ from .config import job_spec
 HEADER = """\
 # Job spec reference
 
-Generated from the pydantic models in `platform/ragworks/config.py` and
-`platform/ragworks/engines/config.py` by `python -m ragworks.spec_reference > docs/job-spec.md`;
+Generated from the pydantic models each stage package declares in its `config.py` (the engines' in
+`platform/ragworks/engines/config.py`) by `python -m ragworks.spec_reference > docs/job-spec.md`;
 do not edit it by hand (`tests/test_docs.py` fails when it is stale).
 
 A spec is YAML with one optional section per stage; a stage runs when its section is present.

@@ -169,9 +169,6 @@ class StageContext:
     def has(self, stage: str) -> bool:
         return stage in self.inputs
 
-    def input_dir(self, stage: str):
-        return self.workdir / stage
-
 
 VERSION_PREFIX = "v-"
 _REGISTRY: dict[str, StageDef] = {}

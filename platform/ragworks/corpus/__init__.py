@@ -2,8 +2,8 @@
 
 from pydantic import BaseModel
 
-from .config import CorpusConfig
 from ..stage import Outputs, StageDef
+from .config import CorpusConfig
 
 
 class CorpusDelta(BaseModel):

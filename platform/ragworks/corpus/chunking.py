@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from .config import ChunkingConfig
 from ..models import resolve_model
+from .config import ChunkingConfig
 from .records import to_table
 
 

@@ -30,22 +30,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 from ray.data.expressions import col
-from rich.table import Table
 
 from ..checkpoint import READ_ARGS, Checkpoints
-from .config import CorpusConfig
 from ..manifest import files_fingerprint
 from ..ordering import first_rows
+from ..progress import table as progress_table
 from ..runtime import actor_pool
 from ..storage import Folder
 from . import CorpusDelta, CorpusOutputs
-from .chunking import Chunk
 from . import ledger, parts
+from .chunking import Chunk
+from .config import CorpusConfig
 from .dedup import KEYS_BATCH, _in_one_task, add_positions, deduplicate, key_schema, with_keys
 from .delta import (PREVIOUS, carry, changed_parts, changes, documents, renamed, renames, summary, touched_files,
                     with_decisions)
-from .parts import with_part
 from .normalize import normalize_batch
+from .parts import with_part
 from .readers import read_source, source_files
 from .records import SCHEMA
 
@@ -340,7 +340,7 @@ def count_outputs(outputs: dict[str, str]) -> dict[str, int]:
 
 
 def print_counts(console, counts: dict[str, int], rejects_dir: str) -> None:
-    table = Table(title="corpus")
+    table = progress_table("corpus")
     for k in counts:
         table.add_column(k.replace("_", " "), justify="right")
     table.add_row(*(f"{v:,}" for v in counts.values()))

@@ -32,8 +32,8 @@ import ray
 from ray.data.expressions import col
 
 from ..checkpoint import Checkpoints
-from .config import DedupConfig, NearDedupConfig
 from ..ordering import first_of_key, per_key
+from .config import DedupConfig, NearDedupConfig
 from .normalize import document_hash
 from .records import set_column
 

@@ -2,8 +2,8 @@
 
 from typing import Any
 
-from .config import EvaluateConfig, GateConfig
 from ..stage import Outputs, StageDef
+from .config import EvaluateConfig, GateConfig
 
 
 class EvaluateOutputs(Outputs):
@@ -47,5 +47,6 @@ STAGES = (
     StageDef("evaluate", EvaluateConfig, "ragworks.evaluate.evaluate:run", EvaluateOutputs, needs=("index",),
              optional=("index_tuned", "train_generator", "filters", "gate", "train_reranker"),
              external="ragworks.evaluate.evaluate:external_inputs", check="ragworks.evaluate.config:check_evaluate",
-             paths=("dataset",), last=True, help="nDCG@10, Recall@100, MRR@10 per search mode; answer metrics; report.html/.md/.json/.png"),
+             paths=("dataset",), last=True,
+             help="nDCG@10, Recall@100, MRR@10 per search mode; answer metrics; report.html/.md/.json/.png"),
 )

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import EvaluateConfig
+from ..beir import load_qrels, load_queries
 from ..index import open_index
 from ..index.rerank import Reranker, rerank_model
 from ..manifest import files_fingerprint
 from ..runtime import limit_torch_threads
-from ..storage import staged
 from ..stage import StageError
+from ..storage import staged
 from . import EvaluateOutputs
-from ..beir import load_qrels, load_queries
+from .config import EvaluateConfig
 from .generation import answer_metrics
-from .retrieval import score_modes
 from .report import metrics_table, query_samples, stage_rows, write_report
+from .retrieval import score_modes
 
 
 def external_inputs(cfg: EvaluateConfig) -> dict:
@@ -51,7 +51,7 @@ def run(cfg: EvaluateConfig, ctx) -> EvaluateOutputs:
     metrics, embedders = {}, {}
     for suffix, stage in indexes_to_score(ctx).items():
         embedders[stage] = ctx.output(stage).embedder
-        metrics.update(score_modes(open_index(ctx.input_dir(stage)), queries, qrels, cfg.modes, suffix=suffix,
+        metrics.update(score_modes(open_index(ctx.output(stage)), queries, qrels, cfg.modes, suffix=suffix,
                                    candidates=cfg.candidates, batch_size=cfg.batch_size, reranker=reranker,
                                    rerank_modes=cfg.rerank_modes,
                                    console=ctx.console, skip=set(metrics)))

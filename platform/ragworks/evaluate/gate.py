@@ -16,18 +16,20 @@ import zlib
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from rich.table import Table
 
 from .config import GateConfig
 
-from ..train.config import DevSetConfig
+from rich.table import Table
+
+from ..beir import load_qrels, load_queries
 from ..index import open_index
 from ..manifest import files_fingerprint
+from ..progress import table as progress_table
 from ..runtime import limit_torch_threads
 from ..stage import StageError
 from ..storage import Folder
+from ..train.config import DevSetConfig
 from . import GateOutputs
-from ..beir import load_qrels, load_queries
 from .retrieval import score_modes
 
 INDEXES = {"base": "index", "tuned": "index_tuned"}
@@ -82,7 +84,7 @@ def run(cfg: GateConfig, ctx) -> GateOutputs:
     for name, (queries, qrels, key) in sets.items():
         scores[name] = {}
         for which, stage in INDEXES.items():
-            found = score_modes(open_index(ctx.input_dir(stage)), queries, qrels, cfg.modes, candidates=cfg.candidates,
+            found = score_modes(open_index(ctx.output(stage)), queries, qrels, cfg.modes, candidates=cfg.candidates,
                                 key=key, console=ctx.console)
             scores[name].update({f"{mode} ({which})": found[mode] for mode in cfg.modes})
     decisive = scores[decided_on]
@@ -97,7 +99,7 @@ def run(cfg: GateConfig, ctx) -> GateOutputs:
 
 
 def gate_table(out: GateOutputs) -> Table:
-    table = Table(title="ship gate: nDCG@10, base vs tuned")
+    table = progress_table("ship gate: nDCG@10, base vs tuned")
     for head in ("queries", "mode", "base", "tuned", "gain", ""):
         table.add_column(head, justify="right")
     for name, labels in out.scores.items():

@@ -15,11 +15,11 @@ import pyarrow as pa
 import ray
 
 from ..answers import messages, score_answers
-from ..train import GeneratorOutputs  # noqa: F401 - the annotation
-from .config import GenerationEvalConfig
 from ..engines import TransformersEngineConfig, generate
 from ..ordering import first_rows
 from ..synth.rag_examples import CLAIM_KEY
+from ..train import GeneratorOutputs  # noqa: F401 - the annotation
+from .config import GenerationEvalConfig
 
 
 def chat_prompts(batch: pa.Table, model: str, max_words: int) -> pa.Table:

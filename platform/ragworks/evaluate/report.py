@@ -13,13 +13,24 @@ from pathlib import Path
 
 from rich.table import Table
 
+from ..progress import table as progress_table
+
+
+COUNTS = ("examples", "errors")  # counts among the answers' metrics
+
 
 def metrics_table(metrics: dict[str, dict[str, float]], title: str = "retrieval") -> Table:
     """Modes as rows, metrics as columns; with more metrics than fit 80 columns (the answers' seven), metrics as
     rows and modes as columns instead, so no header is cut. Counts print as integers."""
+    counts = [n for n in COUNTS if len({str(values.get(n)) for values in metrics.values()}) == 1
+              and n in next(iter(metrics.values()))]
+    if counts:  # the same for every column: said once, in the title
+        first = next(iter(metrics.values()))
+        title += " (" + ", ".join(f"{n} {first[n]:,}" for n in counts) + ")"
+        metrics = {k: {n: v for n, v in values.items() if n not in counts} for k, values in metrics.items()}
     names = list(next(iter(metrics.values())))
     cell = lambda v: f"{v:,}" if isinstance(v, int) else f"{v:.4f}"  # noqa: E731
-    table = Table(title=title)
+    table = progress_table(title)
     if len(names) <= 4:
         table.add_column("mode")
         for n in names:

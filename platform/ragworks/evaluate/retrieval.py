@@ -45,7 +45,7 @@ def score_modes(searcher, queries: dict[str, str], qrels: dict[str, dict[str, in
                 continue
             ranked = {}
             steps = track(range(len(qids)), description=f"{name:>24}", console=console, transient=True,
-                          disable=console is None)
+                          disable=console is None or not console.is_terminal)  # a log: no blank line each
             for i in steps:
                 hits = searcher.search(texts[i], mode=mode, k=candidates, reranker=rr,
                                        vector=None if vectors is None else vectors[i])

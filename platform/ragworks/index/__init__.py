@@ -2,8 +2,8 @@
 
 from typing import Any
 
-from .config import IndexConfig
 from ..stage import Outputs, StageDef
+from .config import IndexConfig
 
 
 class IndexOutputs(Outputs):

@@ -5,13 +5,13 @@ from __future__ import annotations
 import lancedb
 import ray
 
-from .config import IndexConfig
+from ..corpus.delta import documents
+from ..lance_sink import LanceFragments
 from ..runtime import actor_pool
 from ..stage import StageError
 from . import IndexOutputs
+from .config import IndexConfig
 from .embed import Embed
-from ..lance_sink import LanceFragments
-from ..corpus.delta import documents
 from .update import applicable, apply_delta, tag
 
 TABLE_COLUMNS = ["id", "doc_id", "chunk_index", "n_tokens", "title", "text", "source", "line", "metadata", "doc_hash",
@@ -45,8 +45,6 @@ def add_indexes(table, cfg: IndexConfig, console) -> list[str]:
         console.print(f"building {cfg.ann.index_type} vector index over {rows:,} rows")
         table.create_index("vector", config=ann_config(cfg))
         indexes.append(cfg.ann.index_type)
-    else:
-        console.print(f"{rows:,} rows < ann.min_rows={cfg.ann.min_rows:,}: exact vector search, no ANN index")
     if cfg.fulltext.enabled:
         create_fts(table, cfg)
         indexes.append("FTS")
@@ -94,8 +92,11 @@ def build(cfg: IndexConfig, ctx, embedder: str) -> IndexOutputs:
     indexes = add_indexes(table, cfg, ctx.console)
     table = lancedb.connect(str(db_dir)).open_table(cfg.table)
     tag(f"{db_dir}/{cfg.table}.lance", table.version)
-    ctx.console.print(f"LanceDB table '{cfg.table}' in {db_dir}: {rows:,} rows, indexes: {', '.join(indexes) or 'none'}")
+    exact = "" if cfg.ann.index_type in indexes else f" (vector search exact below ann.min_rows={cfg.ann.min_rows:,})"
+    ctx.console.print(f"LanceDB table '{cfg.table}' in {db_dir}: {rows:,} rows, indexes: "
+                      f"{', '.join(indexes) or 'none'}{exact}", highlight=False)
     return IndexOutputs(lancedb=str(db_dir), table=cfg.table, embedder=embedder, metric=cfg.metric,
-                        nprobes=cfg.ann.nprobes, ef=cfg.ann.ef, refine_factor=cfg.ann.refine_factor, hybrid=cfg.hybrid.model_dump(),
+                        nprobes=cfg.ann.nprobes, ef=cfg.ann.ef, refine_factor=cfg.ann.refine_factor,
+                        hybrid=cfg.hybrid.model_dump(),
                         indexes=indexes, version=table.version, ann_rows=rows if cfg.ann.index_type in indexes else 0,
                         counts={"rows": rows})

@@ -6,8 +6,8 @@ evaluate scores both side by side.
 
 from __future__ import annotations
 
-from .config import IndexConfig
 from . import IndexOutputs
+from .config import IndexConfig
 from .index import build
 
 

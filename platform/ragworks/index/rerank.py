@@ -9,8 +9,8 @@ loads any Hugging Face cross-encoder, or an encoder with a new one-logit head.
 
 from __future__ import annotations
 
-from .config import RerankConfig
 from ..models import DEFAULT_EMBEDDER, resolve_model
+from .config import RerankConfig
 
 
 def load_cross_encoder(name: str, max_length: int = 256, device: str = "cpu"):

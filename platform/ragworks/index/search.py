@@ -116,22 +116,26 @@ class IndexActor:
     """Base of Ray Data callable classes that search the index: one searcher (and
     embedder) per actor, torch limited to the CPUs Ray assigned it."""
 
-    def __init__(self, index_dir: str, cfg):
+    def __init__(self, index, cfg):
         from ..runtime import limit_torch_threads
 
         limit_torch_threads()
-        self.searcher = open_index(index_dir)
+        self.searcher = open_index(index)
         self.cfg = cfg
 
 
-def open_index(index_dir: str | Path, **overrides) -> Searcher:
-    """The searcher for an index stage's output, configured from its outputs alone."""
+def open_index(index, **overrides) -> Searcher:
+    """The searcher for an index stage's outputs (`IndexOutputs`, what a stage gets from `ctx.output`), or for
+    a finished index folder's, configured from them alone."""
     from . import IndexOutputs
 
-    manifest = read_manifest(index_dir)
-    if manifest is None:
-        raise FileNotFoundError(f"{index_dir}: no finished index (no manifest.json); run the index stage first")
-    out = IndexOutputs.from_manifest(manifest)
+    if isinstance(index, IndexOutputs):
+        out = index
+    else:
+        manifest = read_manifest(index)
+        if manifest is None:
+            raise FileNotFoundError(f"{index}: no finished index (no manifest.json); run the index stage first")
+        out = IndexOutputs.from_manifest(manifest)
     kwargs = dict(table=out.table, embedder=out.embedder, metric=out.metric, nprobes=out.nprobes, ef=out.ef,
                   refine_factor=out.refine_factor, version=out.version, **out.hybrid)
     kwargs.update(overrides)

@@ -40,8 +40,8 @@ import lance
 import lancedb
 import ray
 
-from .config import IndexConfig
 from . import IndexOutputs
+from .config import IndexConfig
 
 SERVED_TAG = "served"
 ROWS_PER_WRITE = 65_536

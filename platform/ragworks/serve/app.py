@@ -6,11 +6,11 @@ import os
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .api import RagAPI
 from ..engines import BaseEngineConfig, EngineConfig, TransformersEngineConfig, check_engine
 from ..index.config import RerankConfig
-from ..storage import Folder
 from ..index.rerank import rerank_model
+from ..storage import Folder
+from .api import RagAPI
 from .deployments import Embedder, Generator, Retriever
 
 

@@ -2,8 +2,8 @@
 
 from typing import Any
 
-from .config import FiltersConfig, NegativesConfig, RagExamplesStageConfig, SynthesizeConfig
 from ..stage import Outputs, StageDef
+from .config import FiltersConfig, NegativesConfig, RagExamplesStageConfig, SynthesizeConfig
 
 
 class GeneratedOutputs(Outputs):

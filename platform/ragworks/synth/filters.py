@@ -10,14 +10,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
-from rich.table import Table
 
-from .config import FiltersConfig
 from ..incremental import read_columns
 from ..index import IndexActor, unit
 from ..ordering import first_of_key, per_key
+from ..progress import table as progress_table
 from ..runtime import actor_pool
 from . import FiltersOutputs
+from .config import FiltersConfig
 from .parse import clean_query
 
 ORDER = ("cleanup", "length", "dedup", "consistency", "min_score")
@@ -96,7 +96,7 @@ def run(cfg: FiltersConfig, ctx) -> FiltersOutputs:
         ds = per_key(ds.map_batches(with_normalised_query, batch_format="pyarrow"), "norm", drop_repeats,
                      rows=generated.counts.get("ok"))
     if cfg.consistency.enabled or cfg.min_score is not None:
-        ds = ds.map_batches(RoundTrip, fn_constructor_args=(str(ctx.input_dir("index")), cfg),
+        ds = ds.map_batches(RoundTrip, fn_constructor_args=(ctx.output("index"), cfg),
                             batch_size=cfg.batch_size, batch_format="pyarrow",
                             **actor_pool(cfg.concurrency, 1, resources=cfg.resources))
     ds = ds.map_batches(lambda b: b.append_column("status", pa.array(
@@ -140,12 +140,12 @@ def count_filters(out, synth_rejects=None) -> dict:
 
 
 def print_filters(console, counts: dict) -> None:
-    table = Table(title=f"filters: {counts['kept']:,} of {counts['input']:,} kept")
+    c = counts["chunks"]
+    table = progress_table(f"filters: {counts['kept']:,} of {counts['input']:,} queries kept; {c['with_kept_query']:,} "
+                           f"of {c['in']:,} chunks ({c['share']:.1%}) keep at least one")
     for col in ("filter", "in", "dropped", "kept"):
         table.add_column(col, justify="right" if col != "filter" else "left")
     for name in ORDER:
         c = counts[name]
         table.add_row(name, f"{c['in']:,}", f"{c['dropped']:,}", f"{c['kept']:,}")
     console.print(table)
-    c = counts["chunks"]
-    console.print(f"{c['with_kept_query']:,} of {c['in']:,} chunks ({c['share']:.1%}) keep at least one query")

@@ -12,11 +12,11 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from .config import NegativesConfig
 from ..incremental import read_columns
 from ..index import IndexActor, unit
 from ..runtime import actor_pool
 from . import NegativesOutputs
+from .config import NegativesConfig
 
 
 class MineNegatives(IndexActor):
@@ -57,7 +57,7 @@ class MineNegatives(IndexActor):
 
 def run(cfg: NegativesConfig, ctx) -> NegativesOutputs:
     ds = ray.data.read_parquet(ctx.output("filters").kept).select_columns(["key", "id", "doc_id", "text", "query"])
-    ds = ds.map_batches(MineNegatives, fn_constructor_args=(str(ctx.input_dir("index")), cfg), batch_size=cfg.batch_size,
+    ds = ds.map_batches(MineNegatives, fn_constructor_args=(ctx.output("index"), cfg), batch_size=cfg.batch_size,
                         batch_format="pyarrow", **actor_pool(cfg.concurrency, 1, resources=cfg.resources))
     out = ctx.stage_dir / "pairs"
     ds.write_parquet(str(out))

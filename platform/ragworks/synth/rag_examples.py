@@ -19,10 +19,10 @@ import ray
 from ray.data import ActorPoolStrategy
 
 from ..answers import ABSTAIN, token_f1
-from .config import SynthesizeConfig
 from ..incremental import string_columns
 from ..index.search import IndexActor
 from . import GeneratedOutputs
+from .config import SynthesizeConfig
 from .prompts import rag_prompt
 
 CLAIM_KEY = "claim:"  # the key prefix of claim examples (`rag.claims`), so evaluation can score them apart
@@ -87,7 +87,7 @@ def claim_answers(batch: pa.Table, max_words: int) -> pa.Table:
 
 
 def with_context(rows: ray.data.Dataset, cfg: SynthesizeConfig, ctx) -> ray.data.Dataset:
-    return rows.map_batches(RagContext, fn_constructor_args=(str(ctx.input_dir("index")), cfg),
+    return rows.map_batches(RagContext, fn_constructor_args=(ctx.output("index"), cfg),
                             compute=ActorPoolStrategy(size=1), num_cpus=0.5, batch_size=32, batch_format="pyarrow")
 
 

@@ -21,9 +21,9 @@ from ..answers import ABSTAIN
 from .config import SynthesizeConfig
 from ..incremental import (ATTEMPTS, CARRIED, attempt_folder, carry_last_run, commit, drop_partial_files, not_written,
                            read_columns, string_columns, write_block)
+from ..engines import check_engine, generate_into
 from ..manifest import files_fingerprint
 from ..ordering import first_rows
-from ..engines import check_engine, generate_into
 from . import GeneratedOutputs
 from .parse import clean_query, parse_qa
 from .prompts import QueryPrompt

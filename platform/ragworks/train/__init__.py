@@ -2,8 +2,8 @@
 
 from typing import Any, ClassVar
 
-from .config import TrainGeneratorConfig, TrainRerankerConfig, TrainRetrieverConfig
 from ..stage import Outputs, StageDef
+from .config import TrainGeneratorConfig, TrainRerankerConfig, TrainRetrieverConfig
 
 
 class TrainedOutputs(Outputs):

@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 import ray.train
 
-from .config import TrainRerankerConfig
-from ..ranking_metrics import mrr_at_k, ndcg_at_k
 from ..index.rerank import load_cross_encoder
+from ..ranking_metrics import mrr_at_k, ndcg_at_k
+from .config import TrainRerankerConfig
 from .loop import collect
 from .steps import checkpointer, make_optimizer, restore, run_steps, start_worker
 

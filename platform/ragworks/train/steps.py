@@ -21,9 +21,9 @@ from typing import Callable
 import ray
 import ray.train
 
-from .config import TrainerConfig
 from ..ordering import first_rows
 from ..storage import Folder, staged
+from .config import TrainerConfig
 
 
 CHANGED = "corpus_changed_since_training"

@@ -15,12 +15,14 @@ from pathlib import Path
 import pyarrow as pa
 import ray
 from ray.data.expressions import col
-from rich.table import Table
 
 from .config import TrainGeneratorConfig
+from rich.table import Table
+
 from ..models import causal_lm_source
-from ..storage import Folder, staged
+from ..progress import table as progress_table
 from ..stage import StageError
+from ..storage import Folder, staged
 from . import GeneratorOutputs, steps
 from .generator_loop import COLUMNS, train_loop
 
@@ -94,7 +96,7 @@ def export_merged(base: str, adapter: str, target: Folder) -> Folder:
 
 
 def history_table(history: list[dict], best_step: int) -> Table:
-    table = Table(title="checkpoints (the lowest held-out loss is exported)")
+    table = progress_table("checkpoints (the lowest held-out loss is exported)")
     for name in ("step", "epoch", "held-out loss", "perplexity", ""):
         table.add_column(name, justify="right")
     for h in history:

@@ -9,9 +9,9 @@ exported as `model/`, a sentence-transformers CrossEncoder that `rerank:
 
 from __future__ import annotations
 
-from .config import TrainRerankerConfig
 from ..models import DEFAULT_EMBEDDER, resolve_model
 from . import RerankerOutputs, steps
+from .config import TrainRerankerConfig
 from .reranker_loop import METRIC, reranker_loop
 from .train_retriever import history_table, split_pairs, total_steps
 

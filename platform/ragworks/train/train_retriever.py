@@ -16,11 +16,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 from ray.data.expressions import col
-from rich.table import Table
 
 from .config import TrainRerankerConfig, TrainRetrieverConfig
+from rich.table import Table
+
 from ..manifest import files_fingerprint
 from ..models import resolve_embedder
+from ..progress import table as progress_table
 from ..stage import StageError
 from . import RetrieverOutputs, steps
 from .loop import COLUMNS, selection_metric, train_loop
@@ -143,7 +145,7 @@ def cell(record: dict, key: str) -> str:
 
 def history_table(history: list[dict], best_step: int, metric: str) -> Table:
     dev = any("dev_ndcg@10" in h for h in history)
-    table = Table(title=f"checkpoints (the best {metric} is exported)")
+    table = progress_table(f"checkpoints (the best {metric} is exported)")
     heads = ["step", "epoch", "held-out nDCG@10", "MRR@10", "Recall@10"] + (["dev nDCG@10", "Recall@10"] if dev else [])
     for name in [*heads, ""]:
         table.add_column(name, justify="right")

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import DevSetConfig
 from ..beir import load_qrels, load_queries
 from ..ranking_metrics import mrr_at_k, ndcg_at_k, recall_at_k
+from .config import DevSetConfig
 
 
 def score(model, queries: list[str], pool: dict[str, str], qrels: list[dict[str, int]], prefix: str,
