@@ -15,8 +15,8 @@ class AnnConfig(Section):
     num_partitions: int | None = None
     nprobes: int = Field(32, ge=1)
     ef: int | None = Field(1000, ge=1, description="HNSW candidates a search visits (LanceDB's default, 1.5 x limit, "
-                           "found 0.46 of the exact top 10 on a 100k-row IVF_HNSW_SQ table; 1000 with refine_factor "
-                           "10: 0.995, 11 ms a query against 7; benchmarks/delta_ingest.py); None: LanceDB's")
+                           "found under half of the exact top 10 on a 100k-row IVF_HNSW_SQ table; with refine_factor "
+                           "10 nearly all of it: benchmarks/ann_recall.py); None: LanceDB's")
     refine_factor: int | None = Field(10, ge=1, description="re-rank limit x this many candidates by their full "
                                       "vectors: SQ's 8-bit codes alone capped recall@10 at 0.87; None: codes only")
 
