@@ -69,6 +69,34 @@ def test_registry_refuses_unknown_inputs_cycles_and_twins():
     assert "orphan" not in registry()
 
 
+def test_products_are_found_by_what_they_are_and_serve_picks_the_gates_index(tmp_path):
+    """Serve finds a job's tuned index, ship choice, adapter and reranker through the registry
+    (`StageDef.provides`), typed, whatever folder the stage writes to."""
+    from ragworks.manifest import write_manifest
+    from ragworks.serve.deployments import served_index
+    from ragworks.stage import product
+    from ragworks.storage import Folder
+    from ragworks.train import RerankerOutputs
+
+    workdir = Folder(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="no finished index"):
+        served_index(workdir)
+    assert product(workdir, "reranker") is None
+    with pytest.raises(KeyError, match="known products: adapter, index, reranker, ship_choice, tuned_index"):
+        product(workdir, "teacher")
+    index = {"lancedb": "db", "table": "chunks", "embedder": "base"}
+    for stage in ("index", "index_tuned"):
+        write_manifest(tmp_path / stage, {"stage": stage, "outputs": index})
+        assert served_index(workdir)[0].path.endswith(stage)
+    write_manifest(tmp_path / "gate", {"stage": "gate", "outputs": {
+        "serve": "index", "winner": "base", "decided_on": "heldout", "gains": {"dense": -0.02}}})
+    folder, why = served_index(workdir)
+    assert folder.path.endswith("/index") and why.startswith("the ship gate's choice")
+    write_manifest(tmp_path / "train_reranker", {"stage": "train_reranker", "outputs": {"model": "/m/reranker"}})
+    found = product(workdir, "reranker")
+    assert isinstance(found[1], RerankerOutputs) and found[1].model == "/m/reranker"
+
+
 # ------------------------------------------------------ a stage of one's own
 class WordCountsConfig(Section):
     """The whole config of the stage below: adding a stage is this class and one StageDef."""

@@ -104,6 +104,8 @@ class StageDef:
     prepare: str | Callable[[dict], dict] | None = None  # the raw spec -> the spec, with sections this one implies
     check: str | Callable[[Any, Any], list[str]] | None = None  # (spec, its folder) -> problems; resolves paths
     paths: tuple[str, ...] = ()  # input paths in the section (dotted): `ragworks submit` re-points each
+    # what others look for in a finished workdir by what it is, not by the folder it sits in (`product`)
+    provides: tuple[str, ...] = ()
 
     def inputs(self, enabled: list[str], cfg) -> tuple[str, ...]:
         wanted = self.optional if self.reads is None else self.reads(cfg)
@@ -256,6 +258,25 @@ def outputs_at(stage_dir) -> Outputs:
     if manifest is None:
         raise FileNotFoundError(f"{stage_dir}: no finished stage (no manifest.json)")
     return registry()[manifest["stage"]].outputs.from_manifest(manifest)
+
+
+def product(workdir, name: str) -> tuple[Any, Outputs] | None:
+    """(folder, typed outputs) of the finished stage of `workdir` that provides `name` (`StageDef.provides`:
+    "index", "tuned_index", "ship_choice", "adapter", "reranker"), or None when none has finished: how serve and
+    the CLI find a job's products without naming the stages' folders."""
+    from .manifest import read_manifest
+    from .storage import Folder
+
+    makers = [s for s in registry().values() if name in s.provides]
+    if not makers:
+        known = sorted({p for s in registry().values() for p in s.provides})
+        raise KeyError(f"no registered stage provides {name!r}; known products: {', '.join(known)}")
+    for stage in makers:
+        folder = Folder(workdir) / stage.name
+        manifest = read_manifest(folder)
+        if manifest is not None:
+            return folder, stage.outputs.from_manifest(manifest)
+    return None
 
 
 def graph_text() -> str:

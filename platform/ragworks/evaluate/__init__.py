@@ -42,6 +42,7 @@ STAGES = (
     StageDef("gate", GateConfig, "ragworks.evaluate.gate:run", GateOutputs,
              needs=("index", "index_tuned", "train_retriever"), external="ragworks.evaluate.gate:external_inputs",
              prepare="ragworks.evaluate.config:implied_gate", check="ragworks.evaluate.config:check_gate",
+             provides=("ship_choice",),
              help="base vs tuned index on held-out synthetic queries (and a dev set) in the served modes; "
                   "the winner is served (on whenever index_tuned is; `gate: null` turns it off)"),
     StageDef("evaluate", EvaluateConfig, "ragworks.evaluate.evaluate:run", EvaluateOutputs, needs=("index",),

@@ -33,11 +33,13 @@ class IndexOutputs(Outputs):
 STAGES = (
     StageDef("index", IndexConfig, "ragworks.index.index:run", IndexOutputs, needs=("corpus",),
              work=("rows", "chunks"), incremental=True, served=True, check="ragworks.index.config:check",
+             provides=("index",),
              help="embed the chunks in an actor pool; LanceDB table, ANN and full-text indexes; a corpus delta "
                   "is applied in place"),
     StageDef("index_tuned", IndexConfig, "ragworks.index.index_tuned:run", IndexOutputs,
              needs=("corpus", "train_retriever"), work=("rows", "chunks"), incremental=True, served=True,
              prepare="ragworks.index.config:implied_index_tuned", check="ragworks.index.config:check_tuned",
+             provides=("tuned_index",),
              help="the same chunks re-embedded with train_retriever's model (`index.embedder: trained` sets this "
                   "section to the index section)"),
 )

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..engines import BaseEngineConfig, EngineConfig, TransformersEngineConfig, check_engine
 from ..index.config import RerankConfig
 from ..index.rerank import rerank_model
+from ..stage import product
 from ..storage import Folder
 from .api import RagAPI
 from .deployments import Embedder, Generator, Retriever
@@ -74,14 +75,11 @@ def choose_generator(opts: ServeOptions, workdir: Folder) -> tuple[BaseEngineCon
     """(engine, context words per chunk). A job that trained a generator serves it in the layout it trained on:
     with the transformers engine, its base model and LoRA adapter, unless the options name another model; an
     endpoint serves whatever it serves, so only the trained layout's context length carries over."""
-    from ..manifest import read_manifest
     from ..models import DEFAULT_GENERATOR
-    from ..train import GeneratorOutputs
 
     engine = opts.engine
     named = opts.generator or (engine.model if "model" in engine.model_fields_set else None)
-    manifest = read_manifest(workdir / "train_generator")
-    trained = GeneratorOutputs.from_manifest(manifest) if manifest else None
+    trained = (product(workdir, "adapter") or (None, None))[1]
     words = trained.max_context_words if trained else opts.context_words
     if engine.kind != "transformers":
         if opts.adapter:
@@ -104,7 +102,7 @@ def build(args: dict):
         raise ValueError(f"cpus / min_replicas: unknown deployments {sorted(unknown)}; known: RagAPI, Embedder, Retriever, Generator")
     check_engine(opts.engine, "serve engine", chat=True)
     workdir = Folder(opts.workdir)
-    if not (workdir / "index" / "manifest.json").exists():
+    if product(workdir, "index") is None:
         raise FileNotFoundError(f"{workdir}: no finished index stage to serve; run the job first")
     engine, words = choose_generator(opts, workdir)
     rerank = None
@@ -139,10 +137,8 @@ def build(args: dict):
 
 
 def trained_reranker(workdir: Folder) -> str | None:
-    from ..manifest import read_manifest
-
-    manifest = read_manifest(workdir / "train_reranker")
-    return (manifest.get("outputs") or {}).get("model") if manifest else None
+    found = product(workdir, "reranker")
+    return found[1].model if found else None
 
 
 def env_of(name: str | None) -> dict:

@@ -24,18 +24,17 @@ from ..storage import Folder
 
 def served_index(workdir: Folder) -> tuple[Folder, str]:
     """(index folder, why): the ship gate's choice when the job ran one, else the tuned index when the job made
-    it, else the base one."""
-    from ..evaluate import GateOutputs
-    from ..manifest import read_manifest
+    it, else the base one (the registry's products: `stage.product`)."""
+    from ..stage import product
 
-    gate = read_manifest(workdir / "gate")
-    if gate is not None:
-        out = GateOutputs.from_manifest(gate)
-        return workdir / out.serve, f"the ship gate's choice: {out.reason()}"
-    tuned = workdir / "index_tuned"
-    if (tuned / MANIFEST).exists():
-        return tuned, "the tuned index (no ship gate ran)"
-    return workdir / "index", "the job's only index"
+    choice = product(workdir, "ship_choice")
+    if choice is not None:
+        return workdir / choice[1].serve, f"the ship gate's choice: {choice[1].reason()}"
+    for name, why in (("tuned_index", "the tuned index (no ship gate ran)"), ("index", "the job's only index")):
+        found = product(workdir, name)
+        if found is not None:
+            return found[0], why
+    raise FileNotFoundError(f"{workdir}: no finished index (run a job with an index stage first)")
 
 
 class IndexWatch:

@@ -59,6 +59,7 @@ def teacher_stage(cfg: TrainRetrieverConfig) -> tuple[str, ...]:
 STAGES = (
     StageDef("train_reranker", TrainRerankerConfig, "ragworks.train.train_reranker:run", RerankerOutputs,
              needs=("negatives",), work=("pairs", "pairs"), incremental=True,
+             provides=("reranker",),
              help="a cross-encoder reranker on Ray Train: synthetic query, its chunk, hard negatives (InPars)"),
     StageDef("train_retriever", TrainRetrieverConfig, "ragworks.train.train_retriever:run", RetrieverOutputs,
              needs=("negatives",), optional=("train_reranker",), reads=teacher_stage,
@@ -66,5 +67,5 @@ STAGES = (
              work=("pairs", "pairs"), incremental=True, help="contrastive fine-tuning of the embedder on Ray Train (hard negatives)"),
     StageDef("train_generator", TrainGeneratorConfig, "ragworks.train.train_generator:run", GeneratorOutputs,
              needs=("rag_examples",), work=("examples", "examples"), incremental=True,
-             help="PEFT LoRA fine-tuning of the generator on Ray Train (RAFT examples)"),
+             provides=("adapter",), help="PEFT LoRA fine-tuning of the generator on Ray Train (RAFT examples)"),
 )
