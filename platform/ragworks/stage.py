@@ -264,7 +264,6 @@ def product(workdir, name: str) -> tuple[Any, Outputs] | None:
     """(folder, typed outputs) of the finished stage of `workdir` that provides `name` (`StageDef.provides`:
     "index", "tuned_index", "ship_choice", "adapter", "reranker"), or None when none has finished: how serve and
     the CLI find a job's products without naming the stages' folders."""
-    from .manifest import read_manifest
     from .storage import Folder
 
     makers = [s for s in registry().values() if name in s.provides]
@@ -273,9 +272,10 @@ def product(workdir, name: str) -> tuple[Any, Outputs] | None:
         raise KeyError(f"no registered stage provides {name!r}; known products: {', '.join(known)}")
     for stage in makers:
         folder = Folder(workdir) / stage.name
-        manifest = read_manifest(folder)
-        if manifest is not None:
-            return folder, stage.outputs.from_manifest(manifest)
+        try:
+            return folder, outputs_at(folder)
+        except FileNotFoundError:  # that stage has not finished in this workdir
+            continue
     return None
 
 
