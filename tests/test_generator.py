@@ -139,3 +139,21 @@ def test_a_checkpointed_adapter_loads_back_trainable_with_its_weights(tmp_path):
     restored = {n: p for n, p in again.named_parameters() if p.requires_grad}
     assert set(restored) == set(trained) and trained
     assert all(torch.equal(restored[n], trained[n]) for n in trained)
+
+
+def test_a_first_conversion_of_the_bundled_gguf_draws_no_bar_into_a_log(tmp_path):
+    """A fresh machine's first run converts the GGUF inside a worker whose output goes to a file: tqdm was
+    imported long before (as Ray imports it), so only a bar drawn for terminals keeps the log clean."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import tqdm.auto\n"
+            "from ragworks.models import causal_lm_source\n"
+            "print(causal_lm_source('bundled:smollm2-135m-instruct'))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "RAGWORKS_CACHE": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    assert (Path(done.stdout.strip()) / "config.json").is_file()
+    assert Path(done.stdout.strip()).is_relative_to(tmp_path)
+    assert "Converting and de-quantizing" not in done.stderr, done.stderr[-2000:]

@@ -7,9 +7,9 @@ with real models lose nothing.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -155,10 +155,9 @@ def load_causal_lm(name: str, device: str = "cpu", adapter: str | None = None):
 def _convert_gguf(gguf: Path, target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    # transformers' GGUF reader draws a plain tqdm bar, in every log a first run writes; tqdm reads this per bar
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    with _bars_on_terminals_only("transformers.modeling_gguf_pytorch_utils"):
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     # The weights are dequantised already; without this the copy claims to be quantised.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -166,6 +165,26 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     with filled_atomically(target) as tmp:  # several actors may convert at once; one wins
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+
+
+@contextlib.contextmanager
+def _bars_on_terminals_only(module: str):
+    """transformers' GGUF reader draws a tqdm bar with `disable` unset, which tqdm takes as "always": a
+    first run printed 14 bar lines from the worker that converted, in a log written to a file. tqdm's own
+    `disable=None` shows it on a terminal only. TQDM_DISABLE cannot do it: tqdm reads it when it is first
+    imported, before any stage runs."""
+    from functools import partial
+
+    mod = importlib.import_module(module)
+    bar = getattr(mod, "tqdm", None)
+    if bar is None:  # a transformers that no longer draws it here
+        yield
+        return
+    mod.tqdm = partial(bar, disable=None)
+    try:
+        yield
+    finally:
+        mod.tqdm = bar
 
 
 def _distill_static(source: str, recipe: StaticDistillation, target: Path) -> None:
