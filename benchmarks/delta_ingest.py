@@ -142,11 +142,10 @@ def agreement(a: Path, b: Path, queries: int, seed: int) -> dict:
         out[mode] = round(sum(overlap) / len(overlap), 4)
 
     def exact(searcher, v) -> set:  # every row compared: what an ANN index approximates
-        q = searcher.table.search(v, query_type="vector").distance_type(searcher.metric).bypass_vector_index()
-        return {r["id"] for r in q.select(["id"]).limit(10).to_list()}
+        return {h["id"] for h in searcher.dense(v, 10, columns=["id"], exact=True)}
 
     def ann(searcher, v) -> set:
-        return {h["id"] for h in searcher.dense(v, 10)}
+        return {h["id"] for h in searcher.dense(v, 10, columns=["id"])}
 
     # Two approximate indexes trained apart disagree on near-ties whatever their rows: the rows are the same when
     # exact search agrees, and the updated index is as good as a fresh one when its recall against exact is

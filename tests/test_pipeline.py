@@ -5,6 +5,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from rich.console import Console
 
@@ -178,3 +179,12 @@ def test_ann_index_is_built_once_the_table_is_large_enough(ray_local, tmp_path):
     searcher = open_index(tmp_path / "wd" / "index")
     assert [i.index_type for i in searcher.table.list_indices() if i.columns == ["vector"]] == ["IvfFlat"]
     assert searcher.search("record 123", mode="hybrid", k=5)[0]["doc_id"] == "x123"
+    # exact search compares every row, past the index: its top 10 are the 10 nearest by numpy
+    rows = searcher.table.to_arrow().select(["id", "vector"])
+    ids, vectors = rows["id"].to_pylist(), np.stack(rows["vector"].to_numpy(zero_copy_only=False))
+    units = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    for query in (units[7], units[123] + units[250]):
+        distance = 1 - units @ (query / np.linalg.norm(query))
+        tenth = np.sort(distance)[9]
+        found = searcher.dense(query, 10, columns=["id"], exact=True)
+        assert len(found) == 10 and all(distance[ids.index(h["id"])] <= tenth + 1e-5 for h in found)

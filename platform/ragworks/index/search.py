@@ -57,8 +57,11 @@ class Searcher:
             q = q.ef(self.ef)
         return q.refine_factor(self.refine_factor) if self.refine_factor else q
 
-    def dense(self, vector: np.ndarray, k: int = 10, columns: list[str] = COLUMNS) -> list[dict]:
-        q = self._ann(self.table.search(vector, query_type="vector"))
+    def dense(self, vector: np.ndarray, k: int = 10, columns: list[str] = COLUMNS, exact: bool = False) -> list[dict]:
+        """`exact`: every row compared (LanceDB's `bypass_vector_index`), the answer the ANN index approximates;
+        what its recall is measured against (benchmarks/ann_recall.py, delta_ingest.py)."""
+        q = self.table.search(vector, query_type="vector")
+        q = q.distance_type(self.metric).bypass_vector_index() if exact else self._ann(q)
         rows = q.select(columns + ["_distance"]).limit(k).to_list()
         for r in rows:
             r["score"] = -r.pop("_distance")
