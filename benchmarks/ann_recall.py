@@ -10,6 +10,9 @@ sentence of a random document, with both settings through the same `Searcher`. I
 against exact search and ms a query, and the ratios (ragworks / LanceDB's defaults).
 
     python benchmarks/ann_recall.py --docs 100000
+    python benchmarks/ann_recall.py --docs 1000000 --try 64:1000:10 --try 128:2000:20   # more settings, same table
+
+Each `--try NPROBES:EF:REFINE_FACTOR` adds a row with those search settings (the table and its index stay).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "ann-recall")
+    parser.add_argument("--try", dest="tries", action="append", default=[], metavar="NPROBES:EF:REFINE",
+                        help="another search setting to measure, e.g. 64:1000:10")
     args = parser.parse_args()
 
     import lancedb
@@ -56,12 +61,15 @@ def main() -> None:
 
     rng = random.Random(args.seed)
     queries = model.encode([rng.choice(rows)["text"].split(".")[0] for _ in range(args.queries)])
-    settings = {"lancedb_defaults": {"ef": None, "refine_factor": None},
-                "ragworks": {"ef": cfg.ann.ef, "refine_factor": cfg.ann.refine_factor}}
+    settings = {"lancedb_defaults": {"nprobes": cfg.ann.nprobes, "ef": None, "refine_factor": None},
+                "ragworks": {"nprobes": cfg.ann.nprobes, "ef": cfg.ann.ef, "refine_factor": cfg.ann.refine_factor}}
+    for knobs in args.tries:
+        nprobes, ef, refine = (int(x) for x in knobs.split(":"))
+        settings[f"try {knobs}"] = {"nprobes": nprobes, "ef": ef, "refine_factor": refine}
     result = {"docs": args.docs, "index": cfg.ann.index_type, "nprobes": cfg.ann.nprobes, "build_s": round(build_s, 1)}
     exact = None
     for name, knobs in settings.items():
-        searcher = Searcher(root / "db", metric=cfg.metric, nprobes=cfg.ann.nprobes, model=model, **knobs)
+        searcher = Searcher(root / "db", metric=cfg.metric, model=model, **knobs)
         exact = exact or [{h["id"] for h in searcher.dense(q, 10, columns=["id"], exact=True)} for q in queries]
         start = time.perf_counter()
         found = [{h["id"] for h in searcher.dense(q, 10, columns=["id"])} for q in queries]

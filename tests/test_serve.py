@@ -608,7 +608,8 @@ def test_playground_searches_and_streams_a_cited_answer_in_chromium(served, brow
 def test_sigterm_finishes_every_accepted_request_and_exits_0(served):
     """`ragworks serve` as a container platform stops it: SIGTERM while 200 requests run 16 at a time. Each
     request either completes with 200 or is refused (503 while draining, or no connection after the exit);
-    none is cut off mid-answer, and the process exits 0 with one line."""
+    none is cut off mid-answer, `/healthz` answers 503 while it drains (a load balancer's cue), and the
+    process exits 0 with one line."""
     import os
     import signal
     import subprocess
@@ -661,6 +662,12 @@ def test_sigterm_finishes_every_accepted_request_and_exits_0(served):
                 futures = [pool.submit(one, i) for i in range(200)]
                 done.wait(120)
                 proc.send_signal(signal.SIGTERM)
+                health, polled = 200, time.time()  # a load balancer's probe: it stops answering 200 before the exit
+                while health == 200 and time.time() - polled < 30:
+                    try:
+                        health = httpx.get(f"{url}/healthz", timeout=10).status_code
+                    except httpx.ConnectError:
+                        health = "refused"
                 outcomes = [f.result() for f in futures]
             out, _ = proc.communicate(timeout=120)
         finally:
@@ -670,6 +677,7 @@ def test_sigterm_finishes_every_accepted_request_and_exits_0(served):
     counts = {o: outcomes.count(o) for o in set(outcomes)}
     assert set(counts) <= {200, 503, "refused"}, counts
     assert counts[200] >= 60, counts
+    assert health == 503, health
     assert [line for line in out.splitlines() if line.startswith("stopped:")] == [
         next(line for line in out.splitlines() if line.startswith("stopped: every request in flight finished"))]
 

@@ -185,12 +185,16 @@ class RagAPI:
         self.metrics = ApiMetrics(lambda: self.busy.active)
         self.created = int(time.time())
 
-    async def _admit(self, request: Request, model: "type[BaseModel] | None" = None) -> "BaseModel | None":
-        """Shutdown, auth, size, then the body (when the route has one): each route's first call."""
+    async def _refuse_when_draining(self) -> None:
         if await self.drain.draining():
+            self.drain.refused()
             raise HTTPException(503, {"message": "the server is shutting down; retry on another replica",
                                       "type": "server_error", "code": "shutting_down"},
                                 headers={"Connection": "close", "Retry-After": "1"})
+
+    async def _admit(self, request: Request, model: "type[BaseModel] | None" = None) -> "BaseModel | None":
+        """Shutdown, auth, size, then the body (when the route has one): each route's first call."""
+        await self._refuse_when_draining()
         guard(request, self.api_key, self.options["max_body_bytes"], body=model is not None)
         return None if model is None else await parse(request, model)
 
@@ -203,7 +207,9 @@ class RagAPI:
     @api.get("/healthz")
     async def healthz(self) -> dict:
         """`index`: the table version and rows one retriever replica searches (a corpus update moves them).
-        Open without a key, so it names models by id (`names.model_id`), never by a path of the server."""
+        Open without a key, so it names models by id (`names.model_id`), never by a path of the server; 503
+        while the server drains, so a load balancer stops sending it requests."""
+        await self._refuse_when_draining()
         info = await self.retriever.info.remote()
         return {"status": "ok", "auth": self.api_key is not None, "engine": self.options["engine"],
                 "generator": model_id(self.options["generator"]), "adapter": bool(self.options["adapter"]),
