@@ -67,10 +67,10 @@ def main() -> None:
         nprobes, ef, refine = (int(x) for x in knobs.split(":"))
         settings[f"try {knobs}"] = {"nprobes": nprobes, "ef": ef, "refine_factor": refine}
     result = {"docs": args.docs, "index": cfg.ann.index_type, "nprobes": cfg.ann.nprobes, "build_s": round(build_s, 1)}
-    exact = None
+    everything = Searcher(root / "db", metric=cfg.metric, model=model)
+    exact = [{h["id"] for h in everything.dense(q, 10, columns=["id"], exact=True)} for q in queries]
     for name, knobs in settings.items():
         searcher = Searcher(root / "db", metric=cfg.metric, model=model, **knobs)
-        exact = exact or [{h["id"] for h in searcher.dense(q, 10, columns=["id"], exact=True)} for q in queries]
         start = time.perf_counter()
         found = [{h["id"] for h in searcher.dense(q, 10, columns=["id"])} for q in queries]
         ms = (time.perf_counter() - start) / len(queries) * 1000
