@@ -10,6 +10,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """pytest turns faulthandler off once the session ends, so a crash while the interpreter shuts down (CI
+    saw one: every test passed, then exit 139) printed nothing: keep it on, every thread, to the end."""
+    import faulthandler
+    import sys
+
+    faulthandler.enable(file=sys.__stderr__, all_threads=True)
+
+
 S3_BUCKET = "ragworks-test"
 
 
