@@ -75,7 +75,7 @@ def main() -> None:
         found = [{h["id"] for h in searcher.dense(q, 10, columns=["id"])} for q in queries]
         ms = (time.perf_counter() - start) / len(queries) * 1000
         recall = sum(len(f & e) / 10 for f, e in zip(found, exact)) / len(queries)
-        result[name] = {**knobs, "recall_at_10": round(recall, 4), "ms_per_query": round(ms, 2)}
+        result[name] = {**knobs, "ef": searcher.ef, "recall_at_10": round(recall, 4), "ms_per_query": round(ms, 2)}
     ours, theirs = result["ragworks"], result["lancedb_defaults"]
     result["recall_ratio"] = round(ours["recall_at_10"] / theirs["recall_at_10"], 3)
     result["latency_ratio"] = round(ours["ms_per_query"] / theirs["ms_per_query"], 3)

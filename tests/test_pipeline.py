@@ -11,6 +11,7 @@ from rich.console import Console
 
 from ragworks.config import parse_spec
 from ragworks.index import open_index
+from ragworks.index.search import auto_ef
 from ragworks.runner import run_job
 
 QUIET = Console(quiet=True)
@@ -178,6 +179,9 @@ def test_ann_index_is_built_once_the_table_is_large_enough(ray_local, tmp_path):
     assert m["outputs"]["indexes"] == ["IVF_FLAT", "FTS"] and m["outputs"]["counts"]["rows"] == 300
     searcher = open_index(tmp_path / "wd" / "index")
     assert [i.index_type for i in searcher.table.list_indices() if i.columns == ["vector"]] == ["IvfFlat"]
+    # `ann.ef: auto` travels as such and is sized from the table a searcher opens (a delta grows it)
+    assert m["outputs"]["ef"] == "auto" and searcher.ef == 1000
+    assert open_index(tmp_path / "wd" / "index", ef=64).ef == 64 and auto_ef(300_000) == 3000
     assert searcher.search("record 123", mode="hybrid", k=5)[0]["doc_id"] == "x123"
     # exact search compares every row, past the index: its top 10 are the 10 nearest by numpy
     rows = searcher.table.to_arrow().select(["id", "vector"])

@@ -1,6 +1,6 @@
 """The LanceDB index: build it (stages `index`, `index_tuned`) and search it (dense, full-text, hybrid)."""
 
-from typing import Any
+from typing import Any, Literal
 
 from ..stage import Outputs, StageDef
 from .config import IndexConfig
@@ -14,7 +14,7 @@ class IndexOutputs(Outputs):
     embedder: str
     metric: str = "cosine"
     nprobes: int = 32
-    ef: int | None = None  # an index built before `ann.ef` searched with LanceDB's default
+    ef: int | Literal["auto"] | None = None  # an index built before `ann.ef` searched with LanceDB's default
     refine_factor: int | None = None
     hybrid: dict[str, Any] = {"fusion": "rrf"}  # an index built before fusion was configurable fused by rank
     indexes: list[str] = []
