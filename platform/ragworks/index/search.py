@@ -28,8 +28,10 @@ HNSW_PARTITION_ROWS = 1_048_576  # LanceDB's target partition size for IVF_HNSW 
 def auto_ef(rows: int) -> int:
     """`ann.ef: auto`: the HNSW candidates a search visits, grown with the graph it walks (Malkov and Yashunin,
     2018: recall at a fixed ef falls as the graph grows). On benchmarks/ann_recall.py's table a fixed 1000 found
-    0.9975 of the exact top 10 at 100k rows, 0.991 at 300k and about 0.91 at 1.5M; 1% of the graph's rows kept
-    it at 0.99 or more. One graph holds a partition: at most about two of LanceDB's target partition sizes."""
+    0.9975 of the exact top 10 at 100k rows and 0.9495 at 1M; 1% of the graph's rows, 0.998 and 0.9985. Shorter
+    queries over chunks (delta_ingest.py, 472k rows) reached 0.98, and no ef past it reached 0.995: the graph's
+    build, not ef, bounds that (docs/benchmarks.md). One graph holds a partition: at most about two of LanceDB's
+    target partition sizes."""
     return max(1000, rows // max(1, rows // HNSW_PARTITION_ROWS) // 100)
 
 
