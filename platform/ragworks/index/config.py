@@ -17,7 +17,8 @@ class AnnConfig(Section):
     ef: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
         "auto", description="HNSW candidates a search visits. auto: 1% of the rows one HNSW graph holds, at least "
         "1000: a fixed 1000 found 0.9975 of the exact top 10 at 100k rows and 0.9495 at 1M, auto 0.9985 at 1M "
-        "(benchmarks/ann_recall.py); LanceDB's default, 1.5 x limit, under half at 100k; None: LanceDB's")
+        "(benchmarks/ann_recall.py); auto assumes LanceDB's partition sizes: with num_partitions set, set ef; "
+        "LanceDB's default, 1.5 x limit, under half at 100k; None: LanceDB's")
     refine_factor: int | None = Field(10, ge=1, description="re-rank limit x this many candidates by their full "
                                       "vectors: SQ's 8-bit codes alone capped recall@10 at 0.87; None: codes only")
 
