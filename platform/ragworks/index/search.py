@@ -8,6 +8,7 @@ exactly the way the library does.
 from __future__ import annotations
 
 import os
+from functools import cached_property
 from pathlib import Path
 
 # LanceDB's hybrid query selects columns internally and logs a deprecation
@@ -47,9 +48,14 @@ class Searcher:
         self.embedder_name = embedder
         self.metric = metric
         self.nprobes, self.refine_factor = nprobes, refine_factor
-        self.ef = auto_ef(self.table.count_rows()) if ef == "auto" else ef
+        self.ef = auto_ef(self.rows) if ef == "auto" else ef
         self.fusion, self.vector_weight, self.candidates, self.rrf_k = fusion, vector_weight, candidates, rrf_k
         self._model = model
+
+    @cached_property
+    def rows(self) -> int:
+        """Rows of the version this searcher opened, which stays put: counted once."""
+        return self.table.count_rows()
 
     @property
     def model(self):

@@ -117,7 +117,7 @@ class Retriever:
 
         self.searcher = open_index(self.watch.index_dir)
         self.version = self.searcher.table.version
-        self.metrics.record(self.version, self.searcher.table.count_rows())
+        self.metrics.record(self.version, self.searcher.rows)
 
     def search(self, query: str, vector: np.ndarray | None, mode: str, k: int, rerank: bool = False) -> list[dict]:
         if self.watch.changed():
@@ -134,7 +134,7 @@ class Retriever:
     def info(self) -> dict:
         if self.watch.changed():
             self._open()
-        return {"index": str(self.watch.index_dir), "table_version": self.version, "rows": self.searcher.table.count_rows(),
+        return {"index": str(self.watch.index_dir), "table_version": self.version, "rows": self.searcher.rows,
                 "reranker": self.reranker.model_path if self.reranker else None}
 
 
