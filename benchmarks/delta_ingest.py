@@ -26,6 +26,7 @@ start-up, as a user would see it.
     python benchmarks/delta_ingest.py --docs 100000
     python benchmarks/delta_ingest.py --docs 1000000 --parts 1000
     python benchmarks/delta_ingest.py --docs 1000000 --parts 1000 --reuse-first   # after a cut-short run
+    python benchmarks/delta_ingest.py --docs 300000 --ann '{"index_type": "IVF_SQ", "num_partitions": 256, "nprobes": 96}'
 
 A first build of a million documents takes an hour or more on 2 cores; `--reuse-first` keeps one that finished
 (its input, its workdir and `first.json`) and goes on from the change, which it refuses once applied.
@@ -44,12 +45,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpus_scale import ENV, ROOT, generate, measure, near_copy, render  # noqa: E402
 
 
+ANN: dict = {}  # --ann: the index's ann settings, beside the defaults
+
+
 def spec(input_dir: Path) -> dict:
     return {"name": "delta-ingest", "ray": {"num_cpus": 2},
             "corpus": {"source": {"format": "jsonl", "path": str(input_dir), "id_field": "id"},
                        "dedup": {"exact": True, "near": {"enabled": True, "threshold": 0.9}},
                        "chunking": {"max_tokens": 512, "overlap": 32}},
-            "index": {"embedder": "static", "concurrency": [1, 2]}}
+            "index": {"embedder": "static", "concurrency": [1, 2], **({"ann": ANN} if ANN else {})}}
 
 
 def ragworks(input_dir: Path, workdir: Path, log: Path) -> dict:
@@ -167,7 +171,11 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "delta-ingest")
     parser.add_argument("--reuse-first", action="store_true",
                         help="go on from a finished first build under --workdir instead of starting over")
+    parser.add_argument("--ann", type=json.loads, default={},
+                        help='index.ann settings as JSON, e.g. \'{"index_type": "IVF_SQ", "num_partitions": 256, '
+                             '"nprobes": 96}\' (the same on the first build, the update and the rebuild)')
     args = parser.parse_args()
+    ANN.update(args.ann)
     parts = args.parts or max(8, args.docs // 1000)
     root = args.workdir / f"n{args.docs}"
     inputs = root / "input"
