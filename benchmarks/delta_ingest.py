@@ -128,6 +128,13 @@ def differences(a: Path, b: Path) -> dict:
     return {"chunks": len(ca ^ cb), "decisions": len(da ^ db), "rows_updated": len(ca), "rows_rebuilt": len(cb)}
 
 
+def query_texts(table, n: int, seed: int) -> list[str]:
+    """`n` queries, each 12 words of a sentence of a random chunk among the table's first 20,000 rows."""
+    rows = table.search().select(["text"]).limit(20_000).to_list()
+    rng = random.Random(seed)
+    return [" ".join(r["text"].split(". ")[min(1, r["text"].count(". "))].split()[:12]) for r in rng.sample(rows, n)]
+
+
 def agreement(a: Path, b: Path, queries: int, seed: int) -> dict:
     import ray
 
@@ -135,9 +142,7 @@ def agreement(a: Path, b: Path, queries: int, seed: int) -> dict:
 
     ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR")
     left, right = open_index(a / "index"), open_index(b / "index")
-    rows = right.table.search().select(["text"]).limit(20_000).to_list()
-    rng = random.Random(seed)
-    texts = [" ".join(r["text"].split(". ")[min(1, r["text"].count(". "))].split()[:12]) for r in rng.sample(rows, queries)]
+    texts = query_texts(right.table, queries, seed)
     vectors = right.embed(texts)
     out = {}
     for mode in ("dense", "fulltext", "hybrid"):
