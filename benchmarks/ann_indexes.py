@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from delta_ingest import query_texts  # noqa: E402
+from delta_ingest import mean_overlap, query_texts  # noqa: E402
 
 
 def build(kind: str, partitions: int | None, src: Path, dst: Path, version: int | None = None, final: Path | None = None):
@@ -92,18 +92,17 @@ def main() -> None:
         seconds = {"rebuilt": build(kind, partitions, Path(rebuilt.lancedb), scratch / "rebuilt"),
                    "updated": build(kind, partitions, Path(live.lancedb), scratch / "updated",
                                     version=result["table_versions"][0], final=Path(live.lancedb))}
-        found, ms = {}, 0.0
+        found, ms = {}, {}
         for name in ("rebuilt", "updated"):
             s = Searcher(scratch / name, rebuilt.table, rebuilt.embedder, rebuilt.metric, nprobes=int(nprobes),
                          ef="auto" if "HNSW" in kind else None, refine_factor=10, model=base.model)
             assert s.rows == base.rows, (name, s.rows, base.rows)
             started = time.monotonic()
             found[name] = [{h["id"] for h in s.dense(v, 10, columns=["id"])} for v in vectors]
-            ms = (time.monotonic() - started) / len(vectors) * 1000
-        recall = {n: round(sum(len(f & e) / 10 for f, e in zip(found[n], exact)) / len(vectors), 4) for n in found}
-        agree = round(sum(len(a & b) / 10 for a, b in zip(found["updated"], found["rebuilt"])) / len(vectors), 4)
-        row = {"try": knob, "build_s": {k: round(v, 1) for k, v in seconds.items()}, "recall_at_10": recall,
-               "agreement": agree, "ms_per_query": round(ms, 1)}
+            ms[name] = round((time.monotonic() - started) / len(vectors) * 1000, 1)
+        row = {"try": knob, "build_s": {k: round(v, 1) for k, v in seconds.items()},
+               "recall_at_10": {n: mean_overlap(found[n], exact) for n in found},
+               "agreement": mean_overlap(found["updated"], found["rebuilt"]), "ms_per_query": ms}
         print(json.dumps(row), flush=True)
         rows.append(row)
     shutil.rmtree(scratch, ignore_errors=True)

@@ -135,6 +135,12 @@ def query_texts(table, n: int, seed: int) -> list[str]:
     return [" ".join(r["text"].split(". ")[min(1, r["text"].count(". "))].split()[:12]) for r in rng.sample(rows, n)]
 
 
+def mean_overlap(found: list[set], truth: list[set]) -> float:
+    """The mean share of each top 10 in `truth` that the same query's top 10 in `found` holds: recall@10 when
+    `truth` is exact search, top-10 agreement when it is another index."""
+    return round(sum(len(f & t) / 10 for f, t in zip(found, truth)) / len(truth), 4)
+
+
 def agreement(a: Path, b: Path, queries: int, seed: int) -> dict:
     import ray
 
@@ -146,9 +152,8 @@ def agreement(a: Path, b: Path, queries: int, seed: int) -> dict:
     vectors = right.embed(texts)
     out = {}
     for mode in ("dense", "fulltext", "hybrid"):
-        overlap = [len({h["id"] for h in left.search(q, mode, 10, vector=v)} & {h["id"] for h in right.search(q, mode, 10, vector=v)})
-                   / 10 for q, v in zip(texts, vectors)]
-        out[mode] = round(sum(overlap) / len(overlap), 4)
+        out[mode] = mean_overlap([{h["id"] for h in left.search(q, mode, 10, vector=v)} for q, v in zip(texts, vectors)],
+                                 [{h["id"] for h in right.search(q, mode, 10, vector=v)} for q, v in zip(texts, vectors)])
 
     def exact(searcher, v) -> set:  # every row compared: what an ANN index approximates
         return {h["id"] for h in searcher.dense(v, 10, columns=["id"], exact=True)}
@@ -159,10 +164,9 @@ def agreement(a: Path, b: Path, queries: int, seed: int) -> dict:
     # Two approximate indexes trained apart disagree on near-ties whatever their rows: the rows are the same when
     # exact search agrees, and the updated index is as good as a fresh one when its recall against exact is
     lefts, rights = [exact(left, v) for v in vectors], [exact(right, v) for v in vectors]
-    out["dense_exact"] = round(sum(len(a & b) / 10 for a, b in zip(lefts, rights)) / len(vectors), 4)
-    out["ann_recall_at_10"] = {
-        "updated": round(sum(len(ann(left, v) & e) / 10 for v, e in zip(vectors, lefts)) / len(vectors), 4),
-        "rebuilt": round(sum(len(ann(right, v) & e) / 10 for v, e in zip(vectors, rights)) / len(vectors), 4)}
+    out["dense_exact"] = mean_overlap(lefts, rights)
+    out["ann_recall_at_10"] = {"updated": mean_overlap([ann(left, v) for v in vectors], lefts),
+                               "rebuilt": mean_overlap([ann(right, v) for v in vectors], rights)}
     ray.shutdown()
     return out
 
