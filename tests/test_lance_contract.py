@@ -35,12 +35,12 @@ def with_vectors(batch: pa.Table) -> pa.Table:
     return batch.append_column("vector", vector_array(vectors_for(batch["id"].to_pylist())))
 
 
-def chunks(n: int, tag: str):
+def chunks(n: int, tag: str, start: int = 0):
     import ray
 
     rows = [{"id": f"c{i}", "doc_id": f"d{i}", "chunk_index": 0, "n_tokens": 3, "title": "",
              "text": f"{WORDS[i % 10]} {WORDS[(i * 7) % 10]} {tag}{i}", "source": "x.jsonl", "line": i,
-             "metadata": "{}"} for i in range(n)]
+             "metadata": "{}"} for i in range(start, start + n)]
     # several blocks, so several tasks write fragments, as the embedder pool does
     return ray.data.from_items(rows).repartition(6).map_batches(with_vectors, batch_format="pyarrow")
 
@@ -72,3 +72,44 @@ def test_parallel_fragment_write_commits_once_and_lancedb_indexes_and_searches_i
     add_indexes(table, cfg.model_copy(update={"ann": cfg.ann.model_copy(update={"min_rows": 1000})}),
                 Console(quiet=True))
     assert Searcher(tmp_path, model=object()).search("v7", mode="fulltext", k=1)[0]["text"].endswith("v7")
+
+
+def test_delta_rows_join_the_vector_index_as_segments_and_search_as_one_merged_index(ray_local, tmp_path):
+    """Each delta's rows become a segment of their own (no rewrite of the trained one); past the limit the delta
+    segments merge into one; the hits equal those of a table whose every delta was merged into one index."""
+    import shutil
+
+    import lance
+    import ray
+
+    from ragworks.index.update import fold_vectors
+
+    def table(ds) -> pa.Table:
+        return pa.concat_tables(ray.get(ds.to_arrow_refs()))
+
+    uri, merged = str(tmp_path / "chunks.lance"), str(tmp_path / "merged.lance")
+    lance.write_dataset(table(chunks(600, "w")), uri)
+    lance.dataset(uri).create_index("vector", "IVF_FLAT", num_partitions=4, metric="cosine")
+    shutil.copytree(uri, merged)
+    trained = lance.dataset(uri).describe_indices()[0].segments[0]
+    segments = []
+    for k in range(4):
+        rows = table(chunks(40, "d", start=1000 + 40 * k))
+        for target in (uri, merged):
+            lance.write_dataset(rows, target, mode="append")
+        fold_vectors(lance.dataset(uri), max_segments=2)
+        lance.dataset(merged).optimize.optimize_indices(num_indices_to_merge=1)  # into the one index
+        segments.append(lance.dataset(uri).describe_indices()[0].segments)
+    assert [len(s) for s in segments] == [2, 3, 2, 3]
+    assert all(s[0].uuid == trained.uuid for s in segments)  # the trained segment was never rewritten
+    assert len(lance.dataset(merged).describe_indices()[0].segments) == 1
+    for target in (uri, merged):
+        assert lance.dataset(target).stats.index_stats("vector_idx")["num_unindexed_rows"] == 0
+
+    def top(target: str, vector) -> list[str]:
+        hits = lance.dataset(target).to_table(columns=["id", "_distance"], nearest={
+            "column": "vector", "q": vector, "k": 10, "nprobes": 2})
+        return hits["id"].to_pylist()
+
+    for i in ("c5", "c1003", "c1100", "c1159"):
+        assert top(uri, vectors_for([i])[0]) == top(merged, vectors_for([i])[0]), i
