@@ -137,6 +137,10 @@ def test_a_changed_corpus_updates_the_index_in_place_as_a_rebuild_would(ray_loca
     assert searcher.search("moraines mark where glaciers " + _text(8), mode="dense", k=1)[0]["doc_id"] == "d0"
     for name in ("text_idx", "vector_idx"):
         assert searcher.table.index_stats(name).num_unindexed_rows == 0, name
+    # the full-text index: built once, then each update's rows in a segment of their own (none rewritten)
+    out = fourth["index"]["outputs"]
+    text_index = [i for i in lance.dataset(f"{out['lancedb']}/chunks.lance").describe_indices() if i.name == "text_idx"]
+    assert len(text_index[0].segments) == 3
     assert fourth["index"]["outputs"]["fts_deleted"] == deleted
 
     # deletes past fulltext.rebuild_fraction since the full-text index was built: rebuilt, and its count starts again
@@ -144,6 +148,8 @@ def test_a_changed_corpus_updates_the_index_in_place_as_a_rebuild_would(ray_loca
     fifth, log = run(src, tmp_path / "wd", ANN)
     out = fifth["index"]["outputs"]
     assert "rebuilding the full-text index" in log and out["fts_deleted"] == 0
+    text_index = [i for i in lance.dataset(f"{out['lancedb']}/chunks.lance").describe_indices() if i.name == "text_idx"]
+    assert len(text_index[0].segments) == 1  # rebuilt whole
     assert out["counts"]["deleted"] + deleted >= 0.34 * out["counts"]["rows"]
     searcher = open_index(tmp_path / "wd" / "index")
     assert searcher.search("moraines mark where glaciers", mode="fulltext", k=1)[0]["doc_id"] == "d0"

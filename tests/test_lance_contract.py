@@ -82,7 +82,7 @@ def test_delta_rows_join_the_vector_index_as_segments_and_search_as_one_merged_i
     import lance
     import ray
 
-    from ragworks.index.update import fold_vectors
+    from ragworks.index.update import fold_index
 
     def table(ds) -> pa.Table:
         return pa.concat_tables(ray.get(ds.to_arrow_refs()))
@@ -97,7 +97,7 @@ def test_delta_rows_join_the_vector_index_as_segments_and_search_as_one_merged_i
         rows = table(chunks(40, "d", start=1000 + 40 * k))
         for target in (uri, merged):
             lance.write_dataset(rows, target, mode="append")
-        fold_vectors(lance.dataset(uri), max_segments=2)
+        fold_index(lance.dataset(uri), "vector", max_segments=2)
         lance.dataset(merged).optimize.optimize_indices(num_indices_to_merge=1)  # into the one index
         segments.append(lance.dataset(uri).describe_indices()[0].segments)
     assert [len(s) for s in segments] == [2, 3, 2, 3]

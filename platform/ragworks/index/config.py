@@ -59,9 +59,9 @@ class IndexUpdateConfig(Section):
 
     retrain_fraction: float = Field(0.25, gt=0, description="retrain the vector index once the rows added since it "
                                     "was trained pass this share of the rows it was trained on (its centroids drift)")
-    max_index_segments: int = Field(8, ge=1, description="each delta's rows join the vector index as a segment of "
-                                    "their own; past this many such segments they are merged into one (the trained "
-                                    "segment is never rewritten)")
+    max_index_segments: int = Field(8, ge=1, description="each delta's rows join the vector and full-text "
+                                    "indexes as a segment of their own; past this many such segments they are merged "
+                                    "into one (the first, built segment is never rewritten)")
     max_small_fragments: int = Field(16, ge=1, description="compact the small fragments deltas write once there are "
                                      "more than this many")
 

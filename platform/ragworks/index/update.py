@@ -15,15 +15,16 @@ re-run after a kill at any point converges to the uninterrupted table, with no
 chunk twice and no delete lost. One writer at a time (the runner).
 
 Index upkeep, the policy (checked facts in `shared/design/live-corpus.md`):
-- full-text: the new rows are folded in (`optimize_indices`) and deleted ones
-  hidden; it is rebuilt once the rows deleted since it was built pass
+- full-text: the new rows go into an index segment of their own, as the vector
+  index's below (merging them into the one index rewrites it: 7 s of a
+  1M-document update, growing with the table), and deleted ones are hidden; it
+  is rebuilt once the rows deleted since it was built pass
   `fulltext.rebuild_fraction` of the table, since BM25 statistics keep counting
   deleted rows until then. A rebuild reads every row (7 s of a 100k-document
-  update's 13 s index upkeep; folding in took 1 s), and the drift is small: on
-  157k chunks with 1% of documents deleted and 1% added, the top-10 sets of 300
-  queries overlap a rebuild's by 0.998 (0.995 at 5% deleted), though only 81% of
-  the lists are in the same order (`benchmarks/delta_ingest.py` measures it
-  end to end);
+  update's 13 s index upkeep), and the drift is small: on 157k chunks with 1% of
+  documents deleted and 1% added, the top-10 sets of 300 queries overlap a
+  rebuild's by 0.998 (0.995 at 5% deleted), though only 81% of the lists are in
+  the same order (`benchmarks/delta_ingest.py` measures it end to end);
 - vector: the new rows are assigned to the trained partitions, in an index
   segment of their own: merging them into the one index rewrites every row's
   codes (on IVF_SQ, 31 s of a 1M-document update's 122 s at 1.5M rows; a new
@@ -136,7 +137,7 @@ def upkeep(cfg: IndexConfig, ctx, before: IndexOutputs, rows: int, deleted: int,
         table.create_index("vector", config=ann_config(cfg), replace=True)
         ann_rows = rows
     elif has_ann and added:
-        fold_vectors(ds, cfg.update.max_index_segments)
+        fold_index(ds, "vector", cfg.update.max_index_segments)
     elif not has_ann and rows >= max(cfg.ann.min_rows, 1):
         ctx.console.print(f"building {cfg.ann.index_type} vector index over {rows:,} rows")
         table.create_index("vector", config=ann_config(cfg))
@@ -152,14 +153,14 @@ def upkeep(cfg: IndexConfig, ctx, before: IndexOutputs, rows: int, deleted: int,
             create_fts(table, cfg)
             stale = 0
         elif added:
-            lance.dataset(uri).optimize.optimize_indices(index_names=[_index_name(lance.dataset(uri), "text")])
+            fold_index(lance.dataset(uri), "text", cfg.update.max_index_segments)
         indexes.append("FTS")
     return indexes, ann_rows, stale
 
 
-def fold_vectors(ds, max_segments: int) -> None:
-    """The new rows in a delta segment of the vector index; the delta segments merged once past `max_segments`."""
-    name = _index_name(ds, "vector")
+def fold_index(ds, column: str, max_segments: int) -> None:
+    """The new rows in a delta segment of `column`'s index; the delta segments merged once past `max_segments`."""
+    name = _index_name(ds, column)
     deltas = len(next(i for i in ds.describe_indices() if i.name == name).segments) - 1
     # `num_indices_to_merge` counts the newest segments: 0 writes a new one, `deltas` leaves the trained one alone
     ds.optimize.optimize_indices(index_names=[name], num_indices_to_merge=0 if deltas < max_segments else deltas)
