@@ -335,9 +335,11 @@ def count_outputs(outputs: dict[str, str], previous: CorpusOutputs | None = None
     rows took 3.5 s of a 1M-document update to count again)."""
     if previous is None:
         return _counts({k: [outputs[k]] for k in COUNTED})
-    written = {k: parts.paths(outputs[k], parts.present(outputs[k]) - set(linked)) for k in COUNTED}
-    gone = {k: parts.paths(getattr(previous, k), parts.present(getattr(previous, k)) - set(linked)) for k in COUNTED}
-    now, before = _counts(written), _counts(gone)
+    def unlinked(folder: str) -> list[str]:
+        return parts.paths(folder, parts.present(folder) - set(linked))
+
+    now = _counts({k: unlinked(outputs[k]) for k in COUNTED})
+    before = _counts({k: unlinked(getattr(previous, k)) for k in COUNTED})
     return {k: previous.counts[k] - before[k] + now[k] for k in now}
 
 

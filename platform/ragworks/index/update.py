@@ -160,16 +160,16 @@ def upkeep(cfg: IndexConfig, ctx, before: IndexOutputs, rows: int, deleted: int,
 
 def fold_index(ds, column: str, max_segments: int) -> None:
     """The new rows in a delta segment of `column`'s index; the delta segments merged once past `max_segments`."""
-    name = _index_name(ds, column)
-    deltas = len(next(i for i in ds.describe_indices() if i.name == name).segments) - 1
+    index = _index(ds, column)
+    deltas = len(index.segments) - 1
     # `num_indices_to_merge` counts the newest segments: 0 writes a new one, `deltas` leaves the trained one alone
-    ds.optimize.optimize_indices(index_names=[name], num_indices_to_merge=0 if deltas < max_segments else deltas)
+    ds.optimize.optimize_indices(index_names=[index.name], num_indices_to_merge=0 if deltas < max_segments else deltas)
 
 
-def _index_name(ds, column: str) -> str:
+def _index(ds, column: str):
     for index in ds.describe_indices():
         if column in index.field_names:
-            return index.name
+            return index
     raise KeyError(f"no index on '{column}'")
 
 
